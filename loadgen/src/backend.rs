@@ -119,7 +119,12 @@ async fn serve_http(mut stream: TcpStream, name: &str) -> Result<(), WsError> {
             Ok(x) => x,
             Err(WsError::BadHandshake(_)) => {
                 stream
-                    .write_all(&response("431 Request Header Fields Too Large", name, b"", false))
+                    .write_all(&response(
+                        "431 Request Header Fields Too Large",
+                        name,
+                        b"",
+                        false,
+                    ))
                     .await?;
                 return Ok(());
             }

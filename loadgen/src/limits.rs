@@ -49,7 +49,9 @@ pub fn nofile() -> (u64, u64) {
 /// 127.0.0.1..=127.0.0.254 when the target is IPv4 loopback, none otherwise.
 pub fn source_for(target: &SocketAddr, idx: u64) -> Option<IpAddr> {
     match target.ip() {
-        IpAddr::V4(v4) if v4.is_loopback() => Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (idx % 254) as u8))),
+        IpAddr::V4(v4) if v4.is_loopback() => {
+            Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (idx % 254) as u8)))
+        }
         _ => None,
     }
 }
@@ -162,7 +164,9 @@ mod tests {
     fn limits_are_named() {
         let e = io::Error::from_raw_os_error(libc::EMFILE);
         assert_eq!(io_error_kind(&e), "EMFILE");
-        assert!(explain_limit("EMFILE").unwrap().contains("file descriptors"));
+        assert!(explain_limit("EMFILE")
+            .unwrap()
+            .contains("file descriptors"));
         assert!(explain_limit("ECONNREFUSED").is_none());
     }
 

@@ -1,1 +1,397 @@
-fn main() {}
+//! `loadgen`: the CLI over the `loadgen` library. See `loadgen --help`.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use loadgen::compare::{self, CompareConfig, GatewaySpec, Peer};
+use loadgen::report::{plot_svg, Machine, Report};
+use loadgen::scenario::{Kind, Live, Proto, RunConfig};
+use loadgen::Mode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Load generator for ringway: WebSocket and raw TCP"
+)]
+struct Cli {
+    /// Worker threads of the load generator's runtime (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// N connections, one message in flight each; RTT percentiles. With --rate: open loop.
+    Pingpong(ScenarioArgs),
+    /// Connect, handshake, one message, close, over and over; handshakes/s.
+    Rate(ScenarioArgs),
+    /// Open N connections, hold them, check that every one still echoes.
+    Idle(ScenarioArgs),
+    /// Stream big frames both ways; MB/s.
+    Bulk(ScenarioArgs),
+    /// An echo backend (WebSocket + plain HTTP, or raw TCP).
+    Backend(BackendArgs),
+    /// Run a scenario direct and through each gateway; report the gateway's cost.
+    Compare(CompareArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct ScenarioArgs {
+    /// Target host:port (not used by compare).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    target: String,
+    #[arg(long, value_enum, default_value_t = Proto::Ws)]
+    proto: Proto,
+    /// Request path of the WebSocket upgrade.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Connections (pingpong default 10, idle 1000, bulk 4).
+    #[arg(long)]
+    conns: Option<usize>,
+    /// Message size in bytes (pingpong, rate, idle checks).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Open-loop rate in messages/s over all connections (pingpong).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Run time, e.g. 5s, 500ms, 1m (capped at 1h).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Parallel connect loops (rate).
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// How long idle connections are held (default: --duration).
+    #[arg(long, value_parser = parse_duration)]
+    hold: Option<Duration>,
+    /// Frame / write size in bytes (bulk).
+    #[arg(long, default_value_t = 65536)]
+    frame: usize,
+    /// Connect and handshake timeout.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// Print one JSON object on stdout instead of the human summary.
+    #[arg(long)]
+    json: bool,
+    /// Draw the latency distribution as SVG into this file.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct BackendArgs {
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: String,
+    #[arg(long, value_enum, default_value_t = Mode::Ws)]
+    mode: Mode,
+    #[arg(long, default_value = "backend")]
+    name: String,
+}
+
+#[derive(Args, Debug)]
+struct CompareArgs {
+    #[arg(long, value_enum, default_value_t = Kind::Pingpong)]
+    scenario: Kind,
+    /// Gateway command with {LISTEN} and {BACKENDS}; repeatable. Default: ringway's
+    /// release binary, if built.
+    #[arg(long = "gateway-cmd")]
+    gateway_cmd: Vec<String>,
+    /// Names for the gateway commands, in order.
+    #[arg(long)]
+    name: Vec<String>,
+    /// Also measure a packaged peer (haproxy, nginx); repeatable.
+    #[arg(long, value_enum)]
+    peer: Vec<Peer>,
+    /// Echo backends to start.
+    #[arg(long, default_value_t = 3)]
+    backends: usize,
+    /// How long a gateway may take to start forwarding.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    startup_timeout: Duration,
+    #[command(flatten)]
+    scenario_args: ScenarioArgs,
+}
+
+/// "5s", "250ms", "2m", "1h", "1.5" (seconds).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(v) = s.strip_suffix("ms") {
+        (v, 0.001)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix('m') {
+        (v, 60.0)
+    } else if let Some(v) = s.strip_suffix('h') {
+        (v, 3600.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a duration: {s:?} (try 5s, 500ms, 1m)"))?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(format!("not a duration: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(v * mult))
+}
+
+fn run_config(a: &ScenarioArgs, kind: Kind, target: SocketAddr, live: Arc<Live>) -> RunConfig {
+    let mut c = RunConfig::new(target, a.proto);
+    c.path = a.path.clone();
+    c.host = a.target.clone();
+    c.conns = a.conns.unwrap_or(match kind {
+        Kind::Pingpong => 10,
+        Kind::Idle => 1000,
+        Kind::Bulk => 4,
+        Kind::Rate => a.concurrency,
+    });
+    c.size = a.size;
+    c.rate = a.rate.filter(|r| *r > 0.0);
+    c.duration = a.duration;
+    c.concurrency = a.concurrency;
+    c.hold = a.hold.unwrap_or(a.duration);
+    c.frame = a.frame;
+    c.connect_timeout = a.connect_timeout;
+    c.live = live;
+    c.clamp()
+}
+
+/// A progress line on stderr for runs longer than 3 s, only on a terminal. Returns a
+/// guard that clears it.
+fn progress(kind: Kind, total: Duration, live: Arc<Live>) -> Option<tokio::task::JoinHandle<()>> {
+    if total <= Duration::from_secs(3) || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::new(total.as_secs().max(1));
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:30}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    Some(tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        loop {
+            let el = start.elapsed();
+            pb.set_position(el.as_secs().min(total.as_secs()));
+            let msg = match kind {
+                Kind::Bulk => format!("{:.1} MB", live.bytes.load(Ordering::Relaxed) as f64 / 1e6),
+                _ => format!(
+                    "{} msgs, {} conns, {} errors",
+                    live.messages.load(Ordering::Relaxed),
+                    live.conns.load(Ordering::Relaxed),
+                    live.errors.load(Ordering::Relaxed)
+                ),
+            };
+            pb.set_message(msg);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = tokio::signal::ctrl_c() => break,
+            }
+            if el > total * 4 + Duration::from_secs(60) {
+                break;
+            }
+        }
+        pb.finish_and_clear();
+    }))
+}
+
+fn write_plot(path: &std::path::Path, svg: &str) -> Result<()> {
+    std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))
+}
+
+async fn resolve(target: &str) -> Result<SocketAddr> {
+    tokio::net::lookup_host(target)
+        .await
+        .with_context(|| format!("resolving {target}"))?
+        .next()
+        .with_context(|| format!("{target} has no address"))
+}
+
+async fn scenario_cmd(kind: Kind, a: ScenarioArgs) -> Result<()> {
+    if let Err(e) = loadgen::limits::raise_nofile() {
+        eprintln!("warning: could not raise RLIMIT_NOFILE: {e}");
+    }
+    let target = resolve(&a.target).await?;
+    let live = Arc::new(Live::default());
+    let cfg = run_config(&a, kind, target, live.clone());
+    let expected = match kind {
+        Kind::Idle => cfg.hold + cfg.duration.min(Duration::from_secs(1)),
+        _ => cfg.duration,
+    };
+    let bar = progress(kind, expected, live);
+    let report = loadgen::run_scenario(kind, &cfg).await;
+    if let Some(b) = bar {
+        b.abort();
+        let _ = b.await;
+        eprint!("\r\x1b[2K");
+    }
+    if let Some(p) = &a.plot {
+        match &report.hist {
+            Some(h) => write_plot(
+                p,
+                &plot_svg(
+                    &format!("{:?} to {}", kind, a.target),
+                    &[(a.target.clone(), h)],
+                ),
+            )?,
+            None => eprintln!("note: {kind:?} records no latencies; no plot written"),
+        }
+    }
+    print_report(&report, a.json)
+}
+
+fn print_report(report: &Report, json: bool) -> Result<()> {
+    let machine = Machine::detect();
+    if json {
+        let v = serde_json::json!({ "machine": machine, "report": report });
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        print!("{}", report.human());
+        println!("{}", machine.human());
+    }
+    Ok(())
+}
+
+async fn backend_cmd(a: BackendArgs) -> Result<()> {
+    loadgen::limits::raise_nofile().ok();
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("binding {}", a.listen))?;
+    eprintln!(
+        "echo backend {} ({:?}) on {}",
+        a.name,
+        a.mode,
+        listener.local_addr()?
+    );
+    tokio::select! {
+        r = loadgen::run_backend(listener, a.mode, a.name) => r.map_err(Into::into),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+async fn compare_cmd(a: CompareArgs) -> Result<()> {
+    let s = &a.scenario_args;
+    let live = Arc::new(Live::default());
+    // The target is replaced per run; any address will do here.
+    let mut run = run_config(s, a.scenario, "127.0.0.1:1".parse()?, live);
+    run.host = String::new();
+    let mut gateways: Vec<GatewaySpec> = a
+        .gateway_cmd
+        .iter()
+        .enumerate()
+        .map(|(i, cmd)| GatewaySpec {
+            name: a
+                .name
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| compare::default_name(cmd, i)),
+            cmd: cmd.clone(),
+        })
+        .collect();
+    if gateways.is_empty() {
+        match compare::default_gateway(s.proto) {
+            Some(g) => gateways.push(g),
+            None => eprintln!("note: no --gateway-cmd and no target/release/ringway: measuring direct and peers only"),
+        }
+    }
+    if gateways.iter().any(|g| !g.cmd.contains("{LISTEN}")) {
+        bail!("every --gateway-cmd needs {{LISTEN}} (and usually {{BACKENDS}})");
+    }
+    let cfg = CompareConfig {
+        kind: a.scenario,
+        run,
+        gateways,
+        peers: a.peer.clone(),
+        backends: a.backends.clamp(1, 64),
+        startup_timeout: a.startup_timeout,
+    };
+    let quiet = s.json;
+    let note = move |m: &str| {
+        if !quiet || std::io::stderr().is_terminal() {
+            eprintln!("loadgen: {m}");
+        }
+    };
+    let result = tokio::select! {
+        r = compare::run_compare(&cfg, &note) => r?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted: gateways stopped"),
+    };
+    if let Some(p) = &s.plot {
+        write_plot(p, &compare::plot(&result))?;
+    }
+    if s.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        print!("{}", compare::human(&result));
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(t) = cli.threads {
+        rt.worker_threads(t.max(1));
+    }
+    let rt = rt.enable_all().build()?;
+    let r = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Pingpong(a) => scenario_cmd(Kind::Pingpong, a).await,
+            Cmd::Rate(a) => scenario_cmd(Kind::Rate, a).await,
+            Cmd::Idle(a) => scenario_cmd(Kind::Idle, a).await,
+            Cmd::Bulk(a) => scenario_cmd(Kind::Bulk, a).await,
+            Cmd::Backend(a) => backend_cmd(a).await,
+            Cmd::Compare(a) => compare_cmd(a).await,
+        }
+    });
+    // Tasks still parked on sockets must not keep the process alive.
+    rt.shutdown_timeout(Duration::from_millis(500));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn cli_parses_compare() {
+        let c = Cli::try_parse_from([
+            "loadgen",
+            "compare",
+            "--scenario",
+            "idle",
+            "--conns",
+            "100",
+            "--gateway-cmd",
+            "x {LISTEN} {BACKENDS}",
+            "--peer",
+            "haproxy",
+            "--peer",
+            "nginx",
+            "--json",
+        ])
+        .unwrap();
+        let Cmd::Compare(a) = c.cmd else { panic!() };
+        assert_eq!(a.scenario, Kind::Idle);
+        assert_eq!(a.peer, vec![Peer::Haproxy, Peer::Nginx]);
+        assert_eq!(a.scenario_args.conns, Some(100));
+        assert!(a.scenario_args.json);
+    }
+}

@@ -131,7 +131,10 @@ mod tests {
 
     #[test]
     fn parses_vmrss() {
-        assert_eq!(parse_vmrss("Name:\tx\nVmRSS:\t   2048 kB\n"), Some(2048 * 1024));
+        assert_eq!(
+            parse_vmrss("Name:\tx\nVmRSS:\t   2048 kB\n"),
+            Some(2048 * 1024)
+        );
         assert_eq!(parse_vmrss("Name:\tx\n"), None);
     }
 
@@ -166,7 +169,10 @@ mod tests {
 
     #[test]
     fn child_process_is_in_the_tree() {
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let me = std::process::id() as i32;
         let t = tree(me);
         let _ = child.kill();

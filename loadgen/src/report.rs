@@ -230,7 +230,11 @@ impl Report {
         }
         let _ = write!(s, "  errors: {}", self.errors);
         if !self.errors_by_kind.is_empty() {
-            let kinds: Vec<String> = self.errors_by_kind.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            let kinds: Vec<String> = self
+                .errors_by_kind
+                .iter()
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect();
             let _ = write!(s, " ({})", kinds.join(", "));
         }
         let _ = writeln!(s);
@@ -272,7 +276,9 @@ impl Machine {
             .unwrap_or_else(|| "unknown".into());
         let (soft, hard) = crate::limits::nofile();
         Machine {
-            nproc: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            nproc: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_else(|_| "unknown".into()),
@@ -299,8 +305,11 @@ pub fn plot_svg(title: &str, series: &[(String, &Latency)]) -> String {
     const R: f64 = 150.0; // right margin (legend)
     const T: f64 = 40.0;
     const B: f64 = 50.0;
-    const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
-    let curves: Vec<(String, Vec<(f64, f64)>)> = series.iter().map(|(n, l)| (n.clone(), l.curve())).collect();
+    const COLORS: [&str; 6] = [
+        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+    ];
+    let curves: Vec<(String, Vec<(f64, f64)>)> =
+        series.iter().map(|(n, l)| (n.clone(), l.curve())).collect();
     let ymax = curves
         .iter()
         .flat_map(|(_, c)| c.iter().map(|p| p.1))

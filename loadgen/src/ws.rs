@@ -64,7 +64,10 @@ impl fmt::Display for WsError {
             WsError::Io(e) => write!(f, "io: {e}"),
             WsError::Status(s) => write!(f, "handshake refused with status {s}"),
             WsError::BadAccept { expected, got } => {
-                write!(f, "wrong Sec-WebSocket-Accept: expected {expected}, got {got:?}")
+                write!(
+                    f,
+                    "wrong Sec-WebSocket-Accept: expected {expected}, got {got:?}"
+                )
             }
             WsError::BadHandshake(m) => write!(f, "bad handshake: {m}"),
             WsError::Protocol(m) => write!(f, "protocol error: {m}"),
@@ -201,7 +204,13 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<FrameHead>, WsError> {
 }
 
 /// Appends a frame header to `out`, choosing the shortest of the three length encodings.
-pub fn encode_head(out: &mut Vec<u8>, fin: bool, opcode: Opcode, len: usize, mask: Option<[u8; 4]>) {
+pub fn encode_head(
+    out: &mut Vec<u8>,
+    fin: bool,
+    opcode: Opcode,
+    len: usize,
+    mask: Option<[u8; 4]>,
+) {
     out.push(if fin { 0x80 } else { 0 } | opcode as u8);
     let m = if mask.is_some() { 0x80 } else { 0 };
     if len < 126 {
@@ -219,7 +228,13 @@ pub fn encode_head(out: &mut Vec<u8>, fin: bool, opcode: Opcode, len: usize, mas
 }
 
 /// Appends a whole frame to `out`; with a mask the payload is masked as it is copied.
-pub fn encode_frame(out: &mut Vec<u8>, fin: bool, opcode: Opcode, payload: &[u8], mask: Option<[u8; 4]>) {
+pub fn encode_frame(
+    out: &mut Vec<u8>,
+    fin: bool,
+    opcode: Opcode,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) {
     encode_head(out, fin, opcode, payload.len(), mask);
     let start = out.len();
     out.extend_from_slice(payload);
@@ -230,7 +245,9 @@ pub fn encode_frame(out: &mut Vec<u8>, fin: bool, opcode: Opcode, payload: &[u8]
 
 /// XORs `data` with the masking key, eight bytes per step. Masking is its own inverse.
 pub fn apply_mask(data: &mut [u8], key: [u8; 4]) {
-    let k64 = u64::from_ne_bytes([key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3]]);
+    let k64 = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
     let mut chunks = data.chunks_exact_mut(8);
     for c in &mut chunks {
         let mut w = [0u8; 8];
@@ -415,7 +432,8 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
                 Opcode::Ping => return Ok(Recv::Ping(payload.to_vec())),
                 Opcode::Pong => return Ok(Recv::Pong(payload.to_vec())),
                 Opcode::Close => {
-                    let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    let code =
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
                     let reason = payload.get(2..).unwrap_or(&[]).to_vec();
                     return Ok(Recv::Close(code, reason));
                 }
@@ -429,16 +447,26 @@ impl<R: AsyncRead + Unpin> WsReader<R> {
                     out.extend_from_slice(payload);
                     if head.fin {
                         self.fragment = None;
-                        return Ok(if op == Opcode::Text { Recv::Text } else { Recv::Binary });
+                        return Ok(if op == Opcode::Text {
+                            Recv::Text
+                        } else {
+                            Recv::Binary
+                        });
                     }
                 }
                 op @ (Opcode::Text | Opcode::Binary) => {
                     if in_fragment.is_some() {
-                        return Err(WsError::Protocol("new data frame inside a fragmented message"));
+                        return Err(WsError::Protocol(
+                            "new data frame inside a fragmented message",
+                        ));
                     }
                     out.extend_from_slice(payload);
                     if head.fin {
-                        return Ok(if op == Opcode::Text { Recv::Text } else { Recv::Binary });
+                        return Ok(if op == Opcode::Text {
+                            Recv::Text
+                        } else {
+                            Recv::Binary
+                        });
                     }
                     self.fragment = Some(op);
                 }
@@ -464,7 +492,12 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
         }
     }
 
-    pub async fn send_frame(&mut self, fin: bool, opcode: Opcode, payload: &[u8]) -> Result<(), WsError> {
+    pub async fn send_frame(
+        &mut self,
+        fin: bool,
+        opcode: Opcode,
+        payload: &[u8],
+    ) -> Result<(), WsError> {
         self.buf.clear();
         let mask = self.rng.as_mut().map(|r| r.mask());
         encode_frame(&mut self.buf, fin, opcode, payload, mask);
@@ -537,7 +570,10 @@ pub fn find_head_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// Reads an HTTP head (up to `MAX_HEAD`), returning it and any bytes read past it.
-pub async fn read_head<R: AsyncRead + Unpin>(io: &mut R, buf: &mut Vec<u8>) -> Result<(usize, Vec<u8>), WsError> {
+pub async fn read_head<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<(usize, Vec<u8>), WsError> {
     let mut tmp = [0u8; 4096];
     loop {
         if let Some(end) = find_head_end(buf) {
@@ -617,8 +653,8 @@ impl WsClient {
 
         let mut buf = Vec::with_capacity(512);
         let (end, leftover) = read_head(&mut rd, &mut buf).await?;
-        let (status_line, headers) =
-            parse_http_head(&buf[..end]).ok_or(WsError::BadHandshake("unparsable response head"))?;
+        let (status_line, headers) = parse_http_head(&buf[..end])
+            .ok_or(WsError::BadHandshake("unparsable response head"))?;
         let mut parts = status_line.split_whitespace();
         let version = parts.next().unwrap_or("");
         if !version.starts_with("HTTP/1.") {
@@ -659,7 +695,11 @@ impl WsClient {
 
     pub async fn send(&mut self, msg: &Message) -> Result<(), WsError> {
         match msg {
-            Message::Text(t) => self.writer.send_frame(true, Opcode::Text, t.as_bytes()).await,
+            Message::Text(t) => {
+                self.writer
+                    .send_frame(true, Opcode::Text, t.as_bytes())
+                    .await
+            }
             Message::Binary(b) => self.writer.send_frame(true, Opcode::Binary, b).await,
             Message::Ping(p) => self.writer.send_frame(true, Opcode::Ping, p).await,
             Message::Pong(p) => self.writer.send_frame(true, Opcode::Pong, p).await,
@@ -668,7 +708,9 @@ impl WsClient {
     }
 
     pub async fn send_text(&mut self, t: &str) -> Result<(), WsError> {
-        self.writer.send_frame(true, Opcode::Text, t.as_bytes()).await
+        self.writer
+            .send_frame(true, Opcode::Text, t.as_bytes())
+            .await
     }
 
     pub async fn send_binary(&mut self, b: &[u8]) -> Result<(), WsError> {
@@ -693,9 +735,10 @@ impl WsClient {
         let mut out = Vec::new();
         loop {
             return Ok(match self.reader.recv_into(&mut out).await? {
-                Recv::Text => {
-                    Message::Text(String::from_utf8(out).map_err(|_| WsError::Protocol("invalid UTF-8 in text"))?)
-                }
+                Recv::Text => Message::Text(
+                    String::from_utf8(out)
+                        .map_err(|_| WsError::Protocol("invalid UTF-8 in text"))?,
+                ),
                 Recv::Binary => Message::Binary(out),
                 Recv::Ping(p) => {
                     self.writer.send_frame(true, Opcode::Pong, &p).await?;
@@ -739,7 +782,10 @@ mod tests {
 
     #[test]
     fn accept_key_matches_rfc_example() {
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -777,7 +823,11 @@ mod tests {
             let data: Vec<u8> = (0..len as u8).collect();
             let mut fast = data.clone();
             apply_mask(&mut fast, key);
-            let slow: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ key[i % 4]).collect();
+            let slow: Vec<u8> = data
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ key[i % 4])
+                .collect();
             assert_eq!(fast, slow);
         }
     }

@@ -35,7 +35,8 @@ pub async fn run_with_probe<F: FnOnce()>(cfg: &RunConfig, probe: F) -> Report {
         tasks.push(tokio::spawn(async move {
             let msg = payload(size, i as u64 + 7);
             let mut scratch = Vec::with_capacity(size);
-            let r = match tokio::time::timeout_at(check_deadline, c.echo(&msg, &mut scratch)).await {
+            let r = match tokio::time::timeout_at(check_deadline, c.echo(&msg, &mut scratch)).await
+            {
                 Ok(r) => r.map_err(|e| e.0),
                 Err(_) => Err("timeout".to_string()),
             };

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{join_all, open_many, payload, Clock, Conn, ConnError, Live, RunConfig, TokioClock, GRACE};
+use super::{
+    join_all, open_many, payload, Clock, Conn, ConnError, Live, RunConfig, TokioClock, GRACE,
+};
 use crate::report::{Latency, Report};
 
 /// The send schedule of one connection in open loop.
@@ -172,7 +174,9 @@ pub async fn run(cfg: &RunConfig) -> Report {
         }));
     }
     let results = join_all(tasks, deadline).await;
-    let elapsed = Instant::now().min(deadline).saturating_duration_since(start);
+    let elapsed = Instant::now()
+        .min(deadline)
+        .saturating_duration_since(start);
     let mut lat = Latency::new();
     for (l, r) in &results {
         lat.merge(l);
