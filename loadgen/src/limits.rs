@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit. Returns (soft, hard) after the call.
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
 pub fn raise_nofile() -> io::Result<(u64, u64)> {
     let mut rl = libc::rlimit {
         rlim_cur: 0,
@@ -33,6 +34,7 @@ pub fn raise_nofile() -> io::Result<(u64, u64)> {
 }
 
 /// Current (soft, hard) RLIMIT_NOFILE.
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
 pub fn nofile() -> (u64, u64) {
     let mut rl = libc::rlimit {
         rlim_cur: 0,
