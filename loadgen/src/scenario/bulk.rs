@@ -93,7 +93,10 @@ async fn stream_one(conn: Conn, frame: Vec<u8>, deadline: Instant, live: Arc<Liv
                 let mut k = 0usize;
                 let mut err = None;
                 while Instant::now() < deadline {
-                    let w = tokio::time::timeout_at(deadline, wr.send_raw(&frames[k % 16])).await;
+                    // A frame once started is finished (bounded by the drain), so that the
+                    // echo can account for every byte sent.
+                    let w = tokio::time::timeout_at(deadline + DRAIN, wr.send_raw(&frames[k % 16]))
+                        .await;
                     match w {
                         Ok(Ok(())) => {
                             s.fetch_add(flen, Ordering::Relaxed);
@@ -148,10 +151,18 @@ async fn stream_one(conn: Conn, frame: Vec<u8>, deadline: Instant, live: Arc<Liv
             let (s, d) = (sent.clone(), done.clone());
             let writer = tokio::spawn(async move {
                 let mut err = None;
+                // `write` (not `write_all`) so that every byte that left is counted, even
+                // when the deadline cuts a write short.
+                let mut off = 0usize;
                 while Instant::now() < deadline {
-                    match tokio::time::timeout_at(deadline, wr.write_all(&frame)).await {
-                        Ok(Ok(())) => {
-                            s.fetch_add(flen, Ordering::Relaxed);
+                    match tokio::time::timeout_at(deadline, wr.write(&frame[off..])).await {
+                        Ok(Ok(0)) => {
+                            err = Some("closed".to_string());
+                            break;
+                        }
+                        Ok(Ok(n)) => {
+                            s.fetch_add(n as u64, Ordering::Relaxed);
+                            off = (off + n) % frame.len();
                         }
                         Ok(Err(e)) => {
                             err = Some(ConnError::from(e).0);

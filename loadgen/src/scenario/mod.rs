@@ -17,6 +17,7 @@ pub mod bulk;
 pub mod idle;
 pub mod pingpong;
 pub mod rate;
+pub mod timer;
 
 /// Hard caps so that no run can be unbounded, whatever the flags say.
 pub const MAX_CONNS: usize = 100_000;
@@ -220,7 +221,8 @@ pub trait Clock {
     fn sleep_until(&self, t: Instant) -> impl std::future::Future<Output = ()>;
 }
 
-/// The tokio clock.
+/// The real clock: tokio's `Instant`, and the precise timer thread for sleeping (tokio's
+/// own timer is only accurate to a millisecond, see `timer`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TokioClock;
 
@@ -229,7 +231,7 @@ impl Clock for TokioClock {
         Instant::now()
     }
     fn sleep_until(&self, t: Instant) -> impl std::future::Future<Output = ()> {
-        tokio::time::sleep_until(t)
+        timer::sleep_until(t.into_std())
     }
 }
 
