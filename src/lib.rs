@@ -1,1 +1,19 @@
-//! ringway
+//! ringway: a gateway for long-lived connections (WebSocket, socket.io, raw TCP) in front of
+//! Kubernetes pods. See docs/architecture.md for how a connection flows through these modules.
+//!
+//! Dependencies flow one way: `cli/control → {admin, discovery, proxy} → balance → {proto, sys,
+//! config, error}`. The proxy reads table snapshots; it never calls discovery.
+#![deny(unsafe_code)]
+
+pub mod balance;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod io;
+pub mod metrics;
+pub mod proto;
+pub mod proxy;
+pub mod runtime;
+pub mod state;
+pub mod sys;

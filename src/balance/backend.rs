@@ -102,6 +102,12 @@ pub struct BackendStats {
     failures_total: AtomicU64,
     max_fails: AtomicU32,
     fail_timeout_ms: AtomicU64,
+    /// Responses relayed, by status class (index 0 = 1xx … 4 = 5xx). Touched once per
+    /// request, like `live`; never per tunnelled message.
+    responses: [AtomicU64; 5],
+    /// Tunnel and body bytes, client→backend and backend→client, added when a tunnel ends.
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
 }
 
 impl BackendStats {
@@ -121,7 +127,36 @@ impl BackendStats {
             failures_total: AtomicU64::new(0),
             max_fails: AtomicU32::new(passive.max_fails),
             fail_timeout_ms: AtomicU64::new(passive.fail_timeout_ms),
+            responses: Default::default(),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
         }
+    }
+
+    /// Counts one response relayed from this backend.
+    pub fn record_response(&self, code: u16) {
+        let class = (code / 100).clamp(1, 5) as usize - 1;
+        self.responses[class].fetch_add(1, Relaxed);
+    }
+
+    /// Responses by class: `[1xx, 2xx, 3xx, 4xx, 5xx]`.
+    pub fn responses(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.responses[i].load(Relaxed))
+    }
+
+    /// Adds bytes moved through a finished tunnel (or a long one's flush).
+    pub fn add_bytes(&self, up: u64, down: u64) {
+        if up > 0 {
+            self.bytes_up.fetch_add(up, Relaxed);
+        }
+        if down > 0 {
+            self.bytes_down.fetch_add(down, Relaxed);
+        }
+    }
+
+    /// `(client→backend, backend→client)` bytes so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.bytes_up.load(Relaxed), self.bytes_down.load(Relaxed))
     }
 
     /// Live connections to this backend.

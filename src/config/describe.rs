@@ -1,0 +1,137 @@
+//! `ringway check` prints the effective configuration: every default filled in, so an operator
+//! sees what will actually run.
+
+use std::fmt::Write;
+
+use super::*;
+
+pub fn describe(c: &Config) -> String {
+    let mut o = String::new();
+    let d = format_duration;
+    let _ = writeln!(
+        o,
+        "workers = {} ({})",
+        c.workers,
+        if c.workers == 0 { "one per usable CPU" } else { "fixed" }
+    );
+    let _ = writeln!(o, "io = {:?}", c.io);
+    let _ = writeln!(
+        o,
+        "admin = {}",
+        c.admin.map_or("off".to_string(), |a| a.to_string())
+    );
+    let t = &c.timeouts;
+    let _ = writeln!(
+        o,
+        "timeouts: head {} · connect {} · response_head {} · http_idle {} · tunnel_idle {} · drain {} · accept_delay {}",
+        d(t.head),
+        d(t.connect),
+        d(t.response_head),
+        d(t.http_idle),
+        t.tunnel_idle.map_or("off".to_string(), d),
+        d(t.drain),
+        d(t.accept_delay)
+    );
+    let l = &c.limits;
+    let _ = writeln!(
+        o,
+        "limits: max_head_bytes {} · max_headers {} · max_connections {} · per_source {} · source_rate {}/s (burst {}) · connect_retries {}",
+        l.max_head_bytes,
+        l.max_headers,
+        l.max_connections,
+        l.max_connections_per_source,
+        l.source_rate,
+        l.source_burst,
+        l.connect_retries
+    );
+    for l in &c.listeners {
+        let up = l.upstream.map_or("-".to_string(), |i| c.upstreams[i].name.to_string());
+        let _ = writeln!(
+            o,
+            "listener {}: {} mode={:?} upstream={} proxy_protocol={} tls_terminated={}",
+            l.name, l.bind, l.mode, up, l.proxy_protocol, l.tls_terminated
+        );
+    }
+    for r in &c.routes {
+        let host = match &r.host {
+            None => "*".to_string(),
+            Some(HostMatch::Exact(h)) => h.clone(),
+            Some(HostMatch::Suffix(s)) => format!("*{s}"),
+        };
+        let _ = writeln!(
+            o,
+            "route: listener={} host={} path_prefix={} -> {}",
+            r.listener.as_deref().unwrap_or("*"),
+            host,
+            r.path_prefix,
+            c.upstreams[r.upstream].name
+        );
+    }
+    for u in &c.upstreams {
+        let _ = writeln!(
+            o,
+            "upstream {}: balance={} load_factor={} send_proxy={:?}",
+            u.name, u.balance, u.load_factor, u.send_proxy
+        );
+        match &u.discovery {
+            Discovery::Static(list) => {
+                for b in list {
+                    let _ = writeln!(o, "  backend {} {} weight={}", b.name, b.addr, b.weight);
+                }
+            }
+            Discovery::Dns(names) => {
+                for (h, p) in names {
+                    let _ = writeln!(o, "  dns {h}:{p}");
+                }
+            }
+            Discovery::DnsService { host, port } => {
+                let _ = writeln!(o, "  dns_service {host}:{port}");
+            }
+            Discovery::Srv(s) => {
+                let _ = writeln!(o, "  srv {s}");
+            }
+        }
+        if !matches!(u.discovery, Discovery::Static(_)) {
+            let n = &u.dns;
+            let _ = writeln!(
+                o,
+                "  discovery: resolver={} ttl=[{}, {}] negative_ttl={} nxdomain_hold={} drain_timeout={}",
+                n.resolver.map_or("/etc/resolv.conf".to_string(), |a| a.to_string()),
+                d(n.min_ttl),
+                d(n.max_ttl),
+                d(n.negative_ttl),
+                d(n.nxdomain_hold),
+                n.drain_timeout.map_or("off".to_string(), d)
+            );
+        }
+        let h = &u.health;
+        let _ = writeln!(
+            o,
+            "  health: max_fails={} fail_timeout={} check={:?} interval={} timeout={} rise={} fall={} start={}",
+            h.max_fails,
+            d(h.fail_timeout),
+            h.check,
+            d(h.interval),
+            d(h.timeout),
+            h.rise,
+            h.fall,
+            if h.start_up { "up" } else { "down" }
+        );
+        if u.balance == "cookie" {
+            let k = &u.cookie;
+            let _ = writeln!(
+                o,
+                "  cookie: name={} fallback={} path={} http_only={} same_site={} secure={:?} strip={} secret=<{} bytes>",
+                k.name,
+                k.fallback,
+                k.path,
+                k.http_only,
+                k.same_site.as_deref().unwrap_or("-"),
+                k.secure,
+                k.strip,
+                k.secret.len()
+            );
+        }
+    }
+    o
+}

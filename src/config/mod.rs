@@ -1,0 +1,298 @@
+//! Configuration: `RawConfig` (serde, untrusted) → `Config` (only reachable through
+//! [`Config::validate`]). Validation collects *every* error before giving up, each naming the
+//! field it is about and saying how to fix it, so an operator fixes a file in one pass.
+
+mod describe;
+mod duration;
+pub mod raw;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use duration::{format_duration, parse_duration};
+pub use describe::describe;
+pub use raw::RawConfig;
+
+/// Validates a `RawConfig` built in code (the CLI's quick form goes through the same checks).
+pub fn validate_raw(raw: RawConfig) -> Result<Config, ConfigErrors> {
+    validate::validate(raw)
+}
+
+/// One problem in a config: the dotted path of the field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// `listener[0].bind`, `upstream[chat].balance`, … (`<file>` for syntax errors).
+    pub field: String,
+    /// 1-based line in the file, when TOML could tell us.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}: {}", self.field, self.message),
+            None => write!(f, "{}: {}", self.field, self.message),
+        }
+    }
+}
+
+/// All the errors of one file; `Display` prints one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoMode {
+    Auto,
+    Uring,
+    Epoll,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendProxy {
+    None,
+    V1,
+    V2,
+}
+
+/// The validated configuration. Cheap to share (`Arc<Config>`); a reload builds a new one.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Worker threads; 0 until [`Config::resolve_workers`] looks at the machine.
+    pub workers: usize,
+    pub io: IoMode,
+    pub admin: Option<SocketAddr>,
+    pub pin_workers: bool,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub log: LogConfig,
+    pub listeners: Vec<ListenerConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub upstreams: Vec<Arc<UpstreamConfig>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeouts {
+    pub head: Duration,
+    pub connect: Duration,
+    pub response_head: Duration,
+    pub http_idle: Duration,
+    /// `None` = tunnels never time out for idleness (long connections are the point).
+    pub tunnel_idle: Option<Duration>,
+    pub drain: Duration,
+    pub accept_delay: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    /// 0 = unlimited.
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    /// New connections per second per source IP; 0 = off.
+    pub source_rate: f64,
+    pub source_burst: u32,
+    pub connect_retries: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+    pub access: bool,
+    pub access_sample: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub name: Arc<str>,
+    pub bind: SocketAddr,
+    pub mode: Mode,
+    pub proxy_protocol: bool,
+    pub tls_terminated: bool,
+    /// tcp: the upstream (index into `Config::upstreams`); http: the default route, if any.
+    pub upstream: Option<usize>,
+    pub forward_for: bool,
+    pub real_ip: bool,
+    pub forward_proto: bool,
+    pub forward_host: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// `None` = every http listener.
+    pub listener: Option<Arc<str>>,
+    pub host: Option<HostMatch>,
+    pub path_prefix: String,
+    pub upstream: usize,
+}
+
+/// Host matching, lower-cased at load time so the hot path compares bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    pub name: Arc<str>,
+    /// The policy as written (`hash:header:X-Device-Id`); parsed by `balance::Policy::parse`.
+    pub balance: String,
+    pub load_factor: f64,
+    pub send_proxy: SendProxy,
+    pub cookie: CookieConfig,
+    pub discovery: Discovery,
+    pub dns: DnsOptions,
+    pub health: HealthConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CookieConfig {
+    pub name: String,
+    pub secret: String,
+    pub fallback: String,
+    pub path: String,
+    pub http_only: bool,
+    pub same_site: Option<String>,
+    pub secure: CookieSecure,
+    pub max_age: Option<Duration>,
+    pub strip: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CookieSecure {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticBackend {
+    pub name: Arc<str>,
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+/// Where an upstream's backends come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Discovery {
+    Static(Vec<StaticBackend>),
+    /// Per-pod names (`host`, `port`); identity = the name.
+    Dns(Vec<(String, u16)>),
+    /// A headless service; identity = the address of each record.
+    DnsService { host: String, port: u16 },
+    /// An SRV name; identity = each target host name.
+    Srv(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsOptions {
+    pub resolver: Option<SocketAddr>,
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    pub negative_ttl: Duration,
+    pub nxdomain_hold: Duration,
+    pub drain_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    None,
+    Tcp,
+    Http,
+    WebSocket,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    pub check: CheckKind,
+    pub path: String,
+    pub host: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub start_up: bool,
+}
+
+impl Config {
+    /// Reads and validates a file. Errors carry line numbers where TOML knows them.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                field: path.display().to_string(),
+                line: None,
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        Self::from_toml(&text)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            ConfigErrors(vec![ConfigError {
+                field: "<file>".into(),
+                line,
+                message: e.message().trim().to_string(),
+            }])
+        })?;
+        validate::validate(raw)
+    }
+
+    pub fn upstream_index(&self, name: &str) -> Option<usize> {
+        self.upstreams.iter().position(|u| &*u.name == name)
+    }
+
+    /// Fills in `workers = 0` from the CPUs this process may actually use.
+    pub fn resolve_workers(&mut self, available: usize) {
+        if self.workers == 0 {
+            self.workers = available.max(1);
+        }
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}

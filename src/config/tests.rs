@@ -1,0 +1,315 @@
+//! Every config field has a malformed-input test: the error must name the field.
+
+use super::*;
+
+const BASE: &str = r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8080"
+upstream = "app"
+
+[[upstream]]
+name = "app"
+backends = [{ name = "a", address = "127.0.0.1:9001" }]
+"#;
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match Config::from_toml(text) {
+        Ok(_) => panic!("expected errors for:\n{text}"),
+        Err(e) => e.0,
+    }
+}
+
+/// Asserts that some error names `field` (exactly) and mentions `needle`.
+fn assert_error(text: &str, field: &str, needle: &str) {
+    let errs = errors(text);
+    assert!(
+        errs.iter().any(|e| e.field == field && e.message.contains(needle)),
+        "no error on `{field}` containing `{needle}`; got: {errs:#?}"
+    );
+}
+
+/// BASE with `extra` appended to the top-level table (before the first `[[`).
+fn with_top(extra: &str) -> String {
+    format!("{extra}\n{BASE}")
+}
+
+fn with_upstream(extra: &str) -> String {
+    format!(
+        r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8080"
+upstream = "app"
+
+[[upstream]]
+name = "app"
+{extra}
+"#
+    )
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = Config::from_toml(BASE).unwrap();
+    assert_eq!(c.workers, 0);
+    assert_eq!(c.io, IoMode::Auto);
+    assert_eq!(c.admin, Some("127.0.0.1:9900".parse().unwrap()));
+    assert_eq!(c.timeouts.head, Duration::from_secs(10));
+    assert_eq!(c.timeouts.connect, Duration::from_secs(5));
+    assert_eq!(c.timeouts.tunnel_idle, None);
+    assert_eq!(c.timeouts.drain, Duration::from_secs(30));
+    assert_eq!(c.limits.max_head_bytes, 16384);
+    assert_eq!(c.limits.connect_retries, 2);
+    assert_eq!(c.listeners[0].mode, Mode::Http);
+    assert!(c.listeners[0].forward_for);
+    let u = &c.upstreams[0];
+    assert_eq!(u.balance, "round-robin");
+    assert_eq!(u.load_factor, 1.25);
+    assert_eq!(u.health.max_fails, 3);
+    assert_eq!(u.health.fail_timeout, Duration::from_secs(10));
+    assert_eq!(u.cookie.name, "ringway");
+    match &u.discovery {
+        Discovery::Static(b) => {
+            assert_eq!(&*b[0].name, "a");
+            assert_eq!(b[0].weight, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_example_in_docs_parses() {
+    // The deploy example must stay valid; CI also runs `ringway check` on it.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/ringway.toml");
+    if path.exists() {
+        Config::load(&path).unwrap_or_else(|e| panic!("{}:\n{e}", path.display()));
+    }
+}
+
+#[test]
+fn syntax_errors_carry_a_line() {
+    let errs = errors("workers = 2\n\n[[listener]\nname = 1");
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].field, "<file>");
+    assert_eq!(errs[0].line, Some(3));
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    let errs = errors(&with_top("conect_timeout = \"5s\""));
+    assert!(errs[0].message.contains("conect_timeout"), "{errs:?}");
+    let errs = errors(&format!("{BASE}\n[timeouts]\nconect = \"5s\"\n"));
+    assert!(errs[0].message.contains("conect"), "{errs:?}");
+    assert!(errs[0].line.is_some());
+}
+
+#[test]
+fn wrong_types_are_errors() {
+    let errs = errors(&with_top("workers = \"two\""));
+    assert!(errs[0].message.contains("invalid type"), "{errs:?}");
+}
+
+#[test]
+fn process_fields() {
+    assert_error(&with_top("workers = -1"), "workers", "out of range");
+    assert_error(&with_top("io = \"kqueue\""), "io", "auto | uring | epoll");
+    assert_error(&with_top("admin = \"localhost\""), "admin", "IP:PORT");
+    let c = Config::from_toml(&with_top("admin = \"\"")).unwrap();
+    assert_eq!(c.admin, None);
+}
+
+#[test]
+fn timeouts() {
+    for f in ["head", "connect", "response_head", "http_idle", "tunnel_idle", "drain", "accept_delay"] {
+        let text = format!("{BASE}\n[timeouts]\n{f} = \"10\"\n");
+        assert_error(&text, &format!("timeouts.{f}"), "no unit");
+    }
+    for f in ["head", "connect", "response_head", "http_idle"] {
+        let text = format!("{BASE}\n[timeouts]\n{f} = \"0s\"\n");
+        assert_error(&text, &format!("timeouts.{f}"), "greater than 0");
+    }
+    let c = Config::from_toml(&format!("{BASE}\n[timeouts]\ntunnel_idle = \"5m\"\n")).unwrap();
+    assert_eq!(c.timeouts.tunnel_idle, Some(Duration::from_secs(300)));
+}
+
+#[test]
+fn limits() {
+    let t = |k: &str, v: &str| format!("{BASE}\n[limits]\n{k} = {v}\n");
+    assert_error(&t("max_head_bytes", "10"), "limits.max_head_bytes", "out of range");
+    assert_error(&t("max_headers", "0"), "limits.max_headers", "out of range");
+    assert_error(&t("max_connections", "-5"), "limits.max_connections", "out of range");
+    assert_error(
+        &t("max_connections_per_source", "-1"),
+        "limits.max_connections_per_source",
+        "out of range",
+    );
+    assert_error(&t("source_rate", "-1.0"), "limits.source_rate", ">= 0");
+    assert_error(&t("source_burst", "-1"), "limits.source_burst", "out of range");
+    assert_error(&t("connect_retries", "100"), "limits.connect_retries", "out of range");
+}
+
+#[test]
+fn log() {
+    assert_error(&format!("{BASE}\n[log]\nformat = \"xml\"\n"), "log.format", "text | json");
+    assert_error(&format!("{BASE}\n[log]\naccess_sample = 2.0\n"), "log.access_sample", "between");
+}
+
+#[test]
+fn listeners() {
+    assert_error("[[upstream]]\nname = \"a\"\nbackends = [{address = \"127.0.0.1:1\"}]", "listener", "at least one");
+    let l = |extra: &str| {
+        format!(
+            "[[listener]]\n{extra}\n[[upstream]]\nname = \"app\"\nbackends = [{{ address = \"127.0.0.1:9001\" }}]\n"
+        )
+    };
+    assert_error(&l("upstream = \"app\""), "listener[0].bind", "missing");
+    assert_error(&l("bind = \"8080\"\nupstream = \"app\""), "listener[0].bind", "IP:PORT");
+    assert_error(&l("bind = \"127.0.0.1:1\"\nmode = \"udp\"\nupstream = \"app\""), "listener[0].mode", "http | tcp");
+    assert_error(&l("bind = \"127.0.0.1:1\"\nupstream = \"nope\""), "listener[0].upstream", "no [[upstream]]");
+    assert_error(&l("bind = \"127.0.0.1:1\"\nmode = \"tcp\""), "listener[0].upstream", "needs an upstream");
+    assert_error(&l("name = \"a b\"\nbind = \"127.0.0.1:1\"\nupstream = \"app\""), "listener[0].name", "letters");
+    assert_error(&l("bind = \"127.0.0.1:1\""), "listener[listener0]", "needs a [[route]]");
+    let two = format!(
+        "{BASE}\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:8080\"\nupstream = \"app\"\n"
+    );
+    let errs = errors(&two);
+    assert!(errs.iter().any(|e| e.field == "listener[1].name" && e.message.contains("duplicate")));
+    assert!(errs.iter().any(|e| e.field == "listener[1].bind" && e.message.contains("bound by another")));
+}
+
+#[test]
+fn routes() {
+    let r = |extra: &str| format!("{BASE}\n[[route]]\n{extra}\n");
+    assert_error(&r("path_prefix = \"/x\""), "route[0].upstream", "missing");
+    assert_error(&r("upstream = \"nope\""), "route[0].upstream", "no [[upstream]]");
+    assert_error(&r("upstream = \"app\"\nlistener = \"nope\""), "route[0].listener", "no [[listener]]");
+    assert_error(&r("upstream = \"app\"\npath_prefix = \"x\""), "route[0].path_prefix", "start with");
+    assert_error(&r("upstream = \"app\"\nhost = \"a b\""), "route[0].host", "not a host name");
+    let c = Config::from_toml(&r("upstream = \"app\"\nhost = \"*.Example.com\"")).unwrap();
+    assert_eq!(c.routes[0].host, Some(HostMatch::Suffix(".example.com".into())));
+    let tcp = "[[listener]]\nname = \"t\"\nbind = \"127.0.0.1:1\"\nmode = \"tcp\"\nupstream = \"app\"\n\
+               [[route]]\nlistener = \"t\"\nupstream = \"app\"\n\
+               [[upstream]]\nname = \"app\"\nbackends = [{ address = \"127.0.0.1:9001\" }]\n";
+    assert_error(tcp, "route[0].listener", "tcp listener");
+}
+
+#[test]
+fn upstream_fields() {
+    assert_error(&with_upstream("balance = \"random\"\nbackends = [{ address = \"127.0.0.1:1\" }]"), "upstream[app].balance", "");
+    assert_error(&with_upstream("load_factor = 0.5\nbackends = [{ address = \"127.0.0.1:1\" }]"), "upstream[app].load_factor", ">= 1.0");
+    assert_error(&with_upstream("send_proxy = \"v3\"\nbackends = [{ address = \"127.0.0.1:1\" }]"), "upstream[app].send_proxy", "none | v1 | v2");
+    assert_error(&with_upstream(""), "upstream[app]", "exactly one");
+    assert_error(
+        &with_upstream("backends = [{ address = \"127.0.0.1:1\" }]\ndns = [\"a.b:80\"]"),
+        "upstream[app]",
+        "exactly one",
+    );
+    let errs = errors("[[listener]]\nbind = \"127.0.0.1:1\"\nupstream = \"x\"\n[[upstream]]\nbackends = []\n");
+    assert!(errs.iter().any(|e| e.field == "upstream[0].name" && e.message.contains("missing")), "{errs:?}");
+}
+
+#[test]
+fn backends() {
+    assert_error(&with_upstream("backends = []"), "upstream[app].backends", "empty");
+    assert_error(&with_upstream("backends = [{ name = \"a\" }]"), "upstream[app].backends[0].address", "missing");
+    assert_error(&with_upstream("backends = [{ address = \"pod:80\" }]"), "upstream[app].backends[0].address", "IP:PORT");
+    assert_error(&with_upstream("backends = [{ address = \"127.0.0.1:1\", weight = 0 }]"), "upstream[app].backends[0].weight", "out of range");
+    assert_error(
+        &with_upstream("backends = [{ name = \"x\", address = \"127.0.0.1:1\" }, { name = \"x\", address = \"127.0.0.1:2\" }]"),
+        "upstream[app].backends[1].name",
+        "duplicate",
+    );
+    assert_error(&with_upstream("backends = [{ name = \"x y\", address = \"127.0.0.1:1\" }]"), "upstream[app].backends[0].name", "letters");
+}
+
+#[test]
+fn dns_sources() {
+    assert_error(&with_upstream("dns = []"), "upstream[app].dns", "empty");
+    assert_error(&with_upstream("dns = [\"chat-0.svc\"]"), "upstream[app].dns[0]", "NAME:PORT");
+    assert_error(&with_upstream("dns = [\"chat-0.svc:http\"]"), "upstream[app].dns[0]", "not a port");
+    assert_error(&with_upstream("dns = [\"bad name:80\"]"), "upstream[app].dns[0]", "not a DNS name");
+    assert_error(&with_upstream("dns_service = \"svc\""), "upstream[app].dns_service", "NAME:PORT");
+    assert_error(&with_upstream("srv = \"_ws._tcp..x\""), "upstream[app].srv", "not a DNS name");
+    let c = Config::from_toml(&with_upstream("dns = [\"chat-0.chat.ns.svc.cluster.local:3000\"]")).unwrap();
+    assert_eq!(c.upstreams[0].discovery, Discovery::Dns(vec![("chat-0.chat.ns.svc.cluster.local".into(), 3000)]));
+}
+
+#[test]
+fn discovery_options() {
+    let d = |extra: &str| with_upstream(&format!("dns = [\"a.b:80\"]\n[upstream.discovery]\n{extra}"));
+    assert_error(&d("resolver = \"dns\""), "upstream[app].discovery.resolver", "IP:PORT");
+    assert_error(&d("min_ttl = \"0s\""), "upstream[app].discovery.min_ttl", "greater than 0");
+    assert_error(&d("max_ttl = \"1x\""), "upstream[app].discovery.max_ttl", "unknown unit");
+    assert_error(&d("min_ttl = \"60s\"\nmax_ttl = \"30s\""), "upstream[app].discovery.min_ttl", "larger than max_ttl");
+    assert_error(&d("negative_ttl = \"0s\""), "upstream[app].discovery.negative_ttl", "greater than 0");
+    assert_error(&d("nxdomain_hold = \"soon\""), "upstream[app].discovery.nxdomain_hold", "not a duration");
+    assert_error(&d("drain_timeout = \"5\""), "upstream[app].discovery.drain_timeout", "no unit");
+    assert_error(
+        &with_upstream("backends = [{ address = \"127.0.0.1:1\" }]\n[upstream.discovery]\nmin_ttl = \"1s\""),
+        "upstream[app].discovery",
+        "only used with",
+    );
+}
+
+#[test]
+fn health() {
+    let h = |extra: &str| with_upstream(&format!("backends = [{{ address = \"127.0.0.1:1\" }}]\n[upstream.health]\n{extra}"));
+    assert_error(&h("max_fails = -1"), "upstream[app].health.max_fails", "out of range");
+    assert_error(&h("fail_timeout = \"0s\""), "upstream[app].health.fail_timeout", "greater than 0");
+    assert_error(&h("check = \"icmp\""), "upstream[app].health.check", "none | tcp | http | websocket");
+    assert_error(&h("path = \"health\""), "upstream[app].health.path", "start with");
+    assert_error(&h("interval = \"0s\""), "upstream[app].health.interval", "greater than 0");
+    assert_error(&h("timeout = \"2\""), "upstream[app].health.timeout", "no unit");
+    assert_error(&h("rise = 0"), "upstream[app].health.rise", "out of range");
+    assert_error(&h("fall = 1000"), "upstream[app].health.fall", "out of range");
+    assert_error(&h("start = \"maybe\""), "upstream[app].health.start", "up | down");
+}
+
+#[test]
+fn cookie() {
+    let c = |extra: &str| {
+        with_upstream(&format!(
+            "balance = \"cookie\"\nbackends = [{{ address = \"127.0.0.1:1\" }}]\n[upstream.cookie]\nsecret = \"s\"\n{extra}"
+        ))
+    };
+    Config::from_toml(&c("")).unwrap();
+    assert_error(&c("name = \"a;b\""), "upstream[app].cookie.name", "cookie token");
+    assert_error(&c("fallback = \"cookie\""), "upstream[app].cookie.fallback", "itself");
+    assert_error(&c("fallback = \"nope\""), "upstream[app].cookie.fallback", "");
+    assert_error(&c("path = \"x\""), "upstream[app].cookie.path", "start with");
+    assert_error(&c("same_site = \"Sometimes\""), "upstream[app].cookie.same_site", "Strict | Lax | None");
+    assert_error(&c("secure = \"yes\""), "upstream[app].cookie.secure", "auto | always | never");
+    assert_error(&c("max_age = \"1d\""), "upstream[app].cookie.max_age", "unknown unit");
+    assert_error(
+        &with_upstream("balance = \"cookie\"\nbackends = [{ address = \"127.0.0.1:1\" }]"),
+        "upstream[app].cookie.secret",
+        "set a secret",
+    );
+    assert_error(
+        &with_upstream("backends = [{ address = \"127.0.0.1:1\" }]\n[upstream.cookie]\nsecret = \"s\""),
+        "upstream[app].cookie",
+        "only used with",
+    );
+}
+
+#[test]
+fn all_errors_are_reported_at_once() {
+    let text = r#"
+workers = -3
+io = "kqueue"
+[timeouts]
+head = "soon"
+[[listener]]
+bind = "nowhere"
+mode = "udp"
+[[upstream]]
+name = "app"
+balance = "random"
+backends = []
+"#;
+    let errs = errors(text);
+    assert!(errs.len() >= 5, "{errs:#?}");
+    let shown = ConfigErrors(errs).to_string();
+    assert!(shown.contains("workers") && shown.contains("timeouts.head") && shown.contains("listener[0].bind"));
+}

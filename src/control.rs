@@ -1,0 +1,127 @@
+//! The control plane, on the main thread: logging, the data plane's start and stop, signals
+//! (SIGTERM/SIGINT drain, SIGHUP reload). Admin and discovery run on this thread's runtime too,
+//! never on a worker.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::RunArgs;
+use crate::config::{Config, LogFormat};
+use crate::runtime::{self, DataPlane};
+use crate::state::{Phase, Shared};
+
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Runs until SIGTERM/SIGINT and the drain that follows. Returns the exit status.
+pub fn run(mut config: Config, path: Option<PathBuf>, _args: RunArgs) -> i32 {
+    init_logging(config.log.format, &config.log.level);
+    runtime::resolve_workers(&mut config);
+    if let Err(e) = runtime::check_kernel_fd_limit(config.workers) {
+        tracing::error!("{e:#}");
+        return 1;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build control runtime");
+            return 1;
+        }
+    };
+    let plane = match DataPlane::start(config) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("startup failed: {e:#}");
+            return 1;
+        }
+    };
+    let shared = plane.shared.clone();
+    rt.block_on(control_loop(shared, path));
+    plane.stop();
+    tracing::info!("stopped");
+    0
+}
+
+async fn control_loop(shared: Arc<Shared>, path: Option<PathBuf>) {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => { reload(&shared, path.as_deref()); }
+        }
+    }
+    let delay = shared.gen.load().config.timeouts.accept_delay;
+    tracing::info!(?delay, "shutting down: not ready; accepting stops after the delay");
+    shared.phase.send_replace(Phase::Draining);
+    tokio::time::sleep(delay).await;
+    shared.phase.send_replace(Phase::StopAccepting);
+}
+
+/// Re-reads and validates the config file; on success swaps routes, upstreams, policies and
+/// timeouts, on failure keeps the old config running and logs every error.
+pub fn reload(shared: &Shared, path: Option<&std::path::Path>) -> bool {
+    let c = &shared.metrics.control;
+    let Some(path) = path else {
+        tracing::warn!("reload requested but ringway runs from the quick form (no file)");
+        c.reloads_failed.fetch_add(1, Ordering::Relaxed);
+        return false;
+    };
+    let mut config = match Config::load(path) {
+        Ok(c) => c,
+        Err(errs) => {
+            for e in &errs.0 {
+                tracing::error!(error = %e, "reload refused; the old config keeps running");
+            }
+            c.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+    };
+    let old = shared.gen.load_full();
+    config.workers = old.config.workers;
+    if config.listeners.len() != old.config.listeners.len()
+        || config
+            .listeners
+            .iter()
+            .zip(&old.config.listeners)
+            .any(|(a, b)| a.bind != b.bind || a.name != b.name)
+    {
+        tracing::error!("reload refused: listeners (name, bind) cannot change without a restart yet");
+        c.reloads_failed.fetch_add(1, Ordering::Relaxed);
+        return false;
+    }
+    match runtime::build_generation(Arc::new(config), Some(&old), shared.workers) {
+        Ok(gen) => {
+            shared.limits.update(&gen.config.limits);
+            shared.gen.store(Arc::new(gen));
+            c.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(path = %path.display(), "configuration reloaded");
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused; the old config keeps running");
+            c.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+}

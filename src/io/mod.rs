@@ -1,0 +1,129 @@
+//! The io backend seam. The proxy is written once, generic over [`Driver`]; the two backends
+//! differ only in where readiness comes from:
+//!
+//! - [`Uring`]: a tokio-uring runtime per worker; readiness from one-shot `POLL_ADD` ops on the
+//!   worker's ring (submissions batched into one `io_uring_enter` per loop turn).
+//! - [`Epoll`]: a tokio current-thread runtime per worker; readiness from epoll (`AsyncFd`).
+//!
+//! In both, the actual transfer is a non-blocking syscall (read, write, splice, accept4)
+//! made when the fd is ready, so every byte-moving line of code is shared.
+
+mod epoll;
+mod uring;
+
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+pub use epoll::Epoll;
+pub use uring::Uring;
+
+use crate::sys;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoKind {
+    Uring,
+    Epoll,
+}
+
+impl IoKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IoKind::Uring => "io_uring",
+            IoKind::Epoll => "epoll",
+        }
+    }
+}
+
+/// An io backend: how a worker waits for an fd to become ready.
+pub trait Driver: 'static {
+    const KIND: IoKind;
+    /// An fd registered with this backend.
+    type Fd<T: sys::reactor::OwnsFd + 'static>: Ready<T>;
+}
+
+/// A registered, non-blocking fd. `f` is the non-blocking operation; it is retried after
+/// readiness for as long as it returns `Err(WouldBlock)`.
+#[allow(async_fn_in_trait)] // workers are single-threaded: these futures never cross threads
+pub trait Ready<T>: Sized {
+    fn new(inner: T) -> io::Result<Self>;
+    fn get_ref(&self) -> &T;
+    async fn read_with<R>(&self, f: impl FnMut(&T) -> io::Result<R>) -> io::Result<R>;
+    async fn write_with<R>(&self, f: impl FnMut(&T) -> io::Result<R>) -> io::Result<R>;
+}
+
+pub type Stream<D> = <D as Driver>::Fd<TcpStream>;
+pub type Listener<D> = <D as Driver>::Fd<TcpListener>;
+
+/// Why a backend connect failed: the status the client gets depends on it.
+#[derive(Debug)]
+pub enum ConnectError {
+    TimedOut,
+    Failed(io::Error),
+}
+
+/// Connects to `addr` within `timeout`.
+pub async fn connect<D: Driver>(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<Stream<D>, ConnectError> {
+    let attempt = async {
+        let (stream, done) = sys::socket::start_connect(addr)?;
+        let stream = <Stream<D>>::new(stream)?;
+        if !done {
+            stream.write_with(sys::socket::finish_connect).await?;
+        }
+        Ok::<_, io::Error>(stream)
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(ConnectError::Failed(e)),
+        Err(_) => Err(ConnectError::TimedOut),
+    }
+}
+
+/// Accepts one connection (non-blocking socket, CLOEXEC).
+pub async fn accept<D: Driver>(listener: &Listener<D>) -> io::Result<(TcpStream, SocketAddr)> {
+    listener
+        .read_with(|l| sys::socket::accept_nonblocking(l))
+        .await
+}
+
+/// Reads what is available into `buf` (at least one byte, or 0 at EOF).
+pub async fn read<D: Driver>(s: &Stream<D>, buf: &mut [u8]) -> io::Result<usize> {
+    use std::io::Read;
+    s.read_with(|mut t| t.read(buf)).await
+}
+
+/// Writes all of `buf`.
+pub async fn write_all<D: Driver>(s: &Stream<D>, mut buf: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    while !buf.is_empty() {
+        let n = s.write_with(|mut t| t.write(buf)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
+/// Spawns a task on the current worker (both backends run a tokio LocalSet-style executor).
+pub fn spawn_local<F: Future + 'static>(f: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F::Output: 'static,
+{
+    tokio::task::spawn_local(f)
+}
+
+/// Has the peer closed (or sent something unasked) on an idle kept-alive connection? Checked
+/// before reusing a backend connection, so a request is never sent into a socket the backend
+/// already closed.
+pub fn peer_closed<D: Driver>(s: &Stream<D>) -> bool {
+    let mut byte = [0u8; 1];
+    match s.get_ref().peek(&mut byte) {
+        Err(e) if sys::would_block(&e) => false,
+        _ => true,
+    }
+}

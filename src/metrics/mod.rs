@@ -1,0 +1,175 @@
+//! Per-core counters. Each worker writes only its own slot (a relaxed load + store, no locked
+//! instruction, no shared cache line); the admin thread sums the slots at scrape time.
+//! Per-backend figures live in `balance::BackendStats` (touched per connection, not per
+//! message). Metric names are defined once, in `admin::names`.
+
+mod histogram;
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+pub use histogram::{Histogram, HistogramSnapshot, CONNECT_BUCKETS, LIFETIME_BUCKETS, PARSE_BUCKETS};
+
+use crate::error::Kind;
+
+/// Adds to a counter only this thread writes: no atomic read-modify-write needed.
+#[inline]
+pub fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+#[inline]
+pub fn bump_signed(c: &AtomicI64, n: i64) {
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// One worker's counters, cache-line aligned so two workers never share a line.
+#[repr(align(128))]
+pub struct CoreCounters {
+    pub errors: [AtomicU64; Kind::COUNT],
+    pub handshakes: AtomicU64,
+    pub requests: AtomicU64,
+    pub head_parse: Histogram,
+    pub connect: Histogram,
+    pub tunnel_lifetime: Histogram,
+    pub pipes_lent: AtomicI64,
+}
+
+impl Default for CoreCounters {
+    fn default() -> Self {
+        CoreCounters {
+            errors: std::array::from_fn(|_| AtomicU64::new(0)),
+            handshakes: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            head_parse: Histogram::new(PARSE_BUCKETS),
+            connect: Histogram::new(CONNECT_BUCKETS),
+            tunnel_lifetime: Histogram::new(LIFETIME_BUCKETS),
+            pipes_lent: AtomicI64::new(0),
+        }
+    }
+}
+
+impl CoreCounters {
+    #[inline]
+    pub fn error(&self, kind: Kind) {
+        bump(&self.errors[kind as usize], 1);
+    }
+}
+
+/// Per-listener counters, one slot per worker.
+pub struct ListenerCounters {
+    pub name: Arc<str>,
+    slots: Box<[ListenerSlot]>,
+}
+
+#[repr(align(128))]
+#[derive(Default)]
+struct ListenerSlot {
+    accepted: AtomicU64,
+    active: AtomicI64,
+    rejected: AtomicU64,
+}
+
+impl ListenerCounters {
+    pub fn new(name: Arc<str>, workers: usize) -> Self {
+        ListenerCounters {
+            name,
+            slots: (0..workers.max(1)).map(|_| ListenerSlot::default()).collect(),
+        }
+    }
+
+    #[inline]
+    pub fn opened(&self, worker: usize) {
+        let s = &self.slots[worker % self.slots.len()];
+        bump(&s.accepted, 1);
+        bump_signed(&s.active, 1);
+    }
+
+    #[inline]
+    pub fn closed(&self, worker: usize) {
+        bump_signed(&self.slots[worker % self.slots.len()].active, -1);
+    }
+
+    #[inline]
+    pub fn rejected(&self, worker: usize) {
+        bump(&self.slots[worker % self.slots.len()].rejected, 1);
+    }
+
+    pub fn accepted_total(&self) -> u64 {
+        self.slots.iter().map(|s| s.accepted.load(Relaxed)).sum()
+    }
+
+    pub fn active(&self) -> i64 {
+        self.slots.iter().map(|s| s.active.load(Relaxed)).sum()
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.slots.iter().map(|s| s.rejected.load(Relaxed)).sum()
+    }
+}
+
+/// Per-upstream counters, one slot per worker.
+pub struct UpstreamCounters {
+    pub name: Arc<str>,
+    slots: Box<[UpstreamSlot]>,
+}
+
+#[repr(align(128))]
+#[derive(Default)]
+struct UpstreamSlot {
+    upgrades_ok: AtomicU64,
+    upgrades_failed: AtomicU64,
+}
+
+impl UpstreamCounters {
+    pub fn new(name: Arc<str>, workers: usize) -> Self {
+        UpstreamCounters {
+            name,
+            slots: (0..workers.max(1)).map(|_| UpstreamSlot::default()).collect(),
+        }
+    }
+
+    pub fn upgrade(&self, worker: usize, ok: bool) {
+        let s = &self.slots[worker % self.slots.len()];
+        bump(if ok { &s.upgrades_ok } else { &s.upgrades_failed }, 1);
+    }
+
+    pub fn upgrades(&self) -> (u64, u64) {
+        self.slots.iter().fold((0, 0), |(a, b), s| {
+            (a + s.upgrades_ok.load(Relaxed), b + s.upgrades_failed.load(Relaxed))
+        })
+    }
+}
+
+/// Process-wide counters not tied to the hot path (written by the control plane).
+#[derive(Default)]
+pub struct ControlCounters {
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+}
+
+/// Everything the admin endpoint reads.
+pub struct Metrics {
+    pub cores: Box<[CoreCounters]>,
+    pub control: ControlCounters,
+}
+
+impl Metrics {
+    pub fn new(workers: usize) -> Self {
+        Metrics {
+            cores: (0..workers.max(1)).map(|_| CoreCounters::default()).collect(),
+            control: ControlCounters::default(),
+        }
+    }
+
+    pub fn core(&self, worker: usize) -> &CoreCounters {
+        &self.cores[worker % self.cores.len()]
+    }
+
+    pub fn errors(&self, kind: Kind) -> u64 {
+        self.cores
+            .iter()
+            .map(|c| c.errors[kind as usize].load(Relaxed))
+            .sum()
+    }
+}

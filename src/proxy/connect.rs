@@ -1,0 +1,98 @@
+//! Pick a backend and connect, with the retry rule: a failed connect marks a passive-health
+//! failure and the next pick excludes that backend, up to `connect_retries` more tries. The
+//! client sees 503 when no backend can be picked, else 502 (refused/reset) or 504 (timed out)
+//! from the last try.
+
+use std::time::{Duration, Instant};
+
+use crate::balance::{now_ms, ConnGuard, KeySource, Pick, Table};
+use crate::error::Kind;
+use crate::io::{self as rio, ConnectError, Driver, Stream};
+
+use super::Worker;
+
+/// A connected backend: the stream, which backend it is, and the live-connection guard that
+/// keeps `least-conn` and the per-backend gauge exact for as long as it is held.
+pub struct Connected<D: Driver> {
+    pub stream: Stream<D>,
+    pub index: usize,
+    pub guard: ConnGuard,
+    /// The policy wants the route cookie (re)issued on the response.
+    pub set_cookie: bool,
+}
+
+pub async fn pick_and_connect<D: Driver, K: KeySource + ?Sized>(
+    w: &Worker,
+    table: &Table,
+    key: &K,
+    retries: usize,
+    timeout: Duration,
+) -> Result<Connected<D>, Kind> {
+    match table.pick(key, &[]) {
+        Some(first) => connect_from(w, table, key, first, retries, timeout).await,
+        None => {
+            w.error(Kind::NoBackend);
+            Err(Kind::NoBackend)
+        }
+    }
+}
+
+/// Connects to `first` (already picked), then to further picks excluding the ones that failed.
+pub async fn connect_from<D: Driver, K: KeySource + ?Sized>(
+    w: &Worker,
+    table: &Table,
+    key: &K,
+    first: Pick,
+    retries: usize,
+    timeout: Duration,
+) -> Result<Connected<D>, Kind> {
+    let mut tried: [usize; 17] = [usize::MAX; 17];
+    let mut n_tried = 0;
+    let mut last = Kind::NoBackend;
+    let mut next = Some(first);
+    for _ in 0..=retries.min(16) {
+        let pick = match next.take() {
+            Some(p) => p,
+            None => match table.pick(key, &tried[..n_tried]) {
+                Some(p) => p,
+                None => break,
+            },
+        };
+        let Some(backend) = table.backend(pick.index) else {
+            break;
+        };
+        tried[n_tried] = pick.index;
+        n_tried += 1;
+        // Counted from the pick, not from the connect: other cores picking meanwhile must
+        // see this connection, or least-conn and bounded load pile onto one backend.
+        let guard = ConnGuard::new(backend.stats().clone());
+        let started = Instant::now();
+        match rio::connect::<D>(backend.addr(), timeout).await {
+            Ok(stream) => {
+                w.counters()
+                    .connect
+                    .observe_us(started.elapsed().as_micros() as u64);
+                backend.stats().record_success(now_ms());
+                return Ok(Connected {
+                    stream,
+                    index: pick.index,
+                    guard,
+                    set_cookie: pick.set_cookie,
+                });
+            }
+            Err(e) => {
+                backend.stats().record_failure(now_ms());
+                last = match e {
+                    ConnectError::TimedOut => Kind::ConnectTimeout,
+                    ConnectError::Failed(_) => Kind::ConnectRefused,
+                };
+                w.error(last);
+                tracing::debug!(backend = backend.name(), error = ?e, "connect failed");
+            }
+        }
+    }
+    if last == Kind::NoBackend {
+        w.error(Kind::NoBackend);
+    }
+    Err(last)
+}

@@ -1,0 +1,141 @@
+//! Reads a message head into a bounded buffer, without parsing it twice: each read is scanned
+//! for the blank line that ends a head (CRLF CRLF, or bare LF LF, which httparse also accepts);
+//! only then is the head parsed, once.
+
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::error::Kind;
+use crate::io::{self as rio, Driver, Stream};
+use crate::proto;
+
+pub enum HeadRead {
+    Complete,
+    /// The client went away (or idled out between requests): close quietly.
+    Closed,
+    Reject(Kind),
+}
+
+/// Index just past the end of the head, scanning from `from` (bytes before it were scanned).
+pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from.saturating_sub(3);
+    while let Some(off) = buf[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + off;
+        let rest = &buf[nl + 1..];
+        if rest.first() == Some(&b'\n') {
+            return Some(nl + 2);
+        }
+        if rest.len() >= 2 && rest[0] == b'\r' && rest[1] == b'\n' {
+            return Some(nl + 3);
+        }
+        i = nl + 1;
+    }
+    None
+}
+
+const READ_CHUNK: usize = 4096;
+
+/// Reads until `buf` holds a complete request head. The first request of a connection must
+/// complete within `timeouts.head` of accept; later ones may idle `timeouts.http_idle` before
+/// their first byte, then get `timeouts.head`.
+pub async fn read<D: Driver>(
+    client: &Stream<D>,
+    buf: &mut Vec<u8>,
+    cfg: &Config,
+    first: bool,
+) -> HeadRead {
+    let max = cfg.limits.max_head_bytes;
+    if head_end(buf, 0).is_some() {
+        return HeadRead::Complete; // pipelined
+    }
+    if buf.is_empty() && !first {
+        match tokio::time::timeout(cfg.timeouts.http_idle, fill::<D>(client, buf, max)).await {
+            Err(_) | Ok(Err(_)) | Ok(Ok(0)) => return HeadRead::Closed,
+            Ok(Ok(_)) => {}
+        }
+    }
+    let work = async {
+        let mut scanned = 0;
+        loop {
+            if let Some(_end) = head_end(buf, scanned) {
+                return HeadRead::Complete;
+            }
+            scanned = buf.len();
+            if buf.len() >= max {
+                return HeadRead::Reject(Kind::HeadTooLarge);
+            }
+            match fill::<D>(client, buf, max).await {
+                // A close (even half-way through a head): nobody to answer.
+                Ok(0) | Err(_) => return HeadRead::Closed,
+                Ok(_) => {}
+            }
+        }
+    };
+    match tokio::time::timeout(cfg.timeouts.head, work).await {
+        Ok(r) => r,
+        Err(_) => HeadRead::Reject(Kind::HeadTimeout),
+    }
+}
+
+/// One read, appended, never growing `buf` past `max`.
+async fn fill<D: Driver>(s: &Stream<D>, buf: &mut Vec<u8>, max: usize) -> std::io::Result<usize> {
+    let start = buf.len();
+    let want = READ_CHUNK.min(max.saturating_sub(start)).max(1);
+    buf.resize(start + want, 0);
+    let r = rio::read::<D>(s, &mut buf[start..]).await;
+    buf.truncate(start + *r.as_ref().unwrap_or(&0));
+    r
+}
+
+/// Reads and parses a backend response head (502 on garbage, 504 on timeout).
+pub async fn read_response<'h, 'b, D: Driver>(
+    backend: &Stream<D>,
+    rbuf: &'b mut Vec<u8>,
+    headers: &'h mut [httparse::Header<'b>],
+    head_method: bool,
+    timeout: Duration,
+    max: usize,
+) -> Result<proto::Response<'h, 'b>, Kind> {
+    let work = async {
+        let mut scanned = 0;
+        loop {
+            if head_end(rbuf, scanned).is_some() {
+                return Ok(());
+            }
+            scanned = rbuf.len();
+            if rbuf.len() >= max {
+                return Err(Kind::BadResponse);
+            }
+            match fill::<D>(backend, rbuf, max).await {
+                Ok(0) | Err(_) => return Err(Kind::BackendReset),
+                Ok(_) => {}
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Err(_) => return Err(Kind::ResponseTimeout),
+        Ok(Err(k)) => return Err(k),
+        Ok(Ok(())) => {}
+    }
+    match proto::parse_response(rbuf, headers, head_method) {
+        Ok(Some(r)) => Ok(r),
+        _ => Err(Kind::BadResponse),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::head_end;
+
+    #[test]
+    fn finds_the_blank_line() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY", 0), Some(27));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nBODY", 0), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
+        assert_eq!(head_end(b"", 0), None);
+        // The terminator split across reads is still found when scanning resumes.
+        let full = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(head_end(full, 25), Some(27));
+        assert_eq!(head_end(full, 27), Some(27));
+    }
+}

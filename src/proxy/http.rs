@@ -1,0 +1,500 @@
+//! http mode: one client connection, many requests (keep-alive), each routed on its own.
+//!
+//! Per request: read the head into a bounded buffer (431 past `max_head_bytes`, 408 past
+//! `timeouts.head`), parse and check it strictly (`proto`), route, pick a backend (reusing the
+//! kept-alive backend connection when the policy picks the same backend), forward the head and
+//! body, read the response head, and either relay the response (body per its framing) or, on a
+//! verified `101`, hand both sockets to the tunnel.
+
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::balance::{KeySource, Table};
+use crate::config::ListenerConfig;
+use crate::error::Kind;
+use crate::io::{self as rio, Driver, Stream};
+use crate::proto::{self, BodyKind, RespBody, Upgrade};
+use crate::state::{Generation, UpstreamRt};
+
+use super::body::{self, BodyError, Framing};
+use super::connect::{self, Connected};
+use super::head_reader::{self, HeadRead};
+use super::{tunnel, Worker};
+
+/// httparse needs one slot per header; `limits.max_headers` is capped by this.
+const HEADER_SLOTS: usize = 128;
+
+/// The request's view for the balancer: headers, cookies, query parameters, client IP.
+struct ReqKey<'r, 'h, 'b> {
+    req: &'r proto::Request<'h, 'b>,
+    ip: IpAddr,
+}
+
+impl KeySource for ReqKey<'_, '_, '_> {
+    fn client_ip(&self) -> IpAddr {
+        self.ip
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.req.header(name)
+    }
+    fn cookie(&self, name: &str) -> Option<&[u8]> {
+        proto::find_cookie(self.req.headers, name)
+    }
+    fn query(&self, name: &str) -> Option<&[u8]> {
+        proto::query_param(self.req.path, name).map(str::as_bytes)
+    }
+}
+
+/// A backend connection kept for the client's next request.
+struct Kept<D: Driver> {
+    conn: Connected<D>,
+    table: Arc<Table>,
+    upstream: usize,
+}
+
+/// What a request needs after its head has been parsed and the borrow of the read buffer ends.
+struct Exchange {
+    body: Framing,
+    keep_alive: bool,
+    head_method: bool,
+    expect_continue: bool,
+    /// `Sec-WebSocket-Key` of a validated upgrade.
+    ws_key: Option<([u8; 32], usize)>,
+}
+
+pub async fn serve<D: Driver>(
+    w: &Rc<Worker>,
+    gen: &Generation,
+    lcfg: &ListenerConfig,
+    client: Stream<D>,
+    peer: SocketAddr,
+    mut buf: Vec<u8>,
+) {
+    let cfg = &gen.config;
+    let limits = proto::HeadLimits {
+        max_headers: cfg.limits.max_headers.min(HEADER_SLOTS),
+    };
+    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    let mut rbuf: Vec<u8> = Vec::new();
+    let mut kept: Option<Kept<D>> = None;
+    let mut first = true;
+
+    loop {
+        // ---- 1. a complete head in `buf`
+        match head_reader::read::<D>(&client, &mut buf, cfg, first).await {
+            HeadRead::Complete => {}
+            HeadRead::Closed => return,
+            HeadRead::Reject(kind) => {
+                return reject::<D>(w, &client, kind, kind.status().unwrap_or(400)).await;
+            }
+        }
+        first = false;
+        let parse_started = Instant::now();
+        let mut headers = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+        let req = match proto::parse_request(&buf, &mut headers, &limits) {
+            Ok(Some(r)) => r,
+            Ok(None) => return reject::<D>(w, &client, Kind::BadRequest, 400).await,
+            Err(rej) => {
+                let kind = if rej.status == 431 {
+                    Kind::HeadTooLarge
+                } else {
+                    Kind::BadRequest
+                };
+                tracing::debug!(%peer, reason = rej.reason, "request rejected");
+                return reject::<D>(w, &client, kind, rej.status).await;
+            }
+        };
+        let ws = match req.upgrade {
+            Upgrade::WebSocket => match proto::check_upgrade(&req) {
+                Ok(h) => {
+                    let mut key = [0u8; 32];
+                    let n = h.key.len().min(32);
+                    key[..n].copy_from_slice(&h.key[..n]);
+                    Some((key, n))
+                }
+                Err(rej) => {
+                    tracing::debug!(%peer, reason = rej.reason, "handshake rejected");
+                    return reject::<D>(w, &client, Kind::BadHandshake, rej.status).await;
+                }
+            },
+            _ => None,
+        };
+        w.counters()
+            .head_parse
+            .observe_us(parse_started.elapsed().as_micros() as u64);
+        crate::metrics::bump(&w.counters().requests, 1);
+
+        // ---- 2. route and pick
+        let Some(ui) = super::route::route(cfg, lcfg, req.host, req.path) else {
+            return reject::<D>(w, &client, Kind::NoRoute, 404).await;
+        };
+        let up = &gen.upstreams[ui];
+        let key = ReqKey {
+            req: &req,
+            ip: peer.ip(),
+        };
+        let table = up.lb.load_full();
+        let Some(pick) = table.pick(&key, &[]) else {
+            w.error(Kind::NoBackend);
+            return reject::<D>(w, &client, Kind::NoBackend, 503).await;
+        };
+        let reuse = match kept.take() {
+            Some(k) if k.upstream == ui && same_backend(&k.table, k.conn.index, &table, pick.index) => {
+                if rio::peer_closed::<D>(&k.conn.stream) {
+                    None
+                } else {
+                    Some(k)
+                }
+            }
+            _ => None,
+        };
+        let (mut conn, table) = match reuse {
+            Some(mut k) => {
+                k.conn.set_cookie = pick.set_cookie;
+                (k.conn, k.table)
+            }
+            None => {
+                match connect::connect_from::<D, _>(
+                    w,
+                    &table,
+                    &key,
+                    pick,
+                    cfg.limits.connect_retries,
+                    cfg.timeouts.connect,
+                )
+                .await
+                {
+                    Ok(c) => (c, table),
+                    Err(kind) => {
+                        let status = kind.status().unwrap_or(502);
+                        return reject::<D>(w, &client, kind, status).await;
+                    }
+                }
+            }
+        };
+
+        // ---- 3. the head we send on
+        out.clear();
+        let strip = up.cookie.as_ref().filter(|c| c.strip).map(|c| c.name.as_str());
+        proto::write_request_head(
+            &req,
+            &mut out,
+            &proto::ForwardOpts {
+                client_ip: peer.ip(),
+                https: lcfg.tls_terminated,
+                forward_for: lcfg.forward_for,
+                real_ip: lcfg.real_ip,
+                forward_proto: lcfg.forward_proto,
+                forward_host: lcfg.forward_host,
+                upgrade: ws.is_some(),
+                strip_cookie: strip,
+                extra_header: None,
+            },
+        );
+        let ex = Exchange {
+            body: match req.body {
+                BodyKind::None => Framing::None,
+                BodyKind::Length(n) => Framing::Length(n),
+                BodyKind::Chunked => Framing::Chunked,
+            },
+            keep_alive: req.keep_alive,
+            head_method: req.method == "HEAD",
+            expect_continue: req
+                .header("expect")
+                .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue")),
+            ws_key: ws,
+        };
+        let head_len = req.head_len;
+        drop(req);
+        buf.drain(..head_len);
+
+        if rio::write_all::<D>(&conn.stream, &out).await.is_err() {
+            w.error(Kind::BackendReset);
+            return reject::<D>(w, &client, Kind::BackendReset, 502).await;
+        }
+
+        // ---- 4. exchange
+        match exchange::<D>(w, gen, up, lcfg, &client, &mut conn, &table, &ex, &mut buf, &mut rbuf, &mut out)
+            .await
+        {
+            Next::KeepBoth => {
+                kept = Some(Kept {
+                    conn,
+                    table,
+                    upstream: ui,
+                });
+            }
+            Next::KeepClient => {}
+            Next::Close => return,
+            Next::Tunnel => {
+                // Buffers are not needed by a tunnel: release them before it starts.
+                drop(std::mem::take(&mut buf));
+                drop(std::mem::take(&mut rbuf));
+                drop(std::mem::take(&mut out));
+                let started = Instant::now();
+                let (end, moved) =
+                    tunnel::run::<D>(w, &client, &conn.stream, cfg.timeouts.tunnel_idle).await;
+                account_tunnel(w, &table, conn.index, end, moved, started);
+                return;
+            }
+        }
+    }
+}
+
+enum Next {
+    KeepBoth,
+    KeepClient,
+    Close,
+    Tunnel,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn exchange<D: Driver>(
+    w: &Worker,
+    gen: &Generation,
+    up: &UpstreamRt,
+    lcfg: &ListenerConfig,
+    client: &Stream<D>,
+    conn: &mut Connected<D>,
+    table: &Table,
+    ex: &Exchange,
+    buf: &mut Vec<u8>,
+    rbuf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Next {
+    let cfg = &gen.config;
+    let backend = &conn.stream;
+    let mut body_sent = ex.body == Framing::None || ex.ws_key.is_some();
+    if !body_sent && !ex.expect_continue {
+        if let Err(e) = body::forward::<D>(client, backend, buf, ex.body).await {
+            return body_failed::<D>(w, client, e, true).await;
+        }
+        body_sent = true;
+    }
+
+    rbuf.clear();
+    let mut client_keep = ex.keep_alive;
+    loop {
+        // ---- response head
+        let mut headers = [httparse::EMPTY_HEADER; HEADER_SLOTS];
+        let resp = match head_reader::read_response::<D>(
+            backend,
+            rbuf,
+            &mut headers,
+            ex.head_method,
+            cfg.timeouts.response_head,
+            cfg.limits.max_head_bytes.max(16 * 1024),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(kind) => {
+                w.error(kind);
+                if ex.ws_key.is_some() {
+                    up.counters.upgrade(w.id, false);
+                }
+                let status = kind.status().unwrap_or(502);
+                return reject_next::<D>(client, status).await;
+            }
+        };
+        count_response(table, conn.index, resp.code);
+
+        if resp.is_interim() {
+            // 100 Continue and friends: relay, then the real response follows.
+            let n = resp.head_len;
+            drop(resp);
+            if rio::write_all::<D>(client, &rbuf[..n]).await.is_err() {
+                return Next::Close;
+            }
+            rbuf.drain(..n);
+            if !body_sent {
+                if let Err(e) = body::forward::<D>(client, backend, buf, ex.body).await {
+                    return body_failed::<D>(w, client, e, true).await;
+                }
+                body_sent = true;
+            }
+            continue;
+        }
+
+        // ---- the cookie, if the policy wants one issued
+        let mut cookie_line: [u8; 512] = [0; 512];
+        let mut cookie_len = 0;
+        if conn.set_cookie {
+            if let (Some(c), Some(value)) = (&up.cookie, table.cookie_value(conn.index)) {
+                let mut v = Vec::new();
+                let mut attrs = c.attrs;
+                attrs.secure |= c.secure_auto && lcfg.tls_terminated;
+                proto::write_set_cookie(&mut v, &c.name, value.as_bytes(), &attrs);
+                cookie_len = v.len().min(512);
+                cookie_line[..cookie_len].copy_from_slice(&v[..cookie_len]);
+            }
+        }
+        let set_cookie = (cookie_len > 0).then_some(&cookie_line[..cookie_len]);
+
+        if resp.code == 101 {
+            let ok = match (ex.ws_key, resp.ws_accept) {
+                (Some((key, n)), Some(accept)) => {
+                    resp.upgrade.is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"))
+                        && proto::check_accept(accept, &key[..n])
+                }
+                _ => false,
+            };
+            if !ok {
+                let kind = if ex.ws_key.is_some() {
+                    Kind::BadAccept
+                } else {
+                    Kind::BadResponse
+                };
+                w.error(kind);
+                up.counters.upgrade(w.id, false);
+                return reject_next::<D>(client, 502).await;
+            }
+            out.clear();
+            proto::write_response_head(
+                &resp,
+                out,
+                &proto::RespForwardOpts {
+                    set_cookie,
+                    close: false,
+                },
+            );
+            let n = resp.head_len;
+            drop(resp);
+            // The 101, then any bytes the backend sent right after it; and the client's
+            // frames that arrived with its head go to the backend before anything else.
+            if rio::write_all::<D>(client, out).await.is_err()
+                || rio::write_all::<D>(client, &rbuf[n..]).await.is_err()
+            {
+                return Next::Close;
+            }
+            if !buf.is_empty() && rio::write_all::<D>(backend, buf).await.is_err() {
+                return Next::Close;
+            }
+            up.counters.upgrade(w.id, true);
+            crate::metrics::bump(&w.counters().handshakes, 1);
+            return Next::Tunnel;
+        }
+
+        if ex.ws_key.is_some() {
+            up.counters.upgrade(w.id, false);
+        }
+        // ---- a normal response
+        let framing = match resp.body {
+            RespBody::None => Framing::None,
+            RespBody::Length(n) => Framing::Length(n),
+            RespBody::Chunked => Framing::Chunked,
+            RespBody::UntilClose => Framing::UntilClose,
+        };
+        // A request body the backend answered before reading (expect-continue refused, an
+        // early error) is still in the client's pipe: the client connection cannot be reused.
+        client_keep &= framing != Framing::UntilClose && body_sent;
+        let backend_keep = resp.keep_alive && body_sent;
+        out.clear();
+        proto::write_response_head(
+            &resp,
+            out,
+            &proto::RespForwardOpts {
+                set_cookie,
+                close: !client_keep,
+            },
+        );
+        let n = resp.head_len;
+        drop(resp);
+        if rio::write_all::<D>(client, out).await.is_err() {
+            return Next::Close;
+        }
+        rbuf.drain(..n);
+        if let Err(e) = body::forward::<D>(backend, client, rbuf, framing).await {
+            return body_failed::<D>(w, client, e, false).await;
+        }
+        if !rbuf.is_empty() {
+            // A backend that sends more than it framed is broken: don't reuse it.
+            return if client_keep {
+                Next::KeepClient
+            } else {
+                Next::Close
+            };
+        }
+        return match (client_keep, backend_keep) {
+            (false, _) => Next::Close,
+            (true, true) => Next::KeepBoth,
+            (true, false) => Next::KeepClient,
+        };
+    }
+}
+
+async fn body_failed<D: Driver>(
+    w: &Worker,
+    client: &Stream<D>,
+    e: BodyError,
+    request_body: bool,
+) -> Next {
+    tracing::debug!(error = ?e, request_body, "body transfer failed");
+    let kind = match (&e, request_body) {
+        (BodyError::Bad(_), true) => Kind::BadRequest,
+        (BodyError::Bad(_), false) => Kind::BadResponse,
+        (BodyError::Src(_), true) | (BodyError::Dst(_), false) => Kind::ClientReset,
+        (BodyError::Src(_), false) | (BodyError::Dst(_), true) => Kind::BackendReset,
+    };
+    w.error(kind);
+    if request_body {
+        if let BodyError::Bad(rej) = e {
+            let _ = rio::write_all::<D>(client, proto::error_response(rej.status)).await;
+        } else if kind == Kind::BackendReset {
+            let _ = rio::write_all::<D>(client, proto::error_response(502)).await;
+        }
+    }
+    Next::Close
+}
+
+async fn reject_next<D: Driver>(client: &Stream<D>, status: u16) -> Next {
+    let _ = rio::write_all::<D>(client, proto::error_response(status)).await;
+    Next::Close
+}
+
+/// Answers a canned error (which carries `Connection: close`), counts it, and closes.
+async fn reject<D: Driver>(w: &Worker, client: &Stream<D>, kind: Kind, status: u16) {
+    if !matches!(kind, Kind::NoBackend | Kind::ConnectRefused | Kind::ConnectTimeout) {
+        // Connect failures were counted where they happened.
+        w.error(kind);
+    }
+    let _ = rio::write_all::<D>(client, proto::error_response(status)).await;
+}
+
+fn same_backend(a: &Table, ai: usize, b: &Table, bi: usize) -> bool {
+    match (a.backend(ai), b.backend(bi)) {
+        (Some(x), Some(y)) => x.name() == y.name() && x.addr() == y.addr(),
+        _ => false,
+    }
+}
+
+fn count_response(table: &Table, index: usize, code: u16) {
+    if let Some(b) = table.backend(index) {
+        b.stats().record_response(code);
+    }
+}
+
+/// Metrics for a finished tunnel: bytes per backend, lifetime, how it ended.
+pub fn account_tunnel(
+    w: &Worker,
+    table: &Table,
+    index: usize,
+    end: tunnel::End,
+    moved: tunnel::Moved,
+    started: Instant,
+) {
+    if let Some(b) = table.backend(index) {
+        b.stats().add_bytes(moved.up, moved.down);
+    }
+    w.counters()
+        .tunnel_lifetime
+        .observe_us(started.elapsed().as_micros() as u64);
+    match end {
+        tunnel::End::Closed => {}
+        tunnel::End::ClientReset => w.error(Kind::ClientReset),
+        tunnel::End::BackendReset => w.error(Kind::BackendReset),
+        tunnel::End::IdleTimeout => w.error(Kind::ClientTimeout),
+    }
+}

@@ -1,0 +1,123 @@
+//! Picks the upstream for a request: routes in file order, first match wins, then the
+//! listener's default upstream. Hosts were lower-cased at load time; the request's Host is
+//! compared case-insensitively with its port stripped, without allocating.
+
+use crate::config::{Config, HostMatch, ListenerConfig};
+
+/// The upstream index for (`listener`, `host`, `path`), if any route matches.
+pub fn route(
+    config: &Config,
+    listener: &ListenerConfig,
+    host: Option<&str>,
+    path: &str,
+) -> Option<usize> {
+    let host = host.map(strip_port);
+    for r in &config.routes {
+        if let Some(l) = &r.listener {
+            if **l != *listener.name {
+                continue;
+            }
+        }
+        if let Some(m) = &r.host {
+            let Some(h) = host else { continue };
+            if !host_matches(m, h) {
+                continue;
+            }
+        }
+        if path.starts_with(r.path_prefix.as_str()) {
+            return Some(r.upstream);
+        }
+    }
+    listener.upstream
+}
+
+fn strip_port(host: &str) -> &str {
+    let h = host.trim_end_matches('.');
+    if h.starts_with('[') {
+        // [v6]:port
+        return h.split_once(']').map_or(h, |(a, _)| &a[1..]);
+    }
+    match h.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => h,
+    }
+}
+
+fn host_matches(m: &HostMatch, host: &str) -> bool {
+    match m {
+        HostMatch::Exact(want) => host.eq_ignore_ascii_case(want),
+        HostMatch::Suffix(suffix) => {
+            host.len() > suffix.len()
+                && host.as_bytes()[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::from_toml(
+            r#"
+            [[listener]]
+            name = "web"
+            bind = "127.0.0.1:1"
+            upstream = "default"
+            [[listener]]
+            name = "other"
+            bind = "127.0.0.1:2"
+            upstream = "default"
+            [[route]]
+            listener = "web"
+            host = "chat.example.com"
+            path_prefix = "/socket.io/"
+            upstream = "chat"
+            [[route]]
+            host = "*.api.example.com"
+            upstream = "api"
+            [[route]]
+            path_prefix = "/ws"
+            upstream = "ws"
+            [[upstream]]
+            name = "default"
+            backends = [{ address = "127.0.0.1:9" }]
+            [[upstream]]
+            name = "chat"
+            backends = [{ address = "127.0.0.1:9" }]
+            [[upstream]]
+            name = "api"
+            backends = [{ address = "127.0.0.1:9" }]
+            [[upstream]]
+            name = "ws"
+            backends = [{ address = "127.0.0.1:9" }]
+            "#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn first_match_wins_and_default_applies() {
+        let c = config();
+        let web = &c.listeners[0];
+        let other = &c.listeners[1];
+        let idx = |n: &str| c.upstream_index(n).unwrap();
+        assert_eq!(route(&c, web, Some("chat.example.com"), "/socket.io/?x"), Some(idx("chat")));
+        assert_eq!(route(&c, web, Some("CHAT.Example.com:8080"), "/socket.io/"), Some(idx("chat")));
+        // listener-scoped route does not apply to `other`
+        assert_eq!(route(&c, other, Some("chat.example.com"), "/socket.io/"), Some(idx("default")));
+        assert_eq!(route(&c, web, Some("v1.api.example.com"), "/"), Some(idx("api")));
+        // the bare suffix is not a subdomain
+        assert_eq!(route(&c, web, Some("api.example.com"), "/"), Some(idx("default")));
+        assert_eq!(route(&c, web, None, "/ws/1"), Some(idx("ws")));
+        assert_eq!(route(&c, web, Some("x"), "/other"), Some(idx("default")));
+    }
+
+    #[test]
+    fn ports_and_brackets_are_stripped() {
+        assert_eq!(strip_port("a.b:80"), "a.b");
+        assert_eq!(strip_port("a.b"), "a.b");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+        assert_eq!(strip_port("a.b."), "a.b");
+    }
+}

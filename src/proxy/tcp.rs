@@ -1,0 +1,62 @@
+//! tcp mode: no parsing. Pick a backend (only `hash:ip` can key on anything), connect with the
+//! retry rule, optionally send a PROXY header so the backend sees the device's address, then
+//! tunnel.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::config::{ListenerConfig, SendProxy};
+use crate::error::Kind;
+use crate::io::{self as rio, Driver, Ready, Stream};
+use crate::proto::proxy_protocol;
+use crate::state::Generation;
+
+use super::{connect, tunnel, Worker};
+
+pub async fn serve<D: Driver>(
+    w: &Rc<Worker>,
+    gen: &Generation,
+    lcfg: &ListenerConfig,
+    client: Stream<D>,
+    peer: SocketAddr,
+    early: Vec<u8>,
+) {
+    let Some(up) = lcfg.upstream.and_then(|i| gen.upstreams.get(i)) else {
+        w.error(Kind::NoRoute);
+        return;
+    };
+    let cfg = &gen.config;
+    let table = up.lb.load_full();
+    let backend = match connect::pick_and_connect::<D, _>(
+        w,
+        &table,
+        &peer.ip(), // the only key a raw TCP connection has
+        cfg.limits.connect_retries,
+        cfg.timeouts.connect,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(_) => return, // counted in pick_and_connect; the client just sees the close
+    };
+
+    let mut hello = Vec::new();
+    let local = client.get_ref().local_addr().unwrap_or(peer);
+    match up.cfg.send_proxy {
+        SendProxy::None => {}
+        SendProxy::V1 => proxy_protocol::write_v1(peer, local, &mut hello),
+        SendProxy::V2 => proxy_protocol::write_v2(peer, local, &mut hello),
+    }
+    hello.extend_from_slice(&early);
+    if !hello.is_empty() && rio::write_all::<D>(&backend.stream, &hello).await.is_err() {
+        w.error(Kind::BackendReset);
+        return;
+    }
+    drop(hello);
+    drop(early);
+
+    let started = Instant::now();
+    let (end, moved) = tunnel::run::<D>(w, &client, &backend.stream, cfg.timeouts.tunnel_idle).await;
+    super::http::account_tunnel(w, &table, backend.index, end, moved, started);
+}

@@ -1,0 +1,273 @@
+//! Process layout: one worker thread per core, each pinned, each with its own runtime (a
+//! tokio-uring ring, or tokio's epoll reactor) and its own SO_REUSEPORT socket per listener.
+//! All sockets are bound here, before any worker starts, so a bind error stops the process
+//! at startup instead of leaving half a gateway running.
+
+use std::net::TcpListener;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::{bail, Context};
+
+use crate::balance::{self, PassiveHealth, Policy};
+use crate::config::{Config, Discovery, IoMode, UpstreamConfig};
+use crate::io::{Driver, Epoll, IoKind, Uring};
+use crate::metrics::{ListenerCounters, UpstreamCounters};
+use crate::proxy::{self, Worker};
+use crate::state::{CookieRt, Generation, Phase, Shared, UpstreamRt};
+use crate::sys;
+
+const BACKLOG: i32 = 4096;
+const RING_ENTRIES: u32 = 1024;
+
+/// Decides the io backend: `auto` probes for a ring and falls back to epoll.
+pub fn choose_io(mode: IoMode) -> anyhow::Result<IoKind> {
+    match mode {
+        IoMode::Epoll => Ok(IoKind::Epoll),
+        IoMode::Uring => {
+            sys::uring::probe().context(
+                "io = \"uring\" but io_uring cannot be set up (seccomp profile? \
+                 kernel.io_uring_disabled?); use io = \"auto\" to fall back to epoll",
+            )?;
+            Ok(IoKind::Uring)
+        }
+        IoMode::Auto => match sys::uring::probe() {
+            Ok(()) => Ok(IoKind::Uring),
+            Err(e) => {
+                tracing::warn!(error = %e, "io_uring unavailable, falling back to epoll");
+                Ok(IoKind::Epoll)
+            }
+        },
+    }
+}
+
+/// Builds the policy an upstream's config asks for.
+pub fn policy_for(u: &UpstreamConfig) -> Result<Policy, String> {
+    let p = if u.balance == "cookie" {
+        Policy::cookie(&u.cookie.name, u.cookie.secret.as_bytes(), &u.cookie.fallback)?
+    } else {
+        Policy::parse(&u.balance)?
+    };
+    // Passes round robin and least-conn through, and reaches a cookie policy's hash fallback.
+    p.with_load_factor(u.load_factor)
+}
+
+pub fn passive_for(u: &UpstreamConfig) -> PassiveHealth {
+    PassiveHealth {
+        max_fails: u.health.max_fails,
+        fail_timeout_ms: u.health.fail_timeout.as_millis() as u64,
+    }
+}
+
+/// Builds a generation for `config`, reusing the upstream objects (tables, live counts,
+/// health) of `prev` for upstreams of the same name, so a reload keeps them.
+pub fn build_generation(
+    config: Arc<Config>,
+    prev: Option<&Generation>,
+    workers: usize,
+) -> Result<Generation, String> {
+    let mut upstreams = Vec::new();
+    for u in &config.upstreams {
+        let policy = policy_for(u).map_err(|e| format!("upstream[{}].balance: {e}", u.name))?;
+        let old = prev.and_then(|g| g.upstreams.iter().find(|o| o.cfg.name == u.name));
+        let (lb, counters) = match old {
+            Some(o) => {
+                o.lb.set_policy(policy);
+                o.lb.set_passive_health(passive_for(u));
+                (o.lb.clone(), o.counters.clone())
+            }
+            None => (
+                Arc::new(balance::Upstream::new(&u.name, policy, passive_for(u))),
+                Arc::new(UpstreamCounters::new(u.name.clone(), workers)),
+            ),
+        };
+        if let Discovery::Static(list) = &u.discovery {
+            let specs = list
+                .iter()
+                .map(|b| balance::BackendSpec {
+                    name: b.name.clone(),
+                    addr: b.addr,
+                    weight: b.weight,
+                })
+                .collect();
+            lb.publish(specs);
+        }
+        upstreams.push(UpstreamRt {
+            cfg: u.clone(),
+            lb,
+            counters,
+            cookie: CookieRt::from_config(u),
+        });
+    }
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|l| {
+            prev.and_then(|g| g.listeners.iter().find(|c| c.name == l.name).cloned())
+                .unwrap_or_else(|| Arc::new(ListenerCounters::new(l.name.clone(), workers)))
+        })
+        .collect();
+    Ok(Generation {
+        config,
+        upstreams,
+        listeners,
+    })
+}
+
+/// A running data plane.
+pub struct DataPlane {
+    pub shared: Arc<Shared>,
+    pub io: IoKind,
+    threads: Vec<JoinHandle<()>>,
+    /// Addresses actually bound (port 0 resolved), per listener.
+    pub bound: Vec<std::net::SocketAddr>,
+}
+
+impl DataPlane {
+    /// Binds every listener once per worker and starts the workers.
+    pub fn start(config: Config) -> anyhow::Result<DataPlane> {
+        let workers = config.workers.max(1);
+        let io = choose_io(config.io)?;
+        let config = Arc::new(config);
+        let gen = build_generation(config.clone(), None, workers).map_err(anyhow::Error::msg)?;
+        let shared = Shared::new(gen, workers);
+        let _ = shared.io_kind.set(io);
+
+        // Bind: worker 0's socket for a port-0 listener fixes the port the others reuse.
+        let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            let mut addr = l.bind;
+            for sockets in per_worker.iter_mut() {
+                let s = sys::socket::bind_reuseport(addr, BACKLOG)
+                    .with_context(|| format!("listener {}: cannot bind {addr}", l.name))?;
+                addr = s.local_addr()?;
+                sockets.push(s);
+            }
+            bound.push(addr);
+        }
+
+        let cpus = sys::cpu::allowed_cpus();
+        let mut threads = Vec::new();
+        for (id, sockets) in per_worker.into_iter().enumerate() {
+            let shared = shared.clone();
+            let cpu = (config.pin_workers && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
+            let t = std::thread::Builder::new()
+                .name(format!("ringway-w{id}"))
+                .spawn(move || worker_thread(id, cpu, io, shared, sockets))
+                .context("cannot start worker thread")?;
+            threads.push(t);
+        }
+        shared.listeners_bound.store(true, Ordering::Release);
+        for (l, a) in config.listeners.iter().zip(&bound) {
+            tracing::info!(listener = %l.name, addr = %a, mode = ?l.mode, "listening");
+        }
+        tracing::info!(workers, io = io.as_str(), "data plane started");
+        Ok(DataPlane {
+            shared,
+            io,
+            threads,
+            bound,
+        })
+    }
+
+    /// Stops accepting and waits for workers, which drain for `timeouts.drain`.
+    pub fn stop(self) {
+        self.shared.phase.send_replace(Phase::StopAccepting);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+
+    pub fn workers_finished(&self) -> bool {
+        self.threads.iter().all(|t| t.is_finished())
+    }
+}
+
+fn worker_thread(
+    id: usize,
+    cpu: Option<usize>,
+    io: IoKind,
+    shared: Arc<Shared>,
+    sockets: Vec<TcpListener>,
+) {
+    if let Some(cpu) = cpu {
+        if let Err(e) = sys::cpu::pin_current_thread(cpu) {
+            tracing::warn!(worker = id, cpu, error = %e, "cannot pin worker");
+        }
+    }
+    match io {
+        IoKind::Uring => {
+            let mut b = tokio_uring::builder();
+            b.entries(RING_ENTRIES);
+            match tokio_uring::Runtime::new(&b) {
+                Ok(rt) => {
+                    tracing::debug!(worker = id, cpu, io = "io_uring", "worker started");
+                    rt.block_on(worker_main::<Uring>(id, shared, sockets));
+                }
+                Err(e) => {
+                    // The probe passed but this ring failed (memlock?): run this core on epoll.
+                    tracing::warn!(worker = id, error = %e, "io_uring ring failed; this worker uses epoll");
+                    run_epoll(id, shared, sockets);
+                }
+            }
+        }
+        IoKind::Epoll => run_epoll(id, shared, sockets),
+    }
+}
+
+fn run_epoll(id: usize, shared: Arc<Shared>, sockets: Vec<TcpListener>) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = id, error = %e, "cannot build runtime");
+            return;
+        }
+    };
+    tracing::debug!(worker = id, io = "epoll", "worker started");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, worker_main::<Epoll>(id, shared, sockets));
+}
+
+async fn worker_main<D: Driver>(id: usize, shared: Arc<Shared>, sockets: Vec<TcpListener>) {
+    let w = Worker::new(id, shared.clone());
+    for (i, s) in sockets.into_iter().enumerate() {
+        crate::io::spawn_local(proxy::accept_loop::<D>(w.clone(), i, s));
+    }
+    let mut phase = shared.phase.subscribe();
+    while *phase.borrow_and_update() != Phase::StopAccepting {
+        if phase.changed().await.is_err() {
+            break;
+        }
+    }
+    let drain = shared.gen.load().config.timeouts.drain;
+    if w.open_connections() > 0 {
+        tracing::info!(worker = id, open = w.open_connections(), ?drain, "draining");
+    }
+    if tokio::time::timeout(drain, w.wait_idle()).await.is_err() {
+        tracing::info!(worker = id, closing = w.open_connections(), "drain time over, closing");
+    }
+}
+
+/// `workers = 0` resolved against the machine.
+pub fn resolve_workers(config: &mut Config) {
+    config.resolve_workers(sys::cpu::usable_cpus());
+}
+
+pub fn check_kernel_fd_limit(workers: usize) -> anyhow::Result<()> {
+    match sys::raise_nofile_limit() {
+        Ok(n) if n < 1024 => bail!("RLIMIT_NOFILE is {n}; raise it (each connection costs 2 fds)"),
+        Ok(n) => {
+            tracing::debug!(nofile = n, workers, "fd limit");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE");
+            Ok(())
+        }
+    }
+}

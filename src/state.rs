@@ -1,0 +1,115 @@
+//! What the data plane reads and the control plane writes: one `Generation` (config, routes,
+//! upstream tables) swapped whole on reload, plus process-wide counters and the lifecycle phase.
+//! Workers `load()` a generation per connection (per request in http mode); a connection keeps
+//! the generation and table it started with.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::balance;
+use crate::config::{Config, CookieSecure, UpstreamConfig};
+use crate::metrics::{ListenerCounters, Metrics, UpstreamCounters};
+use crate::proto::CookieAttrs;
+
+/// Lifecycle of the process, watched by every worker's accept loops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// SIGTERM: /readyz is 503; listeners still accept until `accept_delay` ends.
+    Draining,
+    /// Listeners closed; open connections get `timeouts.drain`.
+    StopAccepting,
+}
+
+/// One upstream as the data plane sees it.
+pub struct UpstreamRt {
+    pub cfg: Arc<UpstreamConfig>,
+    pub lb: Arc<balance::Upstream>,
+    pub counters: Arc<UpstreamCounters>,
+    /// Set-Cookie attributes, prebuilt (cookie policy only).
+    pub cookie: Option<CookieRt>,
+}
+
+pub struct CookieRt {
+    pub name: String,
+    pub attrs: CookieAttrs,
+    /// `secure = auto`: add `Secure` when the listener is behind TLS.
+    pub secure_auto: bool,
+    pub strip: bool,
+}
+
+impl CookieRt {
+    pub fn from_config(u: &UpstreamConfig) -> Option<CookieRt> {
+        if u.balance != "cookie" {
+            return None;
+        }
+        let c = &u.cookie;
+        Some(CookieRt {
+            name: c.name.clone(),
+            attrs: CookieAttrs {
+                secure: c.secure == CookieSecure::Always,
+                max_age: c.max_age.map(|d| d.as_secs()),
+            },
+            secure_auto: c.secure == CookieSecure::Auto,
+            strip: c.strip,
+        })
+    }
+}
+
+pub struct Generation {
+    pub config: Arc<Config>,
+    /// Parallel to `config.upstreams`.
+    pub upstreams: Vec<UpstreamRt>,
+    /// Parallel to `config.listeners`.
+    pub listeners: Vec<Arc<ListenerCounters>>,
+}
+
+pub struct Shared {
+    pub gen: ArcSwap<Generation>,
+    pub metrics: Metrics,
+    pub workers: usize,
+    pub phase: watch::Sender<Phase>,
+    /// Every worker has bound every listener.
+    pub listeners_bound: AtomicBool,
+    pub io_kind: std::sync::OnceLock<crate::io::IoKind>,
+    pub limits: crate::proxy::limits::Limiter,
+}
+
+impl Shared {
+    pub fn new(gen: Generation, workers: usize) -> Arc<Shared> {
+        let limits = crate::proxy::limits::Limiter::new(&gen.config.limits);
+        Arc::new(Shared {
+            gen: ArcSwap::from_pointee(gen),
+            metrics: Metrics::new(workers),
+            workers,
+            phase: watch::channel(Phase::Running).0,
+            listeners_bound: AtomicBool::new(false),
+            io_kind: std::sync::OnceLock::new(),
+            limits,
+        })
+    }
+
+    pub fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    /// Ready = listeners bound, not draining, and every upstream has a backend it can use.
+    pub fn ready(&self) -> (bool, String) {
+        if !self.listeners_bound.load(Ordering::Acquire) {
+            return (false, "listeners not bound yet".into());
+        }
+        if self.phase() != Phase::Running {
+            return (false, "draining".into());
+        }
+        let gen = self.gen.load();
+        for u in &gen.upstreams {
+            if u.lb.load().n_active() == 0 {
+                return (false, format!("upstream {} has no backend up", u.cfg.name));
+            }
+        }
+        (true, "ready".into())
+    }
+}

@@ -1,0 +1,124 @@
+//! Socket setup: SO_REUSEPORT listeners (one per worker), non-blocking accept and connect.
+//! Every socket ringway holds is non-blocking; readiness comes from the io backend.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd};
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+/// A non-blocking listening socket with SO_REUSEPORT, so every worker (and a second ringway
+/// process during a rolling update) binds the same address and the kernel spreads connections.
+pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
+/// accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC: one syscall, no fcntl afterwards.
+/// `Err(WouldBlock)` when no connection is queued.
+pub fn accept_nonblocking(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    let mut storage: libc::sockaddr_storage = unsafe_zeroed_storage();
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the listener's fd is open for the duration of the call (we hold `&TcpListener`);
+    // `storage` and `len` are valid, writable and sized as the kernel expects.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: accept4 returned a fresh fd that nothing else owns; TcpStream takes ownership.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let peer = sockaddr_to_std(&storage).ok_or_else(|| io::Error::other("unknown family"))?;
+    Ok((stream, peer))
+}
+
+fn unsafe_zeroed_storage() -> libc::sockaddr_storage {
+    // SAFETY: sockaddr_storage is plain data; all-zero is a valid (AF_UNSPEC) value.
+    unsafe { std::mem::zeroed() }
+}
+
+fn sockaddr_to_std(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match storage.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which fits inside it.
+            let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6, which fits inside it.
+            let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Starts a non-blocking connect. `Ok((stream, true))` when already connected (loopback can
+/// be), `Ok((stream, false))` while in progress: wait for writability, then [`finish_connect`].
+pub fn start_connect(addr: SocketAddr) -> io::Result<(TcpStream, bool)> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    socket.set_nodelay(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => Ok((socket.into(), true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok((socket.into(), false)),
+        Err(e) => Err(e),
+    }
+}
+
+/// After writability: `Ok(())` if the connect succeeded, else its error.
+pub fn finish_connect(stream: &TcpStream) -> io::Result<()> {
+    match stream.take_error()? {
+        Some(e) => Err(e),
+        None => match stream.peer_addr() {
+            Ok(_) => Ok(()),
+            // Spurious wakeup: not connected yet.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                Err(io::Error::from(io::ErrorKind::WouldBlock))
+            }
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// Client sockets: no Nagle (WebSocket messages are latency-bound), keepalive so a dead
+/// peer behind a silent NAT is found eventually even with `tunnel_idle` off.
+pub fn tune_client(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let sock = SockRef::from(stream);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(60))
+        .with_interval(std::time::Duration::from_secs(10))
+        .with_retries(6);
+    let _ = sock.set_tcp_keepalive(&ka);
+}
+
+/// Makes the next close send RST instead of FIN: how a reset on one side of a tunnel is
+/// passed on to the other.
+pub fn set_reset_on_close(stream: &TcpStream) {
+    let _ = SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+}
