@@ -49,10 +49,29 @@ pub fn run(mut config: Config, path: Option<PathBuf>, _args: RunArgs) -> i32 {
         }
     };
     let shared = plane.shared.clone();
-    rt.block_on(control_loop(shared, path));
+    let outcome = rt.block_on(async {
+        crate::discovery::spawn(shared.clone());
+        if let Some(addr) = shared.gen.load().config.admin {
+            let (s, p) = (shared.clone(), path.clone());
+            let reloader: crate::admin::Reloader = Arc::new(move || reload(&s, p.as_deref()));
+            match crate::admin::spawn(shared.clone(), addr, reloader).await {
+                Ok(bound) => tracing::info!(addr = %bound, "admin listening"),
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "cannot bind the admin listener");
+                    return Err(());
+                }
+            }
+        }
+        control_loop(shared, path).await;
+        Ok(())
+    });
     plane.stop();
     tracing::info!("stopped");
-    0
+    if outcome.is_ok() {
+        0
+    } else {
+        1
+    }
 }
 
 async fn control_loop(shared: Arc<Shared>, path: Option<PathBuf>) {

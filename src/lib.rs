@@ -5,10 +5,12 @@
 //! config, error}`. The proxy reads table snapshots; it never calls discovery.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod discovery;
 pub mod error;
 pub mod io;
 pub mod metrics;
