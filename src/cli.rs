@@ -26,6 +26,10 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Start three echo backends and the gateway on loopback, show sticky routing and a
+    /// short load; finishes by itself and leaves nothing running.
+    #[cfg(feature = "demo")]
+    Demo,
 }
 
 #[derive(clap::Args, Debug, Default)]
@@ -94,6 +98,8 @@ pub fn main() -> i32 {
                 EXIT_CONFIG
             }
         },
+        #[cfg(feature = "demo")]
+        Command::Demo => crate::demo::run(),
         Command::Run(args) => {
             let (config, path) = match load_run_config(&args) {
                 Ok(c) => c,

@@ -10,6 +10,8 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod control;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod discovery;
 pub mod error;
 pub mod io;

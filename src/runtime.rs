@@ -204,7 +204,11 @@ fn worker_thread(
             match tokio_uring::Runtime::new(&b) {
                 Ok(rt) => {
                     tracing::debug!(worker = id, cpu, io = "io_uring", "worker started");
-                    rt.block_on(worker_main::<Uring>(id, shared, sockets));
+                    rt.block_on(async {
+                        sys::uring::set_ring_active(true);
+                        worker_main::<Uring>(id, shared, sockets).await;
+                        sys::uring::set_ring_active(false);
+                    });
                 }
                 Err(e) => {
                     // The probe passed but this ring failed (memlock?): run this core on epoll.

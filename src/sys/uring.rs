@@ -17,6 +17,7 @@
 //!   `ECANCELED`: waiters treat that as a spurious wake-up and poll again.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::os::fd::RawFd;
@@ -94,11 +95,24 @@ impl Future for PollReady {
 
 impl Drop for PollReady {
     fn drop(&mut self) {
-        if self.op.is_some() {
+        if self.op.is_some() && RING_ACTIVE.with(Cell::get) {
             cancel_fd(self.fd);
         }
         // Dropping `op` hands its PollData to the driver until the (cancelled) completion.
+        // While the runtime shuts down (tasks dropped, no context to submit in), the driver's
+        // own drop reaps every op still in flight, releasing their data.
     }
+}
+
+thread_local! {
+    /// True while this thread's tokio-uring runtime can take submissions.
+    static RING_ACTIVE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this thread's ring as accepting submissions (set around the worker's main future:
+/// the tasks still alive when it returns are dropped during runtime teardown).
+pub fn set_ring_active(active: bool) {
+    RING_ACTIVE.with(|a| a.set(active));
 }
 
 /// Submits an async cancel of every op pending on `fd`; fire and forget.

@@ -1,0 +1,222 @@
+//! `GET /metrics`: a prometheus-client [`Collector`] that reads the data plane's counters at
+//! scrape time. Workers never touch a Prometheus type: they bump plain per-core slots
+//! (`crate::metrics`) and per-backend atomics (`balance::BackendStats`), and this sums them,
+//! so a scrape costs the control thread a few microseconds per backend and the hot path
+//! nothing.
+
+use std::fmt;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::registry::Registry;
+
+use super::names::{self, Def};
+use crate::balance::{now_ms, Backend};
+use crate::error::Kind;
+use crate::io::IoKind;
+use crate::metrics::{Histogram, HistogramSnapshot};
+use crate::state::Shared;
+
+/// Content-Type of the exposition (Prometheus negotiates OpenMetrics and accepts it as is).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Status classes, in the order of `BackendStats::responses()`.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Renders every metric of `shared` as OpenMetrics text.
+pub fn render(shared: &Arc<Shared>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape(shared.clone())));
+    let mut out = String::with_capacity(16 * 1024);
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+/// The collector: one per scrape, holding the shared state it reads.
+struct Scrape(Arc<Shared>);
+
+impl fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Scrape")
+    }
+}
+
+/// Starts a family and hands its encoder to `body`.
+fn family(
+    enc: &mut DescriptorEncoder,
+    def: &Def,
+    body: impl FnOnce(&mut MetricEncoder) -> fmt::Result,
+) -> fmt::Result {
+    let unit = def.unit();
+    let mut m = enc.encode_descriptor(def.family, def.help, unit.as_ref(), def.kind)?;
+    body(&mut m)
+}
+
+fn counter<const N: usize>(m: &mut MetricEncoder, labels: [(&str, &str); N], v: u64) -> fmt::Result {
+    if N == 0 {
+        return m.encode_counter::<NoLabelSet, u64, u64>(&v, None);
+    }
+    m.encode_family(&labels)?
+        .encode_counter::<NoLabelSet, u64, u64>(&v, None)
+}
+
+fn gauge<const N: usize>(m: &mut MetricEncoder, labels: [(&str, &str); N], v: i64) -> fmt::Result {
+    if N == 0 {
+        return m.encode_gauge(&v);
+    }
+    m.encode_family(&labels)?.encode_gauge(&v)
+}
+
+/// Our histograms count in microseconds with cumulative snapshots; Prometheus wants seconds,
+/// and the encoder wants per-bucket counts (it accumulates them itself).
+fn histogram(m: &mut MetricEncoder, snap: Option<HistogramSnapshot>) -> fmt::Result {
+    let Some(s) = snap else {
+        return m.encode_histogram::<NoLabelSet>(0.0, 0, &[(f64::MAX, 0)], None);
+    };
+    let mut buckets = Vec::with_capacity(s.cumulative.len());
+    let mut prev = 0;
+    for (i, &cum) in s.cumulative.iter().enumerate() {
+        let bound = s.bounds.get(i).map_or(f64::MAX, |&us| us as f64 / 1e6);
+        buckets.push((bound, cum.saturating_sub(prev)));
+        prev = cum;
+    }
+    m.encode_histogram::<NoLabelSet>(s.sum_us as f64 / 1e6, prev, &buckets, None)
+}
+
+/// Where a backend stands for `ringway_backend_up` and `/backends`.
+pub fn backend_up(b: &Backend, now: u64) -> bool {
+    b.stats().health_up() && !b.stats().is_down(now)
+}
+
+/// DNS update counts per upstream: `(upstream, result, count)`.
+///
+/// HOOK for discovery: `src/discovery/` does not expose its counters yet, so this yields
+/// nothing and `ringway_dns_updates_total` is rendered as an empty family. When discovery
+/// publishes them (e.g. per-upstream `changed / unchanged / failed` counters reachable from
+/// `Shared`), read them here; [`encode_dns_updates`] renders whatever this returns.
+fn dns_updates(_shared: &Shared) -> Vec<(String, &'static str, u64)> {
+    Vec::new()
+}
+
+/// Renders `ringway_dns_updates_total{upstream,result}` from `(upstream, result, count)`.
+pub fn encode_dns_updates(
+    enc: &mut DescriptorEncoder,
+    updates: &[(String, &'static str, u64)],
+) -> fmt::Result {
+    family(enc, &names::DNS_UPDATES, |m| {
+        for (upstream, result, n) in updates {
+            counter(m, [("upstream", upstream), ("result", result)], *n)?;
+        }
+        Ok(())
+    })
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let shared = &*self.0;
+        let gen = shared.gen.load();
+        let cores = &shared.metrics.cores;
+
+        family(&mut enc, &names::CONNECTIONS_ACTIVE, |m| {
+            gen.listeners.iter().try_for_each(|l| gauge(m, [("listener", &l.name)], l.active()))
+        })?;
+        family(&mut enc, &names::CONNECTIONS, |m| {
+            gen.listeners
+                .iter()
+                .try_for_each(|l| counter(m, [("listener", &l.name)], l.accepted_total()))
+        })?;
+        family(&mut enc, &names::CONNECTIONS_REJECTED, |m| {
+            gen.listeners
+                .iter()
+                .try_for_each(|l| counter(m, [("listener", &l.name)], l.rejected_total()))
+        })?;
+
+        // One table load per upstream, so every per-backend family of a scrape agrees.
+        let tables: Vec<_> = gen.upstreams.iter().map(|u| (&u.cfg.name, u.lb.load_full())).collect();
+        let each_backend = |m: &mut MetricEncoder,
+                            f: &mut dyn FnMut(&mut MetricEncoder, &str, &Backend) -> fmt::Result|
+         -> fmt::Result {
+            for (up, table) in &tables {
+                for b in table.backends() {
+                    f(m, up, b)?;
+                }
+            }
+            Ok(())
+        };
+        family(&mut enc, &names::UPSTREAM_CONNECTIONS_ACTIVE, |m| {
+            each_backend(m, &mut |m, up, b| {
+                gauge(m, [("upstream", up), ("backend", b.name())], b.live() as i64)
+            })
+        })?;
+        family(&mut enc, &names::REQUESTS, |m| {
+            each_backend(m, &mut |m, up, b| {
+                let r = b.stats().responses();
+                CLASSES.iter().zip(r).try_for_each(|(code, n)| {
+                    counter(m, [("upstream", up), ("backend", b.name()), ("code", code)], n)
+                })
+            })
+        })?;
+        family(&mut enc, &names::BYTES, |m| {
+            each_backend(m, &mut |m, up, b| {
+                let (to_backend, to_client) = b.stats().bytes();
+                let l = |d| [("upstream", up), ("backend", b.name()), ("direction", d)];
+                counter(m, l("to_backend"), to_backend)?;
+                counter(m, l("to_client"), to_client)
+            })
+        })?;
+        let now = now_ms();
+        family(&mut enc, &names::BACKEND_UP, |m| {
+            each_backend(m, &mut |m, up, b| {
+                gauge(m, [("upstream", up), ("backend", b.name())], backend_up(b, now) as i64)
+            })
+        })?;
+        family(&mut enc, &names::UPGRADES, |m| {
+            gen.upstreams.iter().try_for_each(|u| {
+                let (ok, failed) = u.counters.upgrades();
+                counter(m, [("upstream", &u.cfg.name), ("result", "ok")], ok)?;
+                counter(m, [("upstream", &u.cfg.name), ("result", "failed")], failed)
+            })
+        })?;
+        family(&mut enc, &names::ERRORS, |m| {
+            Kind::ALL.iter().try_for_each(|&k| {
+                let labels = [("kind", k.as_str()), ("side", k.side().as_str())];
+                counter(m, labels, shared.metrics.errors(k))
+            })
+        })?;
+        family(&mut enc, &names::HEAD_PARSE, |m| {
+            histogram(m, Histogram::sum(cores.iter().map(|c| &c.head_parse)))
+        })?;
+        family(&mut enc, &names::BACKEND_CONNECT, |m| {
+            histogram(m, Histogram::sum(cores.iter().map(|c| &c.connect)))
+        })?;
+        family(&mut enc, &names::TUNNEL_DURATION, |m| {
+            histogram(m, Histogram::sum(cores.iter().map(|c| &c.tunnel_lifetime)))
+        })?;
+        encode_dns_updates(&mut enc, &dns_updates(shared))?;
+        family(&mut enc, &names::CONFIG_RELOADS, |m| {
+            let c = &shared.metrics.control;
+            counter(m, [("result", "ok")], c.reloads_ok.load(Relaxed))?;
+            counter(m, [("result", "failed")], c.reloads_failed.load(Relaxed))
+        })?;
+        family(&mut enc, &names::IO_BACKEND, |m| {
+            let current = shared.io_kind.get().copied();
+            // Labelled with the config's spelling (`io = "uring"`), as deploy/ documents.
+            [(IoKind::Uring, "uring"), (IoKind::Epoll, "epoll")]
+                .iter()
+                .try_for_each(|&(k, label)| gauge(m, [("kind", label)], (current == Some(k)) as i64))
+        })?;
+        family(&mut enc, &names::BUILD, |m| {
+            m.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])
+        })?;
+        let sum = |f: &dyn Fn(&crate::metrics::CoreCounters) -> u64| cores.iter().map(f).sum::<u64>();
+        family(&mut enc, &names::PIPES_IN_USE, |m| {
+            let lent: i64 = cores.iter().map(|c| c.pipes_lent.load(Relaxed)).sum();
+            gauge(m, [], lent)
+        })?;
+        family(&mut enc, &names::HANDSHAKES, |m| counter(m, [], sum(&|c| c.handshakes.load(Relaxed))))?;
+        family(&mut enc, &names::HTTP_REQUESTS, |m| counter(m, [], sum(&|c| c.requests.load(Relaxed))))
+    }
+}

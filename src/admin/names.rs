@@ -1,0 +1,150 @@
+//! Every metric ringway exports, defined once: family name, help, type and unit.
+//!
+//! The exposition is OpenMetrics (prometheus-client), where a counter family `x` is exposed as
+//! the sample `x_total`, an info family `x` as `x_info`, and a family with a unit ends in it
+//! (`..._seconds_bucket`). [`Def::sample`] gives the name an operator sees, which is what the
+//! dashboards in `deploy/` and `docs/operations.md` use; a unit test checks that every
+//! definition here shows up in a scrape under that name.
+
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Unit;
+
+/// One metric family.
+pub struct Def {
+    /// The OpenMetrics family name (no `_total` / `_info` suffix).
+    pub family: &'static str,
+    pub help: &'static str,
+    pub kind: MetricType,
+    /// Only histograms of durations have one (seconds).
+    pub seconds: bool,
+}
+
+impl Def {
+    /// The name of the samples as scraped (`_total` for counters, `_info` for info).
+    pub fn sample(&self) -> String {
+        match self.kind {
+            MetricType::Counter => format!("{}_total", self.family),
+            MetricType::Info => format!("{}_info", self.family),
+            _ if self.seconds => format!("{}_seconds", self.family),
+            _ => self.family.to_string(),
+        }
+    }
+
+    pub fn unit(&self) -> Option<Unit> {
+        self.seconds.then_some(Unit::Seconds)
+    }
+}
+
+const fn counter(family: &'static str, help: &'static str) -> Def {
+    Def { family, help, kind: MetricType::Counter, seconds: false }
+}
+
+const fn gauge(family: &'static str, help: &'static str) -> Def {
+    Def { family, help, kind: MetricType::Gauge, seconds: false }
+}
+
+const fn seconds_histogram(family: &'static str, help: &'static str) -> Def {
+    Def { family, help, kind: MetricType::Histogram, seconds: true }
+}
+
+pub const CONNECTIONS_ACTIVE: Def = gauge(
+    "ringway_connections_active",
+    "Client connections open now, per listener.",
+);
+pub const CONNECTIONS: Def = counter(
+    "ringway_connections",
+    "Client connections accepted (and admitted by the limits), per listener.",
+);
+pub const CONNECTIONS_REJECTED: Def = counter(
+    "ringway_connections_rejected",
+    "Client connections refused by [limits] (http: 503/429 answered; tcp: closed), per listener.",
+);
+pub const UPSTREAM_CONNECTIONS_ACTIVE: Def = gauge(
+    "ringway_upstream_connections_active",
+    "Live connections to each backend (tunnels and in-flight requests): what HPA/KEDA scale on.",
+);
+pub const REQUESTS: Def = counter(
+    "ringway_requests",
+    "Responses relayed from each backend; code is the status class (1xx, 2xx, 3xx, 4xx, 5xx).",
+);
+pub const UPGRADES: Def = counter(
+    "ringway_upgrades",
+    "WebSocket upgrades per upstream; result=ok (101 relayed) or failed.",
+);
+pub const ERRORS: Def = counter(
+    "ringway_errors",
+    "Errors by kind; side says whose fault: client, backend or internal.",
+);
+pub const BYTES: Def = counter(
+    "ringway_bytes",
+    "Tunnel and body bytes per backend, counted when a tunnel ends; direction=to_backend or to_client.",
+);
+pub const HEAD_PARSE: Def = seconds_histogram(
+    "ringway_head_parse",
+    "Time to parse a complete request head.",
+);
+pub const BACKEND_CONNECT: Def = seconds_histogram(
+    "ringway_backend_connect",
+    "Time to connect to a backend.",
+);
+pub const TUNNEL_DURATION: Def = seconds_histogram(
+    "ringway_tunnel_duration",
+    "Lifetime of finished tunnels (WebSocket after 101, tcp mode).",
+);
+pub const BACKEND_UP: Def = gauge(
+    "ringway_backend_up",
+    "1 when a backend may take new connections by health (active probe up, not passively down), else 0.",
+);
+pub const DNS_UPDATES: Def = counter(
+    "ringway_dns_updates",
+    "DNS re-resolutions per upstream; result=changed, unchanged or failed.",
+);
+pub const CONFIG_RELOADS: Def = counter(
+    "ringway_config_reloads",
+    "Configuration reloads (SIGHUP, POST /reload); result=ok or failed (the old config kept running).",
+);
+pub const IO_BACKEND: Def = gauge(
+    "ringway_io_backend",
+    "1 for the io backend the workers run on (io_uring or epoll), 0 for the other.",
+);
+pub const BUILD: Def = Def {
+    family: "ringway_build",
+    help: "The running ringway version.",
+    kind: MetricType::Info,
+    seconds: false,
+};
+pub const PIPES_IN_USE: Def = gauge(
+    "ringway_pipes_in_use",
+    "Splice pipes lent to open tunnels now (each holds two fds).",
+);
+pub const HANDSHAKES: Def = counter(
+    "ringway_handshakes",
+    "WebSocket handshakes completed (101 relayed to the client), all upstreams.",
+);
+pub const HTTP_REQUESTS: Def = counter(
+    "ringway_http_requests",
+    "Request heads parsed on http listeners, whatever became of them.",
+);
+
+/// Every family, in exposition order.
+pub const ALL: &[&Def] = &[
+    &CONNECTIONS_ACTIVE,
+    &CONNECTIONS,
+    &CONNECTIONS_REJECTED,
+    &UPSTREAM_CONNECTIONS_ACTIVE,
+    &REQUESTS,
+    &UPGRADES,
+    &ERRORS,
+    &BYTES,
+    &HEAD_PARSE,
+    &BACKEND_CONNECT,
+    &TUNNEL_DURATION,
+    &BACKEND_UP,
+    &DNS_UPDATES,
+    &CONFIG_RELOADS,
+    &IO_BACKEND,
+    &BUILD,
+    &PIPES_IN_USE,
+    &HANDSHAKES,
+    &HTTP_REQUESTS,
+];
