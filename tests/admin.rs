@@ -129,11 +129,14 @@ async fn lookup_agrees_with_where_hashed_connections_land() {
         let predicted = v["backend"].as_str().unwrap().to_string();
         let ws = Ws::connect(gw.listen, &[("X-Device-Id", &key)]).await.unwrap();
         assert_eq!(ws.backend(), predicted, "key {key}: /lookup said {predicted}");
-        // The answer also carries the live count of that backend: our open tunnel.
-        let (_, _, body) = http_get(gw.admin, &format!("/lookup?upstream=main&key={key}")).await.unwrap();
+        // /backends sees the tunnel on that backend. (A second /lookup now may name another
+        // backend: with one live connection of three backends, bounded load caps the
+        // key's backend at ceil(1.25 × 2 / 3) = 1, so a *new* connection would overflow.)
+        let (_, _, body) = http_get(gw.admin, "/backends").await.unwrap();
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["backend"], predicted.as_str());
-        assert_eq!(v["live_connections"], 1, "{body}");
+        let b = v["upstreams"][0]["backends"].as_array().unwrap();
+        let holder = b.iter().find(|b| b["name"] == predicted.as_str()).unwrap();
+        assert_eq!(holder["live_connections"], 1, "{body}");
         ws.finish().await.unwrap();
         seen.insert(predicted);
         wait_idle(&gw).await;
