@@ -15,7 +15,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as Ws;
 
-type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Client =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn ws_connect(addr: SocketAddr, path: &str) -> Client {
     let (ws, resp) = within(
@@ -87,7 +88,9 @@ async fn many_concurrent(io: &'static str) {
                 let payload = pseudo_bytes(c * 1000 + m, 10 + ((c * 7 + m * 13) % 3000) as usize);
                 ws.send(Ws::binary(payload.clone())).await.unwrap();
                 match next_data(&mut ws).await {
-                    Ws::Binary(got) => assert!(got[..] == payload[..], "conn {c} msg {m} corrupted"),
+                    Ws::Binary(got) => {
+                        assert!(got[..] == payload[..], "conn {c} msg {m} corrupted")
+                    }
                     other => panic!("conn {c}: {other:?}"),
                 }
             }
@@ -141,14 +144,20 @@ async fn integrity_checksum(io: &'static str) {
             let mut got_sum = 0u64;
             let mut got = 0;
             while got < count {
-                let m = within("echo", rx.next()).await.expect("ended").expect("ws error");
+                let m = within("echo", rx.next())
+                    .await
+                    .expect("ended")
+                    .expect("ws error");
                 if let Ws::Binary(b) = m {
                     got_sum = got_sum.wrapping_add(fnv(&b));
                     got += 1;
                 }
             }
             let _tx = writer.await.unwrap();
-            assert_eq!(got_sum, sent_sum, "conn {conn}: checksum of {count} messages differs");
+            assert_eq!(
+                got_sum, sent_sum,
+                "conn {conn}: checksum of {count} messages differs"
+            );
         }));
     }
     for t in tasks {
@@ -167,10 +176,17 @@ async fn pipelined_frame(io: &'static str) {
     c.send(&bytes).await;
     let r = c.response(false).await.expect("101");
     assert_eq!(r.status, 101);
-    assert_eq!(r.header("sec-websocket-accept"), Some(ws_accept(WS_KEY).as_str()));
-    let (op, p) = within("frame", read_ws_frame(&mut c)).await.expect("echo frame");
+    assert_eq!(
+        r.header("sec-websocket-accept"),
+        Some(ws_accept(WS_KEY).as_str())
+    );
+    let (op, p) = within("frame", read_ws_frame(&mut c))
+        .await
+        .expect("echo frame");
     assert_eq!((op, p.as_slice()), (0x1, &b"first!"[..]));
-    let (op, p) = within("frame", read_ws_frame(&mut c)).await.expect("echo frame");
+    let (op, p) = within("frame", read_ws_frame(&mut c))
+        .await
+        .expect("echo frame");
     assert_eq!((op, p.as_slice()), (0x2, &[1u8, 2, 3][..]));
 }
 
@@ -179,11 +195,15 @@ async fn pipelined_frame(io: &'static str) {
 async fn ping_pong_close(io: &'static str) {
     // backend: on "ping-me" it pings the client and reports the pong payload it got back
     let be = raw_backend(|s, _| async move {
-        let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else { return };
+        let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+            return;
+        };
         while let Some(Ok(m)) = ws.next().await {
             match m {
                 Ws::Text(t) if t.as_str() == "ping-me" => {
-                    ws.send(Ws::Ping(b"from-backend".to_vec().into())).await.unwrap();
+                    ws.send(Ws::Ping(b"from-backend".to_vec().into()))
+                        .await
+                        .unwrap();
                 }
                 Ws::Pong(p) => {
                     let s = format!("pong:{}", String::from_utf8_lossy(&p));
@@ -225,7 +245,10 @@ async fn ping_pong_close(io: &'static str) {
             Some(Err(_)) | None => break,
         }
     }
-    assert!(saw_close, "the backend's close frame did not reach the client");
+    assert!(
+        saw_close,
+        "the backend's close frame did not reach the client"
+    );
 }
 
 /// Client shuts down its write side: the backend sees EOF and can still send; then the backend
@@ -251,7 +274,9 @@ async fn half_close_client_first(io: &'static str) {
     let mut c = raw_ws_client(gw.addr).await;
     c.send(b"client-data").await;
     c.s.shutdown().await.unwrap();
-    let rest = within("read after half-close", c.read_to_end()).await.unwrap();
+    let rest = within("read after half-close", c.read_to_end())
+        .await
+        .unwrap();
     assert_eq!(rest, b"backend saw EOF after: client-data");
 }
 
@@ -279,7 +304,9 @@ async fn half_close_backend_first(io: &'static str) {
     let gw = Gateway::start(io, &["--backend", &be.addr.to_string()]);
     let mut c = raw_ws_client(gw.addr).await;
     // read until EOF from the backend's FIN
-    let data = within("read until backend FIN", c.read_to_end()).await.unwrap();
+    let data = within("read until backend FIN", c.read_to_end())
+        .await
+        .unwrap();
     assert_eq!(data, b"bye from backend");
     // our write side is still open through the tunnel
     c.send(b"client still talking").await;
@@ -357,7 +384,10 @@ async fn connect_retry(io: &'static str) {
 /// An IPv6 listener.
 async fn ipv6_listener(io: &'static str) {
     let be = ws_echo_backend().await;
-    let gw = Gateway::start(io, &["--listen", "[::1]:0", "--backend", &be.addr.to_string()]);
+    let gw = Gateway::start(
+        io,
+        &["--listen", "[::1]:0", "--backend", &be.addr.to_string()],
+    );
     assert!(gw.addr.is_ipv6(), "{}", gw.addr);
     let mut ws = ws_connect(gw.addr, "/v6").await;
     ws.send(Ws::text("six")).await.unwrap();

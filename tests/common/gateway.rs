@@ -86,7 +86,8 @@ impl Gateway {
     /// `admin` should be "" (we add `admin = ""` at the top when the text has none).
     pub fn start_config(io: &str, toml: &str) -> Gateway {
         let n = CONFIG_SEQ.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("ringway-e2e-{}-{n}.toml", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("ringway-e2e-{}-{n}.toml", std::process::id()));
         let mut text = String::new();
         if !toml.contains("admin") {
             text.push_str("admin = \"\"\n");
@@ -183,7 +184,10 @@ impl Gateway {
     /// Panics (with the log) if the process has exited.
     pub fn assert_alive(&mut self) {
         if let Ok(Some(st)) = self.child.try_wait() {
-            panic!("ringway exited unexpectedly: {st}\n--- log ---\n{}", self.log());
+            panic!(
+                "ringway exited unexpectedly: {st}\n--- log ---\n{}",
+                self.log()
+            );
         }
     }
 
@@ -219,7 +223,10 @@ impl Drop for Gateway {
         }
         if let Some(st) = crashed {
             if !std::thread::panicking() {
-                panic!("ringway exited during the test: {st}\n--- log ---\n{}", self.log());
+                panic!(
+                    "ringway exited during the test: {st}\n--- log ---\n{}",
+                    self.log()
+                );
             }
         }
     }
@@ -250,7 +257,12 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let pat = format!(" {key}=");
     let i = line.find(&pat)? + pat.len();
     let rest = &line[i..];
-    Some(rest.split_whitespace().next().unwrap_or("").trim_matches('"'))
+    Some(
+        rest.split_whitespace()
+            .next()
+            .unwrap_or("")
+            .trim_matches('"'),
+    )
 }
 
 /// A port on loopback where nothing listens (connects are refused).
@@ -327,7 +339,9 @@ pub enum ReadErr {
 
 impl Conn {
     pub async fn connect(addr: SocketAddr) -> Conn {
-        let s = within("connect", TcpStream::connect(addr)).await.expect("connect");
+        let s = within("connect", TcpStream::connect(addr))
+            .await
+            .expect("connect");
         s.set_nodelay(true).unwrap();
         Conn::new(s)
     }
@@ -338,7 +352,9 @@ impl Conn {
         }
     }
     pub async fn send(&mut self, bytes: &[u8]) {
-        within("write", self.s.write_all(bytes)).await.expect("write");
+        within("write", self.s.write_all(bytes))
+            .await
+            .expect("write");
     }
     /// Reads more bytes into the buffer; Ok(0) at EOF.
     async fn fill(&mut self) -> Result<usize, ReadErr> {
@@ -381,7 +397,7 @@ impl Conn {
             Err(_) => false,
         }
     }
-    async fn head(&mut self) -> Result<Vec<u8>, ReadErr> {
+    pub async fn head(&mut self) -> Result<Vec<u8>, ReadErr> {
         loop {
             let b = self.buf.make_contiguous();
             if let Some(i) = b.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -407,7 +423,10 @@ impl Conn {
     async fn exact(&mut self, n: usize) -> Result<Vec<u8>, ReadErr> {
         while self.buf.len() < n {
             if self.fill().await? == 0 {
-                return Err(ReadErr::Broken(format!("EOF after {} of {n} body bytes", self.buf.len())));
+                return Err(ReadErr::Broken(format!(
+                    "EOF after {} of {n} body bytes",
+                    self.buf.len()
+                )));
             }
         }
         Ok(self.buf.drain(..n).collect())
@@ -507,8 +526,7 @@ impl Conn {
         let raw = self.head().await?;
         let mut m = parse_head(&raw, true)?;
         if expect_reply
-            && m
-                .header("expect")
+            && m.header("expect")
                 .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
         {
             self.send(b"HTTP/1.1 100 Continue\r\n\r\n").await;
@@ -534,7 +552,8 @@ impl Conn {
 }
 
 pub fn parse_head(raw: &[u8], request: bool) -> Result<Message, ReadErr> {
-    let text = std::str::from_utf8(raw).map_err(|_| ReadErr::Invalid("head is not UTF-8".into()))?;
+    let text =
+        std::str::from_utf8(raw).map_err(|_| ReadErr::Invalid("head is not UTF-8".into()))?;
     let mut lines = text.trim_end_matches("\r\n").split("\r\n");
     let first = lines.next().unwrap_or("");
     let mut m = Message {
@@ -713,8 +732,10 @@ pub async fn ws_echo_backend() -> Backend {
                     ..Default::default()
                 };
                 for (k, v) in req.headers() {
-                    m.headers
-                        .push((k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()));
+                    m.headers.push((
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    ));
                 }
                 reqs.lock().unwrap().push(m);
                 Ok(resp)
@@ -759,7 +780,12 @@ pub fn sha1(data: &[u8]) -> [u8; 20] {
     for chunk in msg.chunks(64) {
         let mut w = [0u32; 80];
         for i in 0..16 {
-            w[i] = u32::from_be_bytes([chunk[4 * i], chunk[4 * i + 1], chunk[4 * i + 2], chunk[4 * i + 3]]);
+            w[i] = u32::from_be_bytes([
+                chunk[4 * i],
+                chunk[4 * i + 1],
+                chunk[4 * i + 2],
+                chunk[4 * i + 3],
+            ]);
         }
         for i in 16..80 {
             w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
@@ -805,8 +831,16 @@ pub fn base64(data: &[u8]) -> String {
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         s.push(T[(n >> 18) as usize & 63] as char);
         s.push(T[(n >> 12) as usize & 63] as char);
-        s.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        s.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
+        s.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        s.push(if c.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     s
 }
@@ -874,7 +908,9 @@ where
         let after = after.clone();
         async move {
             let mut c = Conn::new(s);
-            let Ok(req) = c.request(false).await else { return };
+            let Ok(req) = c.request(false).await else {
+                return;
+            };
             let key = req.header("sec-websocket-key").unwrap_or("").to_string();
             let resp = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -896,7 +932,10 @@ pub async fn raw_ws_client(addr: SocketAddr) -> Conn {
     c.send(&ws_upgrade_head("/raw", WS_KEY, "13")).await;
     let r = c.response(false).await.expect("upgrade response");
     assert_eq!(r.status, 101, "upgrade: {r:?}");
-    assert_eq!(r.header("sec-websocket-accept"), Some(ws_accept(WS_KEY).as_str()));
+    assert_eq!(
+        r.header("sec-websocket-accept"),
+        Some(ws_accept(WS_KEY).as_str())
+    );
     c
 }
 
