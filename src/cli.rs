@@ -11,7 +11,11 @@ use crate::config::{raw, Config, ConfigErrors};
 pub const EXIT_CONFIG: i32 = 64;
 
 #[derive(Parser, Debug)]
-#[command(name = "ringway", version, about = "A gateway for long-lived connections")]
+#[command(
+    name = "ringway",
+    version,
+    about = "A gateway for long-lived connections"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,7 +24,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the gateway, from a config file or the quick form (one listener, one upstream).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate a config file and print the effective configuration.
     Check {
         #[arg(long, short)]
@@ -108,7 +112,7 @@ pub fn main() -> i32 {
                     return EXIT_CONFIG;
                 }
             };
-            crate::control::run(config, path, args)
+            crate::control::run(config, path, *args)
         }
     }
 }
@@ -117,7 +121,9 @@ pub fn main() -> i32 {
 /// same code, so the quick form can't accept what a file would refuse).
 pub fn load_run_config(args: &RunArgs) -> Result<(Config, Option<PathBuf>), ConfigErrors> {
     let mut config = match &args.config {
-        Some(path) => return apply_overrides(Config::load(path)?, args).map(|c| (c, Some(path.clone()))),
+        Some(path) => {
+            return apply_overrides(Config::load(path)?, args).map(|c| (c, Some(path.clone())))
+        }
         None => quick_config(args)?,
     };
     config = apply_overrides(config, args)?;
@@ -133,21 +139,34 @@ fn apply_overrides(mut c: Config, args: &RunArgs) -> Result<Config, ConfigErrors
             "auto" => crate::config::IoMode::Auto,
             "uring" => crate::config::IoMode::Uring,
             "epoll" => crate::config::IoMode::Epoll,
-            other => return Err(one_error("--io", format!("`{other}` is not one of auto | uring | epoll"))),
+            other => {
+                return Err(one_error(
+                    "--io",
+                    format!("`{other}` is not one of auto | uring | epoll"),
+                ))
+            }
         };
     }
     if let Some(a) = &args.admin {
         c.admin = if a.is_empty() {
             None
         } else {
-            Some(a.parse::<SocketAddr>().map_err(|_| one_error("--admin", format!("`{a}` is not IP:PORT")))?)
+            Some(
+                a.parse::<SocketAddr>()
+                    .map_err(|_| one_error("--admin", format!("`{a}` is not IP:PORT")))?,
+            )
         };
     }
     if let Some(f) = &args.log_format {
         c.log.format = match f.as_str() {
             "text" => crate::config::LogFormat::Text,
             "json" => crate::config::LogFormat::Json,
-            other => return Err(one_error("--log-format", format!("`{other}` is not one of text | json"))),
+            other => {
+                return Err(one_error(
+                    "--log-format",
+                    format!("`{other}` is not one of text | json"),
+                ))
+            }
         };
     }
     Ok(c)
@@ -163,7 +182,10 @@ fn one_error(field: &str, message: String) -> ConfigErrors {
 
 fn quick_config(args: &RunArgs) -> Result<Config, ConfigErrors> {
     let Some(listen) = &args.listen else {
-        return Err(one_error("--listen", "give --config FILE, or --listen ADDR with --backend ADDR".into()));
+        return Err(one_error(
+            "--listen",
+            "give --config FILE, or --listen ADDR with --backend ADDR".into(),
+        ));
     };
     let mut r = raw::RawConfig::default();
     r.listener.push(raw::RawListener {
@@ -182,14 +204,21 @@ fn quick_config(args: &RunArgs) -> Result<Config, ConfigErrors> {
     };
     if args.balance.as_deref() == Some("cookie") {
         u.cookie = Some(raw::RawCookie {
-            secret: Some(args.cookie_secret.clone().unwrap_or_else(|| "ringway-quick-form".into())),
+            secret: Some(
+                args.cookie_secret
+                    .clone()
+                    .unwrap_or_else(|| "ringway-quick-form".into()),
+            ),
             ..Default::default()
         });
     }
     let backends: Vec<&String> = args.backend.iter().filter(|b| !b.is_empty()).collect();
     if !args.dns_backend.is_empty() {
         if !backends.is_empty() {
-            return Err(one_error("--backend", "give --backend or --dns-backend, not both".into()));
+            return Err(one_error(
+                "--backend",
+                "give --backend or --dns-backend, not both".into(),
+            ));
         }
         u.dns = Some(args.dns_backend.clone());
         u.discovery = Some(raw::RawDns {
@@ -198,7 +227,10 @@ fn quick_config(args: &RunArgs) -> Result<Config, ConfigErrors> {
         });
     } else {
         if backends.is_empty() {
-            return Err(one_error("--backend", "at least one --backend ADDR is needed".into()));
+            return Err(one_error(
+                "--backend",
+                "at least one --backend ADDR is needed".into(),
+            ));
         }
         u.backends = Some(
             backends

@@ -34,7 +34,10 @@ pub fn run(mut config: Config, path: Option<PathBuf>, _args: RunArgs) -> i32 {
         tracing::error!("{e:#}");
         return 1;
     }
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot build control runtime");
@@ -91,7 +94,10 @@ async fn control_loop(shared: Arc<Shared>, path: Option<PathBuf>) {
         }
     }
     let delay = shared.gen.load().config.timeouts.accept_delay;
-    tracing::info!(?delay, "shutting down: not ready; accepting stops after the delay");
+    tracing::info!(
+        ?delay,
+        "shutting down: not ready; accepting stops after the delay"
+    );
     shared.phase.send_replace(Phase::Draining);
     tokio::time::sleep(delay).await;
     shared.phase.send_replace(Phase::StopAccepting);
@@ -125,7 +131,9 @@ pub fn reload(shared: &Shared, path: Option<&std::path::Path>) -> bool {
             .zip(&old.config.listeners)
             .any(|(a, b)| a.bind != b.bind || a.name != b.name)
     {
-        tracing::error!("reload refused: listeners (name, bind) cannot change without a restart yet");
+        tracing::error!(
+            "reload refused: listeners (name, bind) cannot change without a restart yet"
+        );
         c.reloads_failed.fetch_add(1, Ordering::Relaxed);
         return false;
     }

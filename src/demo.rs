@@ -115,7 +115,11 @@ async fn session_and_load(gw: SocketAddr, direct: SocketAddr) -> anyhow::Result<
         for _ in 1..POLLS {
             let r = http_get(gw, "/socket.io/?EIO=4&transport=polling", Some(&cookie)).await?;
             if r.backend != first.backend {
-                bail!("client {c}: sticky routing broken: {} then {}", first.backend, r.backend);
+                bail!(
+                    "client {c}: sticky routing broken: {} then {}",
+                    first.backend,
+                    r.backend
+                );
             }
             line.push_str(&format!(", poll → {}", r.backend));
         }
@@ -129,9 +133,14 @@ async fn session_and_load(gw: SocketAddr, direct: SocketAddr) -> anyhow::Result<
         .map_err(|e| anyhow::anyhow!("websocket upgrade: {e:?}"))?;
         let ws_backend = resp.header("x-backend").unwrap_or("?").to_string();
         if ws_backend != first.backend {
-            bail!("client {c}: upgrade went to {ws_backend}, session is on {}", first.backend);
+            bail!(
+                "client {c}: upgrade went to {ws_backend}, session is on {}",
+                first.backend
+            );
         }
-        ws.send_text("2probe").await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        ws.send_text("2probe")
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let echoed = ws.recv().await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
         if !matches!(&echoed, loadgen::Message::Text(t) if t == "2probe") {
             bail!("client {c}: echo mismatch");
@@ -140,14 +149,21 @@ async fn session_and_load(gw: SocketAddr, direct: SocketAddr) -> anyhow::Result<
         println!("{line}");
         *per_backend.entry(first.backend.clone()).or_insert(0) += 1;
     }
-    let spread: Vec<String> = per_backend.iter().map(|(b, n)| format!("{b}: {n}")).collect();
+    let spread: Vec<String> = per_backend
+        .iter()
+        .map(|(b, n)| format!("{b}: {n}"))
+        .collect();
     println!("  one source IP, spread by cookie: {}", spread.join(", "));
 
     let forged = http_get(gw, "/socket.io/", Some("not-a-real-cookie")).await?;
     println!(
         "  a forged cookie is rebalanced: → {} with a new cookie ({})",
         forged.backend,
-        if forged.set_cookie.is_some() { "re-set ✓" } else { "NOT re-set" }
+        if forged.set_cookie.is_some() {
+            "re-set ✓"
+        } else {
+            "NOT re-set"
+        }
     );
     if forged.set_cookie.is_none() {
         bail!("a forged cookie was not re-set");
@@ -162,7 +178,10 @@ async fn session_and_load(gw: SocketAddr, direct: SocketAddr) -> anyhow::Result<
     cfg.host = gw.to_string();
     let g = loadgen::run_scenario(loadgen::Kind::Pingpong, &cfg).await;
     for (name, r) in [("direct", &d), ("ringway", &g)] {
-        let (p50, p99) = r.latency.as_ref().map_or((0.0, 0.0), |l| (l.p50_us, l.p99_us));
+        let (p50, p99) = r
+            .latency
+            .as_ref()
+            .map_or((0.0, 0.0), |l| (l.p50_us, l.p99_us));
         println!(
             "  {name:8} {:>9.0} msg/s   p50 {:>6.0} µs   p99 {:>6.0} µs   errors {}",
             r.msgs_per_s.unwrap_or(0.0),
@@ -187,7 +206,8 @@ struct Answer {
 async fn http_get(gw: SocketAddr, path: &str, cookie: Option<&str>) -> anyhow::Result<Answer> {
     let mut s = tokio::net::TcpStream::connect(gw).await?;
     let cookie_line = cookie.map_or(String::new(), |c| format!("Cookie: ringway={c}\r\n"));
-    let req = format!("GET {path} HTTP/1.1\r\nHost: demo\r\n{cookie_line}Connection: close\r\n\r\n");
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: demo\r\n{cookie_line}Connection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).await?;
@@ -200,7 +220,9 @@ async fn http_get(gw: SocketAddr, path: &str, cookie: Option<&str>) -> anyhow::R
     let mut backend = None;
     let mut set_cookie = None;
     for l in lines.take_while(|l| !l.is_empty()) {
-        let Some((name, value)) = l.split_once(':') else { continue };
+        let Some((name, value)) = l.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
         if name.eq_ignore_ascii_case("x-backend") {
             backend = Some(value.to_string());
@@ -218,5 +240,7 @@ async fn http_get(gw: SocketAddr, path: &str, cookie: Option<&str>) -> anyhow::R
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

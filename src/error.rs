@@ -79,10 +79,9 @@ impl Kind {
             Kind::ConnectRefused | Kind::BadResponse | Kind::BadAccept => 502,
             Kind::ConnectTimeout | Kind::ResponseTimeout => 504,
             Kind::Internal => 500,
-            Kind::ClientReset
-            | Kind::ClientTimeout
-            | Kind::BackendReset
-            | Kind::Drained => return None,
+            Kind::ClientReset | Kind::ClientTimeout | Kind::BackendReset | Kind::Drained => {
+                return None
+            }
         })
     }
 
@@ -101,7 +100,10 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for k in Kind::ALL {
             assert!(seen.insert(k.as_str()), "duplicate {}", k.as_str());
-            assert!(k.as_str().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!(k
+                .as_str()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_'));
         }
         assert_eq!(Kind::COUNT, seen.len());
     }

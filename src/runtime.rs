@@ -45,7 +45,11 @@ pub fn choose_io(mode: IoMode) -> anyhow::Result<IoKind> {
 /// Builds the policy an upstream's config asks for.
 pub fn policy_for(u: &UpstreamConfig) -> Result<Policy, String> {
     let p = if u.balance == "cookie" {
-        Policy::cookie(&u.cookie.name, u.cookie.secret.as_bytes(), &u.cookie.fallback)?
+        Policy::cookie(
+            &u.cookie.name,
+            u.cookie.secret.as_bytes(),
+            &u.cookie.fallback,
+        )?
     } else {
         Policy::parse(&u.balance)?
     };
@@ -253,7 +257,11 @@ async fn worker_main<D: Driver>(id: usize, shared: Arc<Shared>, sockets: Vec<Tcp
         tracing::info!(worker = id, open = w.open_connections(), ?drain, "draining");
     }
     if tokio::time::timeout(drain, w.wait_idle()).await.is_err() {
-        tracing::info!(worker = id, closing = w.open_connections(), "drain time over, closing");
+        tracing::info!(
+            worker = id,
+            closing = w.open_connections(),
+            "drain time over, closing"
+        );
     }
 }
 

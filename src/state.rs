@@ -50,6 +50,9 @@ impl CookieRt {
         Some(CookieRt {
             name: c.name.clone(),
             attrs: CookieAttrs {
+                path: c.path.clone(),
+                http_only: c.http_only,
+                same_site: c.same_site.clone(),
                 secure: c.secure == CookieSecure::Always,
                 max_age: c.max_age.map(|d| d.as_secs()),
             },

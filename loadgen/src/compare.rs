@@ -75,7 +75,7 @@ pub fn default_gateway(proto: Proto) -> Option<GatewaySpec> {
     Path::new(bin).exists().then(|| GatewaySpec {
         name: "ringway".into(),
         cmd: format!(
-            "{bin} run --listen {{LISTEN}} --backend {{BACKENDS}} --mode {}",
+            "{bin} run --admin '' --listen {{LISTEN}} --backend {{BACKENDS}} --mode {}",
             match proto {
                 Proto::Ws => "http",
                 Proto::Tcp => "tcp",

@@ -424,7 +424,7 @@ impl Table {
             let b = &self.backends[i];
             let (live, w) = (u128::from(b.live()), u128::from(b.weight()));
             // live_i / w_i < live_b / w_b without division.
-            if best.map_or(true, |(_, bl, bw)| live * bw < bl * w) {
+            if best.is_none_or(|(_, bl, bw)| live * bw < bl * w) {
                 best = Some((i, live, w));
             }
         }

@@ -12,7 +12,11 @@ pub fn describe(c: &Config) -> String {
         o,
         "workers = {} ({})",
         c.workers,
-        if c.workers == 0 { "one per usable CPU" } else { "fixed" }
+        if c.workers == 0 {
+            "one per usable CPU"
+        } else {
+            "fixed"
+        }
     );
     let _ = writeln!(o, "io = {:?}", c.io);
     let _ = writeln!(
@@ -45,7 +49,9 @@ pub fn describe(c: &Config) -> String {
         l.connect_retries
     );
     for l in &c.listeners {
-        let up = l.upstream.map_or("-".to_string(), |i| c.upstreams[i].name.to_string());
+        let up = l
+            .upstream
+            .map_or("-".to_string(), |i| c.upstreams[i].name.to_string());
         let _ = writeln!(
             o,
             "listener {}: {} mode={:?} upstream={} proxy_protocol={} tls_terminated={}",

@@ -19,7 +19,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             i += 1;
         }
         if start == i {
-            return Err(format!("`{s}` is not a duration; write e.g. \"10s\" or \"250ms\""));
+            return Err(format!(
+                "`{s}` is not a duration; write e.g. \"10s\" or \"250ms\""
+            ));
         }
         let value: u64 = s[start..i]
             .parse()
@@ -80,7 +82,16 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "10", "s", "10x", "-5s", "1.5s", "ten seconds", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "10",
+            "s",
+            "10x",
+            "-5s",
+            "1.5s",
+            "ten seconds",
+            "99999999999999999999s",
+        ] {
             let err = parse_duration(bad).unwrap_err();
             assert!(!err.is_empty(), "{bad}");
         }

@@ -15,8 +15,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use duration::{format_duration, parse_duration};
 pub use describe::describe;
+pub use duration::{format_duration, parse_duration};
 pub use raw::RawConfig;
 
 /// Validates a `RawConfig` built in code (the CLI's quick form goes through the same checks).
@@ -215,7 +215,10 @@ pub enum Discovery {
     /// Per-pod names (`host`, `port`); identity = the name.
     Dns(Vec<(String, u16)>),
     /// A headless service; identity = the address of each record.
-    DnsService { host: String, port: u16 },
+    DnsService {
+        host: String,
+        port: u16,
+    },
     /// An SRV name; identity = each target host name.
     Srv(String),
 }

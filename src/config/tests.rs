@@ -24,7 +24,8 @@ fn errors(text: &str) -> Vec<ConfigError> {
 fn assert_error(text: &str, field: &str, needle: &str) {
     let errs = errors(text);
     assert!(
-        errs.iter().any(|e| e.field == field && e.message.contains(needle)),
+        errs.iter()
+            .any(|e| e.field == field && e.message.contains(needle)),
         "no error on `{field}` containing `{needle}`; got: {errs:#?}"
     );
 }
@@ -81,7 +82,8 @@ fn minimal_config_gets_defaults() {
 #[test]
 fn the_example_in_docs_parses() {
     // The deploy example must stay valid; CI also runs `ringway check` on it.
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/ringway.toml");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/ringway.toml");
     if path.exists() {
         Config::load(&path).unwrap_or_else(|e| panic!("{}:\n{e}", path.display()));
     }
@@ -121,7 +123,15 @@ fn process_fields() {
 
 #[test]
 fn timeouts() {
-    for f in ["head", "connect", "response_head", "http_idle", "tunnel_idle", "drain", "accept_delay"] {
+    for f in [
+        "head",
+        "connect",
+        "response_head",
+        "http_idle",
+        "tunnel_idle",
+        "drain",
+        "accept_delay",
+    ] {
         let text = format!("{BASE}\n[timeouts]\n{f} = \"10\"\n");
         assert_error(&text, &format!("timeouts.{f}"), "no unit");
     }
@@ -136,59 +146,135 @@ fn timeouts() {
 #[test]
 fn limits() {
     let t = |k: &str, v: &str| format!("{BASE}\n[limits]\n{k} = {v}\n");
-    assert_error(&t("max_head_bytes", "10"), "limits.max_head_bytes", "out of range");
+    assert_error(
+        &t("max_head_bytes", "10"),
+        "limits.max_head_bytes",
+        "out of range",
+    );
     assert_error(&t("max_headers", "0"), "limits.max_headers", "out of range");
-    assert_error(&t("max_connections", "-5"), "limits.max_connections", "out of range");
+    assert_error(
+        &t("max_connections", "-5"),
+        "limits.max_connections",
+        "out of range",
+    );
     assert_error(
         &t("max_connections_per_source", "-1"),
         "limits.max_connections_per_source",
         "out of range",
     );
     assert_error(&t("source_rate", "-1.0"), "limits.source_rate", ">= 0");
-    assert_error(&t("source_burst", "-1"), "limits.source_burst", "out of range");
-    assert_error(&t("connect_retries", "100"), "limits.connect_retries", "out of range");
+    assert_error(
+        &t("source_burst", "-1"),
+        "limits.source_burst",
+        "out of range",
+    );
+    assert_error(
+        &t("connect_retries", "100"),
+        "limits.connect_retries",
+        "out of range",
+    );
 }
 
 #[test]
 fn log() {
-    assert_error(&format!("{BASE}\n[log]\nformat = \"xml\"\n"), "log.format", "text | json");
-    assert_error(&format!("{BASE}\n[log]\naccess_sample = 2.0\n"), "log.access_sample", "between");
+    assert_error(
+        &format!("{BASE}\n[log]\nformat = \"xml\"\n"),
+        "log.format",
+        "text | json",
+    );
+    assert_error(
+        &format!("{BASE}\n[log]\naccess_sample = 2.0\n"),
+        "log.access_sample",
+        "between",
+    );
 }
 
 #[test]
 fn listeners() {
-    assert_error("[[upstream]]\nname = \"a\"\nbackends = [{address = \"127.0.0.1:1\"}]", "listener", "at least one");
+    assert_error(
+        "[[upstream]]\nname = \"a\"\nbackends = [{address = \"127.0.0.1:1\"}]",
+        "listener",
+        "at least one",
+    );
     let l = |extra: &str| {
         format!(
             "[[listener]]\n{extra}\n[[upstream]]\nname = \"app\"\nbackends = [{{ address = \"127.0.0.1:9001\" }}]\n"
         )
     };
     assert_error(&l("upstream = \"app\""), "listener[0].bind", "missing");
-    assert_error(&l("bind = \"8080\"\nupstream = \"app\""), "listener[0].bind", "IP:PORT");
-    assert_error(&l("bind = \"127.0.0.1:1\"\nmode = \"udp\"\nupstream = \"app\""), "listener[0].mode", "http | tcp");
-    assert_error(&l("bind = \"127.0.0.1:1\"\nupstream = \"nope\""), "listener[0].upstream", "no [[upstream]]");
-    assert_error(&l("bind = \"127.0.0.1:1\"\nmode = \"tcp\""), "listener[0].upstream", "needs an upstream");
-    assert_error(&l("name = \"a b\"\nbind = \"127.0.0.1:1\"\nupstream = \"app\""), "listener[0].name", "letters");
-    assert_error(&l("bind = \"127.0.0.1:1\""), "listener[listener0]", "needs a [[route]]");
+    assert_error(
+        &l("bind = \"8080\"\nupstream = \"app\""),
+        "listener[0].bind",
+        "IP:PORT",
+    );
+    assert_error(
+        &l("bind = \"127.0.0.1:1\"\nmode = \"udp\"\nupstream = \"app\""),
+        "listener[0].mode",
+        "http | tcp",
+    );
+    assert_error(
+        &l("bind = \"127.0.0.1:1\"\nupstream = \"nope\""),
+        "listener[0].upstream",
+        "no [[upstream]]",
+    );
+    assert_error(
+        &l("bind = \"127.0.0.1:1\"\nmode = \"tcp\""),
+        "listener[0].upstream",
+        "needs an upstream",
+    );
+    assert_error(
+        &l("name = \"a b\"\nbind = \"127.0.0.1:1\"\nupstream = \"app\""),
+        "listener[0].name",
+        "letters",
+    );
+    assert_error(
+        &l("bind = \"127.0.0.1:1\""),
+        "listener[listener0]",
+        "needs a [[route]]",
+    );
     let two = format!(
         "{BASE}\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:8080\"\nupstream = \"app\"\n"
     );
     let errs = errors(&two);
-    assert!(errs.iter().any(|e| e.field == "listener[1].name" && e.message.contains("duplicate")));
-    assert!(errs.iter().any(|e| e.field == "listener[1].bind" && e.message.contains("bound by another")));
+    assert!(errs
+        .iter()
+        .any(|e| e.field == "listener[1].name" && e.message.contains("duplicate")));
+    assert!(errs
+        .iter()
+        .any(|e| e.field == "listener[1].bind" && e.message.contains("bound by another")));
 }
 
 #[test]
 fn routes() {
     let r = |extra: &str| format!("{BASE}\n[[route]]\n{extra}\n");
     assert_error(&r("path_prefix = \"/x\""), "route[0].upstream", "missing");
-    assert_error(&r("upstream = \"nope\""), "route[0].upstream", "no [[upstream]]");
-    assert_error(&r("upstream = \"app\"\nlistener = \"nope\""), "route[0].listener", "no [[listener]]");
-    assert_error(&r("upstream = \"app\"\npath_prefix = \"x\""), "route[0].path_prefix", "start with");
-    assert_error(&r("upstream = \"app\"\nhost = \"a b\""), "route[0].host", "not a host name");
+    assert_error(
+        &r("upstream = \"nope\""),
+        "route[0].upstream",
+        "no [[upstream]]",
+    );
+    assert_error(
+        &r("upstream = \"app\"\nlistener = \"nope\""),
+        "route[0].listener",
+        "no [[listener]]",
+    );
+    assert_error(
+        &r("upstream = \"app\"\npath_prefix = \"x\""),
+        "route[0].path_prefix",
+        "start with",
+    );
+    assert_error(
+        &r("upstream = \"app\"\nhost = \"a b\""),
+        "route[0].host",
+        "not a host name",
+    );
     let c = Config::from_toml(&r("upstream = \"app\"\nhost = \"*.Example.com\"")).unwrap();
-    assert_eq!(c.routes[0].host, Some(HostMatch::Suffix(".example.com".into())));
-    let tcp = "[[listener]]\nname = \"t\"\nbind = \"127.0.0.1:1\"\nmode = \"tcp\"\nupstream = \"app\"\n\
+    assert_eq!(
+        c.routes[0].host,
+        Some(HostMatch::Suffix(".example.com".into()))
+    );
+    let tcp =
+        "[[listener]]\nname = \"t\"\nbind = \"127.0.0.1:1\"\nmode = \"tcp\"\nupstream = \"app\"\n\
                [[route]]\nlistener = \"t\"\nupstream = \"app\"\n\
                [[upstream]]\nname = \"app\"\nbackends = [{ address = \"127.0.0.1:9001\" }]\n";
     assert_error(tcp, "route[0].listener", "tcp listener");
@@ -196,57 +282,155 @@ fn routes() {
 
 #[test]
 fn upstream_fields() {
-    assert_error(&with_upstream("balance = \"random\"\nbackends = [{ address = \"127.0.0.1:1\" }]"), "upstream[app].balance", "");
-    assert_error(&with_upstream("load_factor = 0.5\nbackends = [{ address = \"127.0.0.1:1\" }]"), "upstream[app].load_factor", ">= 1.0");
-    assert_error(&with_upstream("send_proxy = \"v3\"\nbackends = [{ address = \"127.0.0.1:1\" }]"), "upstream[app].send_proxy", "none | v1 | v2");
+    assert_error(
+        &with_upstream("balance = \"random\"\nbackends = [{ address = \"127.0.0.1:1\" }]"),
+        "upstream[app].balance",
+        "",
+    );
+    assert_error(
+        &with_upstream("load_factor = 0.5\nbackends = [{ address = \"127.0.0.1:1\" }]"),
+        "upstream[app].load_factor",
+        ">= 1.0",
+    );
+    assert_error(
+        &with_upstream("send_proxy = \"v3\"\nbackends = [{ address = \"127.0.0.1:1\" }]"),
+        "upstream[app].send_proxy",
+        "none | v1 | v2",
+    );
     assert_error(&with_upstream(""), "upstream[app]", "exactly one");
     assert_error(
         &with_upstream("backends = [{ address = \"127.0.0.1:1\" }]\ndns = [\"a.b:80\"]"),
         "upstream[app]",
         "exactly one",
     );
-    let errs = errors("[[listener]]\nbind = \"127.0.0.1:1\"\nupstream = \"x\"\n[[upstream]]\nbackends = []\n");
-    assert!(errs.iter().any(|e| e.field == "upstream[0].name" && e.message.contains("missing")), "{errs:?}");
+    let errs = errors(
+        "[[listener]]\nbind = \"127.0.0.1:1\"\nupstream = \"x\"\n[[upstream]]\nbackends = []\n",
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.field == "upstream[0].name" && e.message.contains("missing")),
+        "{errs:?}"
+    );
 }
 
 #[test]
 fn backends() {
-    assert_error(&with_upstream("backends = []"), "upstream[app].backends", "empty");
-    assert_error(&with_upstream("backends = [{ name = \"a\" }]"), "upstream[app].backends[0].address", "missing");
-    assert_error(&with_upstream("backends = [{ address = \"pod:80\" }]"), "upstream[app].backends[0].address", "IP:PORT");
-    assert_error(&with_upstream("backends = [{ address = \"127.0.0.1:1\", weight = 0 }]"), "upstream[app].backends[0].weight", "out of range");
+    assert_error(
+        &with_upstream("backends = []"),
+        "upstream[app].backends",
+        "empty",
+    );
+    assert_error(
+        &with_upstream("backends = [{ name = \"a\" }]"),
+        "upstream[app].backends[0].address",
+        "missing",
+    );
+    assert_error(
+        &with_upstream("backends = [{ address = \"pod:80\" }]"),
+        "upstream[app].backends[0].address",
+        "IP:PORT",
+    );
+    assert_error(
+        &with_upstream("backends = [{ address = \"127.0.0.1:1\", weight = 0 }]"),
+        "upstream[app].backends[0].weight",
+        "out of range",
+    );
     assert_error(
         &with_upstream("backends = [{ name = \"x\", address = \"127.0.0.1:1\" }, { name = \"x\", address = \"127.0.0.1:2\" }]"),
         "upstream[app].backends[1].name",
         "duplicate",
     );
-    assert_error(&with_upstream("backends = [{ name = \"x y\", address = \"127.0.0.1:1\" }]"), "upstream[app].backends[0].name", "letters");
+    assert_error(
+        &with_upstream("backends = [{ name = \"x y\", address = \"127.0.0.1:1\" }]"),
+        "upstream[app].backends[0].name",
+        "letters",
+    );
 }
 
 #[test]
 fn dns_sources() {
     assert_error(&with_upstream("dns = []"), "upstream[app].dns", "empty");
-    assert_error(&with_upstream("dns = [\"chat-0.svc\"]"), "upstream[app].dns[0]", "NAME:PORT");
-    assert_error(&with_upstream("dns = [\"chat-0.svc:http\"]"), "upstream[app].dns[0]", "not a port");
-    assert_error(&with_upstream("dns = [\"bad name:80\"]"), "upstream[app].dns[0]", "not a DNS name");
-    assert_error(&with_upstream("dns_service = \"svc\""), "upstream[app].dns_service", "NAME:PORT");
-    assert_error(&with_upstream("srv = \"_ws._tcp..x\""), "upstream[app].srv", "not a DNS name");
-    let c = Config::from_toml(&with_upstream("dns = [\"chat-0.chat.ns.svc.cluster.local:3000\"]")).unwrap();
-    assert_eq!(c.upstreams[0].discovery, Discovery::Dns(vec![("chat-0.chat.ns.svc.cluster.local".into(), 3000)]));
+    assert_error(
+        &with_upstream("dns = [\"chat-0.svc\"]"),
+        "upstream[app].dns[0]",
+        "NAME:PORT",
+    );
+    assert_error(
+        &with_upstream("dns = [\"chat-0.svc:http\"]"),
+        "upstream[app].dns[0]",
+        "not a port",
+    );
+    assert_error(
+        &with_upstream("dns = [\"bad name:80\"]"),
+        "upstream[app].dns[0]",
+        "not a DNS name",
+    );
+    assert_error(
+        &with_upstream("dns_service = \"svc\""),
+        "upstream[app].dns_service",
+        "NAME:PORT",
+    );
+    assert_error(
+        &with_upstream("srv = \"_ws._tcp..x\""),
+        "upstream[app].srv",
+        "not a DNS name",
+    );
+    let c = Config::from_toml(&with_upstream(
+        "dns = [\"chat-0.chat.ns.svc.cluster.local:3000\"]",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.upstreams[0].discovery,
+        Discovery::Dns(vec![("chat-0.chat.ns.svc.cluster.local".into(), 3000)])
+    );
 }
 
 #[test]
 fn discovery_options() {
-    let d = |extra: &str| with_upstream(&format!("dns = [\"a.b:80\"]\n[upstream.discovery]\n{extra}"));
-    assert_error(&d("resolver = \"dns\""), "upstream[app].discovery.resolver", "IP:PORT");
-    assert_error(&d("min_ttl = \"0s\""), "upstream[app].discovery.min_ttl", "greater than 0");
-    assert_error(&d("max_ttl = \"1x\""), "upstream[app].discovery.max_ttl", "unknown unit");
-    assert_error(&d("min_ttl = \"60s\"\nmax_ttl = \"30s\""), "upstream[app].discovery.min_ttl", "larger than max_ttl");
-    assert_error(&d("negative_ttl = \"0s\""), "upstream[app].discovery.negative_ttl", "greater than 0");
-    assert_error(&d("nxdomain_hold = \"soon\""), "upstream[app].discovery.nxdomain_hold", "not a duration");
-    assert_error(&d("drain_timeout = \"5\""), "upstream[app].discovery.drain_timeout", "no unit");
+    let d = |extra: &str| {
+        with_upstream(&format!(
+            "dns = [\"a.b:80\"]\n[upstream.discovery]\n{extra}"
+        ))
+    };
     assert_error(
-        &with_upstream("backends = [{ address = \"127.0.0.1:1\" }]\n[upstream.discovery]\nmin_ttl = \"1s\""),
+        &d("resolver = \"dns\""),
+        "upstream[app].discovery.resolver",
+        "IP:PORT",
+    );
+    assert_error(
+        &d("min_ttl = \"0s\""),
+        "upstream[app].discovery.min_ttl",
+        "greater than 0",
+    );
+    assert_error(
+        &d("max_ttl = \"1x\""),
+        "upstream[app].discovery.max_ttl",
+        "unknown unit",
+    );
+    assert_error(
+        &d("min_ttl = \"60s\"\nmax_ttl = \"30s\""),
+        "upstream[app].discovery.min_ttl",
+        "larger than max_ttl",
+    );
+    assert_error(
+        &d("negative_ttl = \"0s\""),
+        "upstream[app].discovery.negative_ttl",
+        "greater than 0",
+    );
+    assert_error(
+        &d("nxdomain_hold = \"soon\""),
+        "upstream[app].discovery.nxdomain_hold",
+        "not a duration",
+    );
+    assert_error(
+        &d("drain_timeout = \"5\""),
+        "upstream[app].discovery.drain_timeout",
+        "no unit",
+    );
+    assert_error(
+        &with_upstream(
+            "backends = [{ address = \"127.0.0.1:1\" }]\n[upstream.discovery]\nmin_ttl = \"1s\"",
+        ),
         "upstream[app].discovery",
         "only used with",
     );
@@ -254,16 +438,52 @@ fn discovery_options() {
 
 #[test]
 fn health() {
-    let h = |extra: &str| with_upstream(&format!("backends = [{{ address = \"127.0.0.1:1\" }}]\n[upstream.health]\n{extra}"));
-    assert_error(&h("max_fails = -1"), "upstream[app].health.max_fails", "out of range");
-    assert_error(&h("fail_timeout = \"0s\""), "upstream[app].health.fail_timeout", "greater than 0");
-    assert_error(&h("check = \"icmp\""), "upstream[app].health.check", "none | tcp | http | websocket");
-    assert_error(&h("path = \"health\""), "upstream[app].health.path", "start with");
-    assert_error(&h("interval = \"0s\""), "upstream[app].health.interval", "greater than 0");
-    assert_error(&h("timeout = \"2\""), "upstream[app].health.timeout", "no unit");
+    let h = |extra: &str| {
+        with_upstream(&format!(
+            "backends = [{{ address = \"127.0.0.1:1\" }}]\n[upstream.health]\n{extra}"
+        ))
+    };
+    assert_error(
+        &h("max_fails = -1"),
+        "upstream[app].health.max_fails",
+        "out of range",
+    );
+    assert_error(
+        &h("fail_timeout = \"0s\""),
+        "upstream[app].health.fail_timeout",
+        "greater than 0",
+    );
+    assert_error(
+        &h("check = \"icmp\""),
+        "upstream[app].health.check",
+        "none | tcp | http | websocket",
+    );
+    assert_error(
+        &h("path = \"health\""),
+        "upstream[app].health.path",
+        "start with",
+    );
+    assert_error(
+        &h("interval = \"0s\""),
+        "upstream[app].health.interval",
+        "greater than 0",
+    );
+    assert_error(
+        &h("timeout = \"2\""),
+        "upstream[app].health.timeout",
+        "no unit",
+    );
     assert_error(&h("rise = 0"), "upstream[app].health.rise", "out of range");
-    assert_error(&h("fall = 1000"), "upstream[app].health.fall", "out of range");
-    assert_error(&h("start = \"maybe\""), "upstream[app].health.start", "up | down");
+    assert_error(
+        &h("fall = 1000"),
+        "upstream[app].health.fall",
+        "out of range",
+    );
+    assert_error(
+        &h("start = \"maybe\""),
+        "upstream[app].health.start",
+        "up | down",
+    );
 }
 
 #[test]
@@ -274,20 +494,50 @@ fn cookie() {
         ))
     };
     Config::from_toml(&c("")).unwrap();
-    assert_error(&c("name = \"a;b\""), "upstream[app].cookie.name", "cookie token");
-    assert_error(&c("fallback = \"cookie\""), "upstream[app].cookie.fallback", "itself");
-    assert_error(&c("fallback = \"nope\""), "upstream[app].cookie.fallback", "");
-    assert_error(&c("path = \"x\""), "upstream[app].cookie.path", "start with");
-    assert_error(&c("same_site = \"Sometimes\""), "upstream[app].cookie.same_site", "Strict | Lax | None");
-    assert_error(&c("secure = \"yes\""), "upstream[app].cookie.secure", "auto | always | never");
-    assert_error(&c("max_age = \"1d\""), "upstream[app].cookie.max_age", "unknown unit");
+    assert_error(
+        &c("name = \"a;b\""),
+        "upstream[app].cookie.name",
+        "cookie token",
+    );
+    assert_error(
+        &c("fallback = \"cookie\""),
+        "upstream[app].cookie.fallback",
+        "itself",
+    );
+    assert_error(
+        &c("fallback = \"nope\""),
+        "upstream[app].cookie.fallback",
+        "",
+    );
+    assert_error(
+        &c("path = \"x\""),
+        "upstream[app].cookie.path",
+        "start with",
+    );
+    assert_error(
+        &c("same_site = \"Sometimes\""),
+        "upstream[app].cookie.same_site",
+        "Strict | Lax | None",
+    );
+    assert_error(
+        &c("secure = \"yes\""),
+        "upstream[app].cookie.secure",
+        "auto | always | never",
+    );
+    assert_error(
+        &c("max_age = \"1d\""),
+        "upstream[app].cookie.max_age",
+        "unknown unit",
+    );
     assert_error(
         &with_upstream("balance = \"cookie\"\nbackends = [{ address = \"127.0.0.1:1\" }]"),
         "upstream[app].cookie.secret",
         "set a secret",
     );
     assert_error(
-        &with_upstream("backends = [{ address = \"127.0.0.1:1\" }]\n[upstream.cookie]\nsecret = \"s\""),
+        &with_upstream(
+            "backends = [{ address = \"127.0.0.1:1\" }]\n[upstream.cookie]\nsecret = \"s\"",
+        ),
         "upstream[app].cookie",
         "only used with",
     );
@@ -311,5 +561,9 @@ backends = []
     let errs = errors(text);
     assert!(errs.len() >= 5, "{errs:#?}");
     let shown = ConfigErrors(errs).to_string();
-    assert!(shown.contains("workers") && shown.contains("timeouts.head") && shown.contains("listener[0].bind"));
+    assert!(
+        shown.contains("workers")
+            && shown.contains("timeouts.head")
+            && shown.contains("listener[0].bind")
+    );
 }

@@ -59,7 +59,10 @@ impl Errors {
         options: &[(&str, T)],
     ) -> T {
         let Some(s) = v else { return default };
-        match options.iter().find(|(name, _)| name.eq_ignore_ascii_case(s)) {
+        match options
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(s))
+        {
             Some((_, t)) => *t,
             None => {
                 let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
@@ -112,7 +115,13 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         e.push("limits.source_rate", "must be a number >= 0 (0 = off)");
     }
     let limits = Limits {
-        max_head_bytes: e.count("limits.max_head_bytes", l.max_head_bytes, 16384, 1024, 1 << 20),
+        max_head_bytes: e.count(
+            "limits.max_head_bytes",
+            l.max_head_bytes,
+            16384,
+            1024,
+            1 << 20,
+        ),
         max_headers: e.count("limits.max_headers", l.max_headers, 100, 8, 1000),
         max_connections: e.count("limits.max_connections", l.max_connections, 0, 0, 1 << 30),
         max_connections_per_source: e.count(
@@ -178,18 +187,27 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         let name: Arc<str> = match &l.name {
             Some(n) if valid_name(n) => n.as_str().into(),
             Some(n) => {
-                e.push(format!("{field}.name"), format!("`{n}`: use letters, digits, - _ ."));
+                e.push(
+                    format!("{field}.name"),
+                    format!("`{n}`: use letters, digits, - _ ."),
+                );
                 continue;
             }
             None => format!("listener{i}").into(),
         };
         if !listener_names.insert(name.clone()) {
-            e.push(format!("{field}.name"), format!("duplicate listener name `{name}`"));
+            e.push(
+                format!("{field}.name"),
+                format!("duplicate listener name `{name}`"),
+            );
         }
         let bind = match &l.bind {
             Some(s) => parse_addr(&mut e, &format!("{field}.bind"), s),
             None => {
-                e.push(format!("{field}.bind"), "missing; e.g. bind = \"0.0.0.0:8080\"");
+                e.push(
+                    format!("{field}.bind"),
+                    "missing; e.g. bind = \"0.0.0.0:8080\"",
+                );
                 None
             }
         };
@@ -204,17 +222,26 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             Some(u) => match find_upstream(u) {
                 Some(i) => Some(i),
                 None => {
-                    e.push(format!("{field}.upstream"), format!("no [[upstream]] named `{u}`"));
+                    e.push(
+                        format!("{field}.upstream"),
+                        format!("no [[upstream]] named `{u}`"),
+                    );
                     None
                 }
             },
         };
         if mode == Mode::Tcp && upstream.is_none() && l.upstream.is_none() {
-            e.push(format!("{field}.upstream"), "a tcp listener needs an upstream");
+            e.push(
+                format!("{field}.upstream"),
+                "a tcp listener needs an upstream",
+            );
         }
         if let Some(b) = bind {
             if !binds.insert(b) {
-                e.push(format!("{field}.bind"), format!("{b} is bound by another listener"));
+                e.push(
+                    format!("{field}.bind"),
+                    format!("{b} is bound by another listener"),
+                );
             }
             listeners.push(ListenerConfig {
                 name,
@@ -236,8 +263,15 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         let field = format!("route[{i}]");
         let listener: Option<Arc<str>> = r.listener.as_deref().map(Into::into);
         if let Some(l) = &listener {
-            match raw.listener.iter().position(|x| x.name.as_deref() == Some(l)) {
-                None => e.push(format!("{field}.listener"), format!("no [[listener]] named `{l}`")),
+            match raw
+                .listener
+                .iter()
+                .position(|x| x.name.as_deref() == Some(l))
+            {
+                None => e.push(
+                    format!("{field}.listener"),
+                    format!("no [[listener]] named `{l}`"),
+                ),
                 Some(li) if raw.listener[li].mode.as_deref() == Some("tcp") => e.push(
                     format!("{field}.listener"),
                     format!("`{l}` is a tcp listener; routes apply to http listeners"),
@@ -256,7 +290,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         match r.upstream.as_deref() {
             None => e.push(format!("{field}.upstream"), "missing"),
             Some(u) => match find_upstream(u) {
-                None => e.push(format!("{field}.upstream"), format!("no [[upstream]] named `{u}`")),
+                None => e.push(
+                    format!("{field}.upstream"),
+                    format!("no [[upstream]] named `{u}`"),
+                ),
                 Some(upstream) => routes.push(RouteConfig {
                     listener,
                     host,
@@ -303,7 +340,10 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
     let name: Arc<str> = match &u.name {
         Some(n) if valid_name(n) => n.as_str().into(),
         Some(n) => {
-            e.push(format!("{field}.name"), format!("`{n}`: use letters, digits, - _ ."));
+            e.push(
+                format!("{field}.name"),
+                format!("`{n}`: use letters, digits, - _ ."),
+            );
             return None;
         }
         None => {
@@ -317,7 +357,10 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
     }
     let load_factor = u.load_factor.unwrap_or(1.25);
     if !(load_factor.is_finite() && load_factor >= 1.0) {
-        e.push(format!("{field}.load_factor"), "must be >= 1.0 (1.25 is a good start)");
+        e.push(
+            format!("{field}.load_factor"),
+            "must be >= 1.0 (1.25 is a good start)",
+        );
     }
     let send_proxy = e.choice(
         &format!("{field}.send_proxy"),
@@ -332,31 +375,49 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
 
     let rc = u.cookie.as_ref();
     if rc.is_some() && balance != "cookie" {
-        e.push(format!("{field}.cookie"), "only used with balance = \"cookie\"");
+        e.push(
+            format!("{field}.cookie"),
+            "only used with balance = \"cookie\"",
+        );
     }
     let rc_default = RawCookie::default();
     let rc = rc.unwrap_or(&rc_default);
     let cookie_name = rc.name.clone().unwrap_or_else(|| "ringway".into());
     if cookie_name.is_empty() || !cookie_name.bytes().all(is_token_byte) {
-        e.push(format!("{field}.cookie.name"), "must be a non-empty cookie token");
+        e.push(
+            format!("{field}.cookie.name"),
+            "must be a non-empty cookie token",
+        );
     }
     let fallback = rc.fallback.clone().unwrap_or_else(|| "least-conn".into());
     if fallback == "cookie" {
-        e.push(format!("{field}.cookie.fallback"), "cannot be `cookie` itself");
+        e.push(
+            format!("{field}.cookie.fallback"),
+            "cannot be `cookie` itself",
+        );
     } else if let Err(msg) = check_policy(&fallback) {
         e.push(format!("{field}.cookie.fallback"), msg);
     }
     let path = rc.path.clone().unwrap_or_else(|| "/".into());
     if !path.starts_with('/') || path.bytes().any(|b| b == b';' || b.is_ascii_control()) {
-        e.push(format!("{field}.cookie.path"), "must start with `/` and hold no `;`");
+        e.push(
+            format!("{field}.cookie.path"),
+            "must start with `/` and hold no `;`",
+        );
     }
     let same_site = match rc.same_site.as_deref() {
         None => Some("Lax".to_string()),
         Some("") => None,
-        Some(s) => match ["Strict", "Lax", "None"].iter().find(|v| v.eq_ignore_ascii_case(s)) {
+        Some(s) => match ["Strict", "Lax", "None"]
+            .iter()
+            .find(|v| v.eq_ignore_ascii_case(s))
+        {
             Some(v) => Some(v.to_string()),
             None => {
-                e.push(format!("{field}.cookie.same_site"), "use Strict | Lax | None");
+                e.push(
+                    format!("{field}.cookie.same_site"),
+                    "use Strict | Lax | None",
+                );
                 None
             }
         },
@@ -368,8 +429,12 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
             "set a secret (the same on every replica) so cookie values stay opaque",
         );
     }
-    let max_age = Some(e.duration(&format!("{field}.cookie.max_age"), &rc.max_age, Duration::ZERO))
-        .filter(|d| !d.is_zero());
+    let max_age = Some(e.duration(
+        &format!("{field}.cookie.max_age"),
+        &rc.max_age,
+        Duration::ZERO,
+    ))
+    .filter(|d| !d.is_zero());
     let cookie = CookieConfig {
         name: cookie_name,
         secret,
@@ -410,20 +475,29 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
         let mut out = Vec::new();
         let mut names = HashSet::new();
         if list.is_empty() {
-            e.push(format!("{field}.backends"), "empty; list at least one backend");
+            e.push(
+                format!("{field}.backends"),
+                "empty; list at least one backend",
+            );
         }
         for (j, b) in list.iter().enumerate() {
             let bf = format!("{field}.backends[{j}]");
             let bname: Arc<str> = match &b.name {
                 Some(n) if valid_name(n) => n.as_str().into(),
                 Some(n) => {
-                    e.push(format!("{bf}.name"), format!("`{n}`: use letters, digits, - _ ."));
+                    e.push(
+                        format!("{bf}.name"),
+                        format!("`{n}`: use letters, digits, - _ ."),
+                    );
                     continue;
                 }
                 None => format!("b{j}").into(),
             };
             if !names.insert(bname.clone()) {
-                e.push(format!("{bf}.name"), format!("duplicate backend name `{bname}`"));
+                e.push(
+                    format!("{bf}.name"),
+                    format!("duplicate backend name `{bname}`"),
+                );
             }
             let weight = e.count(&format!("{bf}.weight"), b.weight, 1, 1, 1000) as u32;
             match b.address.as_deref() {
@@ -467,7 +541,10 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
 
     let rd_default = RawDns::default();
     if u.discovery.is_some() && matches!(discovery, Discovery::Static(_)) {
-        e.push(format!("{field}.discovery"), "only used with dns, dns_service or srv");
+        e.push(
+            format!("{field}.discovery"),
+            "only used with dns, dns_service or srv",
+        );
     }
     let rd = u.discovery.as_ref().unwrap_or(&rd_default);
     let df = format!("{field}.discovery");
@@ -476,8 +553,16 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
             None | Some("") => None,
             Some(s) => parse_addr(e, &format!("{df}.resolver"), s),
         },
-        min_ttl: e.positive(&format!("{df}.min_ttl"), &rd.min_ttl, Duration::from_secs(1)),
-        max_ttl: e.positive(&format!("{df}.max_ttl"), &rd.max_ttl, Duration::from_secs(30)),
+        min_ttl: e.positive(
+            &format!("{df}.min_ttl"),
+            &rd.min_ttl,
+            Duration::from_secs(1),
+        ),
+        max_ttl: e.positive(
+            &format!("{df}.max_ttl"),
+            &rd.max_ttl,
+            Duration::from_secs(30),
+        ),
         negative_ttl: e.positive(
             &format!("{df}.negative_ttl"),
             &rd.negative_ttl,
@@ -522,8 +607,16 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
         ),
         path: rh.path.clone().unwrap_or_else(|| "/".into()),
         host: rh.host.clone().filter(|h| !h.is_empty()),
-        interval: e.positive(&format!("{hf}.interval"), &rh.interval, Duration::from_secs(5)),
-        timeout: e.positive(&format!("{hf}.timeout"), &rh.timeout, Duration::from_secs(2)),
+        interval: e.positive(
+            &format!("{hf}.interval"),
+            &rh.interval,
+            Duration::from_secs(5),
+        ),
+        timeout: e.positive(
+            &format!("{hf}.timeout"),
+            &rh.timeout,
+            Duration::from_secs(2),
+        ),
         rise: e.count(&format!("{hf}.rise"), rh.rise, 2, 1, 100) as u32,
         fall: e.count(&format!("{hf}.fall"), rh.fall, 3, 1, 100) as u32,
         start_up: e.choice(
@@ -534,7 +627,10 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
         ),
     };
     if !health.path.starts_with('/') || health.path.bytes().any(|b| b <= b' ') {
-        e.push(format!("{hf}.path"), "must start with `/` and hold no spaces");
+        e.push(
+            format!("{hf}.path"),
+            "must start with `/` and hold no spaces",
+        );
     }
 
     Some(UpstreamConfig {
@@ -615,8 +711,7 @@ fn valid_hostname(h: &str) -> bool {
 fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 128
-        && n
-            .bytes()
+        && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 

@@ -85,9 +85,7 @@ pub async fn connect<D: Driver>(
 
 /// Accepts one connection (non-blocking socket, CLOEXEC).
 pub async fn accept<D: Driver>(listener: &Listener<D>) -> io::Result<(TcpStream, SocketAddr)> {
-    listener
-        .read_with(|l| sys::socket::accept_nonblocking(l))
-        .await
+    listener.read_with(sys::socket::accept_nonblocking).await
 }
 
 /// Reads what is available into `buf` (at least one byte, or 0 at EOF).
@@ -122,8 +120,5 @@ where
 /// already closed.
 pub fn peer_closed<D: Driver>(s: &Stream<D>) -> bool {
     let mut byte = [0u8; 1];
-    match s.get_ref().peek(&mut byte) {
-        Err(e) if sys::would_block(&e) => false,
-        _ => true,
-    }
+    !matches!(s.get_ref().peek(&mut byte), Err(e) if sys::would_block(&e))
 }

@@ -8,7 +8,9 @@ mod histogram;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-pub use histogram::{Histogram, HistogramSnapshot, CONNECT_BUCKETS, LIFETIME_BUCKETS, PARSE_BUCKETS};
+pub use histogram::{
+    Histogram, HistogramSnapshot, CONNECT_BUCKETS, LIFETIME_BUCKETS, PARSE_BUCKETS,
+};
 
 use crate::error::Kind;
 
@@ -74,7 +76,9 @@ impl ListenerCounters {
     pub fn new(name: Arc<str>, workers: usize) -> Self {
         ListenerCounters {
             name,
-            slots: (0..workers.max(1)).map(|_| ListenerSlot::default()).collect(),
+            slots: (0..workers.max(1))
+                .map(|_| ListenerSlot::default())
+                .collect(),
         }
     }
 
@@ -125,18 +129,30 @@ impl UpstreamCounters {
     pub fn new(name: Arc<str>, workers: usize) -> Self {
         UpstreamCounters {
             name,
-            slots: (0..workers.max(1)).map(|_| UpstreamSlot::default()).collect(),
+            slots: (0..workers.max(1))
+                .map(|_| UpstreamSlot::default())
+                .collect(),
         }
     }
 
     pub fn upgrade(&self, worker: usize, ok: bool) {
         let s = &self.slots[worker % self.slots.len()];
-        bump(if ok { &s.upgrades_ok } else { &s.upgrades_failed }, 1);
+        bump(
+            if ok {
+                &s.upgrades_ok
+            } else {
+                &s.upgrades_failed
+            },
+            1,
+        );
     }
 
     pub fn upgrades(&self) -> (u64, u64) {
         self.slots.iter().fold((0, 0), |(a, b), s| {
-            (a + s.upgrades_ok.load(Relaxed), b + s.upgrades_failed.load(Relaxed))
+            (
+                a + s.upgrades_ok.load(Relaxed),
+                b + s.upgrades_failed.load(Relaxed),
+            )
         })
     }
 }
@@ -157,7 +173,9 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(workers: usize) -> Self {
         Metrics {
-            cores: (0..workers.max(1)).map(|_| CoreCounters::default()).collect(),
+            cores: (0..workers.max(1))
+                .map(|_| CoreCounters::default())
+                .collect(),
             control: ControlCounters::default(),
         }
     }

@@ -10,16 +10,32 @@ use std::io::Write;
 
 use super::{eq_ic, trim_ows};
 
-/// Attributes of the route cookie we set. `Path=/; HttpOnly; SameSite=Lax`
-/// are always written: the cookie routes the whole host, scripts have no
-/// business reading it, and Lax keeps it on top-level navigations (the
-/// socket.io polling requests are same-site anyway).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Attributes of the route cookie we set. The defaults are `Path=/; HttpOnly; SameSite=Lax`:
+/// the cookie routes the whole host, scripts have no business reading it, and Lax keeps it on
+/// top-level navigations (the socket.io polling requests are same-site anyway). Built once per
+/// config (validated there: path without `;`, SameSite one of Strict/Lax/None).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CookieAttrs {
+    pub path: String,
+    pub http_only: bool,
+    /// `None` leaves the attribute out.
+    pub same_site: Option<String>,
     /// Add `Secure` (set when the listener is HTTPS-terminated upstream of us).
     pub secure: bool,
     /// Add `Max-Age=N`; `None` makes a session cookie.
     pub max_age: Option<u64>,
+}
+
+impl Default for CookieAttrs {
+    fn default() -> Self {
+        CookieAttrs {
+            path: "/".into(),
+            http_only: true,
+            same_site: Some("Lax".into()),
+            secure: false,
+            max_age: None,
+        }
+    }
 }
 
 /// Iterates `(name, value)` pairs of one Cookie header value
@@ -97,7 +113,15 @@ pub fn write_set_cookie(out: &mut Vec<u8>, name: &str, value: &[u8], attrs: &Coo
     out.extend_from_slice(name.as_bytes());
     out.push(b'=');
     out.extend_from_slice(value);
-    out.extend_from_slice(b"; Path=/; HttpOnly; SameSite=Lax");
+    out.extend_from_slice(b"; Path=");
+    out.extend_from_slice(attrs.path.as_bytes());
+    if attrs.http_only {
+        out.extend_from_slice(b"; HttpOnly");
+    }
+    if let Some(ss) = &attrs.same_site {
+        out.extend_from_slice(b"; SameSite=");
+        out.extend_from_slice(ss.as_bytes());
+    }
     if attrs.secure {
         out.extend_from_slice(b"; Secure");
     }
@@ -181,11 +205,25 @@ mod tests {
             &CookieAttrs {
                 secure: true,
                 max_age: Some(3600),
+                ..CookieAttrs::default()
             },
         );
         assert_eq!(
             out,
             b"rw=k1; Path=/; HttpOnly; SameSite=Lax; Secure; Max-Age=3600"
         );
+        out.clear();
+        write_set_cookie(
+            &mut out,
+            "rw",
+            b"k1",
+            &CookieAttrs {
+                path: "/chat".into(),
+                http_only: false,
+                same_site: None,
+                ..CookieAttrs::default()
+            },
+        );
+        assert_eq!(out, b"rw=k1; Path=/chat");
     }
 }

@@ -38,23 +38,21 @@ pub async fn forward<D: Driver>(
     let mut moved = 0u64;
     match framing {
         Framing::None => Ok(0),
-        Framing::Length(mut left) => {
-            loop {
-                let take = (left.min(pending.len() as u64)) as usize;
-                if take > 0 {
-                    rio::write_all::<D>(dst, &pending[..take])
-                        .await
-                        .map_err(BodyError::Dst)?;
-                    pending.drain(..take);
-                    left -= take as u64;
-                    moved += take as u64;
-                }
-                if left == 0 {
-                    return Ok(moved);
-                }
-                fill::<D>(src, pending).await?;
+        Framing::Length(mut left) => loop {
+            let take = (left.min(pending.len() as u64)) as usize;
+            if take > 0 {
+                rio::write_all::<D>(dst, &pending[..take])
+                    .await
+                    .map_err(BodyError::Dst)?;
+                pending.drain(..take);
+                left -= take as u64;
+                moved += take as u64;
             }
-        }
+            if left == 0 {
+                return Ok(moved);
+            }
+            fill::<D>(src, pending).await?;
+        },
         Framing::Chunked => {
             let mut scanner = ChunkedScanner::default();
             loop {

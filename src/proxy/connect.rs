@@ -47,10 +47,9 @@ pub async fn connect_from<D: Driver, K: KeySource + ?Sized>(
     timeout: Duration,
 ) -> Result<Connected<D>, Kind> {
     let mut tried: [usize; 17] = [usize::MAX; 17];
-    let mut n_tried = 0;
     let mut last = Kind::NoBackend;
     let mut next = Some(first);
-    for _ in 0..=retries.min(16) {
+    for n_tried in 0..=retries.min(16) {
         let pick = match next.take() {
             Some(p) => p,
             None => match table.pick(key, &tried[..n_tried]) {
@@ -62,7 +61,6 @@ pub async fn connect_from<D: Driver, K: KeySource + ?Sized>(
             break;
         };
         tried[n_tried] = pick.index;
-        n_tried += 1;
         // Counted from the pick, not from the connect: other cores picking meanwhile must
         // see this connection, or least-conn and bounded load pile onto one backend.
         let guard = ConnGuard::new(backend.stats().clone());

@@ -129,7 +129,10 @@ mod tests {
 
     #[test]
     fn finds_the_blank_line() {
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY", 0), Some(27));
+        assert_eq!(
+            head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY", 0),
+            Some(27)
+        );
         assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nBODY", 0), Some(24));
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
         assert_eq!(head_end(b"", 0), None);

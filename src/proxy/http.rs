@@ -141,7 +141,9 @@ pub async fn serve<D: Driver>(
             return reject::<D>(w, &client, Kind::NoBackend, 503).await;
         };
         let reuse = match kept.take() {
-            Some(k) if k.upstream == ui && same_backend(&k.table, k.conn.index, &table, pick.index) => {
+            Some(k)
+                if k.upstream == ui && same_backend(&k.table, k.conn.index, &table, pick.index) =>
+            {
                 if rio::peer_closed::<D>(&k.conn.stream) {
                     None
                 } else {
@@ -177,7 +179,11 @@ pub async fn serve<D: Driver>(
 
         // ---- 3. the head we send on
         out.clear();
-        let strip = up.cookie.as_ref().filter(|c| c.strip).map(|c| c.name.as_str());
+        let strip = up
+            .cookie
+            .as_ref()
+            .filter(|c| c.strip)
+            .map(|c| c.name.as_str());
         proto::write_request_head(
             &req,
             &mut out,
@@ -207,7 +213,6 @@ pub async fn serve<D: Driver>(
             ws_key: ws,
         };
         let head_len = req.head_len;
-        drop(req);
         buf.drain(..head_len);
 
         if rio::write_all::<D>(&conn.stream, &out).await.is_err() {
@@ -216,8 +221,10 @@ pub async fn serve<D: Driver>(
         }
 
         // ---- 4. exchange
-        match exchange::<D>(w, gen, up, lcfg, &client, &mut conn, &table, &ex, &mut buf, &mut rbuf, &mut out)
-            .await
+        match exchange::<D>(
+            w, gen, up, lcfg, &client, &mut conn, &table, &ex, &mut buf, &mut rbuf, &mut out,
+        )
+        .await
         {
             Next::KeepBoth => {
                 kept = Some(Kept {
@@ -304,7 +311,6 @@ async fn exchange<D: Driver>(
         if resp.is_interim() {
             // 100 Continue and friends: relay, then the real response follows.
             let n = resp.head_len;
-            drop(resp);
             if rio::write_all::<D>(client, &rbuf[..n]).await.is_err() {
                 return Next::Close;
             }
@@ -318,25 +324,30 @@ async fn exchange<D: Driver>(
             continue;
         }
 
-        // ---- the cookie, if the policy wants one issued
-        let mut cookie_line: [u8; 512] = [0; 512];
-        let mut cookie_len = 0;
+        // ---- the cookie, if the policy wants one issued (once per new session: the only
+        // allocation of an exchange, and only then)
+        let mut cookie_buf = Vec::new();
         if conn.set_cookie {
             if let (Some(c), Some(value)) = (&up.cookie, table.cookie_value(conn.index)) {
-                let mut v = Vec::new();
-                let mut attrs = c.attrs;
-                attrs.secure |= c.secure_auto && lcfg.tls_terminated;
-                proto::write_set_cookie(&mut v, &c.name, value.as_bytes(), &attrs);
-                cookie_len = v.len().min(512);
-                cookie_line[..cookie_len].copy_from_slice(&v[..cookie_len]);
+                let secure = c.attrs.secure || (c.secure_auto && lcfg.tls_terminated);
+                if secure == c.attrs.secure {
+                    proto::write_set_cookie(&mut cookie_buf, &c.name, value.as_bytes(), &c.attrs);
+                } else {
+                    let attrs = proto::CookieAttrs {
+                        secure,
+                        ..c.attrs.clone()
+                    };
+                    proto::write_set_cookie(&mut cookie_buf, &c.name, value.as_bytes(), &attrs);
+                }
             }
         }
-        let set_cookie = (cookie_len > 0).then_some(&cookie_line[..cookie_len]);
+        let set_cookie = (!cookie_buf.is_empty()).then_some(cookie_buf.as_slice());
 
         if resp.code == 101 {
             let ok = match (ex.ws_key, resp.ws_accept) {
                 (Some((key, n)), Some(accept)) => {
-                    resp.upgrade.is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"))
+                    resp.upgrade
+                        .is_some_and(|u| u.eq_ignore_ascii_case(b"websocket"))
                         && proto::check_accept(accept, &key[..n])
                 }
                 _ => false,
@@ -361,7 +372,6 @@ async fn exchange<D: Driver>(
                 },
             );
             let n = resp.head_len;
-            drop(resp);
             // The 101, then any bytes the backend sent right after it; and the client's
             // frames that arrived with its head go to the backend before anything else.
             if rio::write_all::<D>(client, out).await.is_err()
@@ -401,7 +411,6 @@ async fn exchange<D: Driver>(
             },
         );
         let n = resp.head_len;
-        drop(resp);
         if rio::write_all::<D>(client, out).await.is_err() {
             return Next::Close;
         }
@@ -456,7 +465,10 @@ async fn reject_next<D: Driver>(client: &Stream<D>, status: u16) -> Next {
 
 /// Answers a canned error (which carries `Connection: close`), counts it, and closes.
 async fn reject<D: Driver>(w: &Worker, client: &Stream<D>, kind: Kind, status: u16) {
-    if !matches!(kind, Kind::NoBackend | Kind::ConnectRefused | Kind::ConnectTimeout) {
+    if !matches!(
+        kind,
+        Kind::NoBackend | Kind::ConnectRefused | Kind::ConnectTimeout
+    ) {
         // Connect failures were counted where they happened.
         w.error(kind);
     }

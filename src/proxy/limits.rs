@@ -8,7 +8,6 @@
 //! refused rather than grow memory without bound.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -67,8 +66,12 @@ impl Limiter {
     /// Applies new limits (config reload); open connections are not affected.
     pub fn update(&self, l: &Limits) {
         self.0.max_total.store(l.max_connections, Ordering::Relaxed);
-        self.0.per_source.store(l.max_connections_per_source, Ordering::Relaxed);
-        self.0.rate.store(l.source_rate.to_bits(), Ordering::Relaxed);
+        self.0
+            .per_source
+            .store(l.max_connections_per_source, Ordering::Relaxed);
+        self.0
+            .rate
+            .store(l.source_rate.to_bits(), Ordering::Relaxed);
         self.0
             .burst
             .store((l.source_burst.max(1) as f64).to_bits(), Ordering::Relaxed);
@@ -80,7 +83,11 @@ impl Limiter {
     }
 
     pub fn tracked_sources(&self) -> usize {
-        self.0.shards.iter().map(|s| s.lock().map_or(0, |m| m.len())).sum()
+        self.0
+            .shards
+            .iter()
+            .map(|s| s.lock().map_or(0, |m| m.len()))
+            .sum()
     }
 
     pub fn admit(&self, ip: IpAddr) -> Result<Admission, Kind> {
@@ -142,9 +149,7 @@ impl Limiter {
     }
 
     fn shard(&self, ip: IpAddr) -> usize {
-        let mut h = self.0.hasher.build_hasher();
-        ip.hash(&mut h);
-        (h.finish() as usize) % SHARDS
+        (self.0.hasher.hash_one(ip) as usize) % SHARDS
     }
 
     fn release(&self, adm: &Admission) {
@@ -231,10 +236,16 @@ mod tests {
         let _a = l.admit_at(ip(1), t0).unwrap();
         let _b = l.admit_at(ip(1), t0).unwrap();
         assert_eq!(l.admit_at(ip(1), t0).err(), Some(Kind::LimitRate));
-        assert!(l.admit_at(ip(2), t0).is_ok(), "other sources have their own bucket");
+        assert!(
+            l.admit_at(ip(2), t0).is_ok(),
+            "other sources have their own bucket"
+        );
         // Half a second at 2/s refills one token.
         assert!(l.admit_at(ip(1), t0 + Duration::from_millis(500)).is_ok());
-        assert_eq!(l.admit_at(ip(1), t0 + Duration::from_millis(500)).err(), Some(Kind::LimitRate));
+        assert_eq!(
+            l.admit_at(ip(1), t0 + Duration::from_millis(500)).err(),
+            Some(Kind::LimitRate)
+        );
     }
 
     #[test]

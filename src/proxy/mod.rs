@@ -8,9 +8,9 @@
 
 mod body;
 pub mod connect;
+mod head_reader;
 pub mod http;
 pub mod limits;
-mod head_reader;
 mod proxy_header;
 pub mod route;
 pub mod tcp;
@@ -155,10 +155,8 @@ pub async fn accept_loop<D: Driver>(worker: Rc<Worker>, index: usize, socket: Tc
                 if lcfg.mode == Mode::Http {
                     // Best effort, non-blocking: a client over the limit gets 503 / 429.
                     let status = kind.status().unwrap_or(503);
-                    let _ = std::io::Write::write(
-                        &mut &stream,
-                        crate::proto::error_response(status),
-                    );
+                    let _ =
+                        std::io::Write::write(&mut &stream, crate::proto::error_response(status));
                 }
                 continue;
             }

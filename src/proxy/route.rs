@@ -48,7 +48,8 @@ fn host_matches(m: &HostMatch, host: &str) -> bool {
         HostMatch::Exact(want) => host.eq_ignore_ascii_case(want),
         HostMatch::Suffix(suffix) => {
             host.len() > suffix.len()
-                && host.as_bytes()[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+                && host.as_bytes()[host.len() - suffix.len()..]
+                    .eq_ignore_ascii_case(suffix.as_bytes())
         }
     }
 }
@@ -102,13 +103,28 @@ mod tests {
         let web = &c.listeners[0];
         let other = &c.listeners[1];
         let idx = |n: &str| c.upstream_index(n).unwrap();
-        assert_eq!(route(&c, web, Some("chat.example.com"), "/socket.io/?x"), Some(idx("chat")));
-        assert_eq!(route(&c, web, Some("CHAT.Example.com:8080"), "/socket.io/"), Some(idx("chat")));
+        assert_eq!(
+            route(&c, web, Some("chat.example.com"), "/socket.io/?x"),
+            Some(idx("chat"))
+        );
+        assert_eq!(
+            route(&c, web, Some("CHAT.Example.com:8080"), "/socket.io/"),
+            Some(idx("chat"))
+        );
         // listener-scoped route does not apply to `other`
-        assert_eq!(route(&c, other, Some("chat.example.com"), "/socket.io/"), Some(idx("default")));
-        assert_eq!(route(&c, web, Some("v1.api.example.com"), "/"), Some(idx("api")));
+        assert_eq!(
+            route(&c, other, Some("chat.example.com"), "/socket.io/"),
+            Some(idx("default"))
+        );
+        assert_eq!(
+            route(&c, web, Some("v1.api.example.com"), "/"),
+            Some(idx("api"))
+        );
         // the bare suffix is not a subdomain
-        assert_eq!(route(&c, web, Some("api.example.com"), "/"), Some(idx("default")));
+        assert_eq!(
+            route(&c, web, Some("api.example.com"), "/"),
+            Some(idx("default"))
+        );
         assert_eq!(route(&c, web, None, "/ws/1"), Some(idx("ws")));
         assert_eq!(route(&c, web, Some("x"), "/other"), Some(idx("default")));
     }

@@ -57,6 +57,7 @@ pub async fn serve<D: Driver>(
     drop(early);
 
     let started = Instant::now();
-    let (end, moved) = tunnel::run::<D>(w, &client, &backend.stream, cfg.timeouts.tunnel_idle).await;
+    let (end, moved) =
+        tunnel::run::<D>(w, &client, &backend.stream, cfg.timeouts.tunnel_idle).await;
     super::http::account_tunnel(w, &table, backend.index, end, moved, started);
 }

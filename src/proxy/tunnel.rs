@@ -136,7 +136,9 @@ async fn pump<D: Driver>(
     loop {
         // 1. Flush whatever dst could not take last time.
         if !pending.is_empty() {
-            rio::write_all::<D>(dst, &pending).await.map_err(DirError::Dst)?;
+            rio::write_all::<D>(dst, &pending)
+                .await
+                .map_err(DirError::Dst)?;
             pending = Vec::new(); // idle directions hold no buffer
         }
         if let Some(mut p) = held.take() {
@@ -232,7 +234,9 @@ async fn pump<D: Driver>(
         if n == 0 {
             // EOF from src: pass the half-close on, after flushing what is still pending.
             if !pending.is_empty() {
-                rio::write_all::<D>(dst, &pending).await.map_err(DirError::Dst)?;
+                rio::write_all::<D>(dst, &pending)
+                    .await
+                    .map_err(DirError::Dst)?;
             }
             if let Some(mut p) = held.take() {
                 let r = drain_pipe::<D>(dst, &mut p).await;

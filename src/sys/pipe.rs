@@ -63,7 +63,10 @@ impl Pipe {
 
     /// splice(src → pipe), non-blocking. `Ok(0)` = src reached EOF.
     pub fn fill_from(&mut self, src: BorrowedFd<'_>) -> io::Result<usize> {
-        debug_assert!(self.len == 0, "never splice into a pipe that still holds bytes");
+        debug_assert!(
+            self.len == 0,
+            "never splice into a pipe that still holds bytes"
+        );
         let max = self.capacity - self.len;
         // SAFETY: `src` is borrowed for the call, so it is open; `wr` is ours. Null offsets
         // are required for sockets and pipes.

@@ -130,7 +130,10 @@ fn cancel_fd(fd: RawFd) {
 /// True for the errors a cancelled or interrupted poll completes with (`ECANCELED`, and the
 /// kernel-internal `ERESTARTSYS` = 512 seen when a task is interrupted): wait again.
 pub fn is_spurious(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ECANCELED) | Some(libc::EINTR) | Some(512))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECANCELED) | Some(libc::EINTR) | Some(512)
+    )
 }
 
 /// Can this process create a ring at all? (seccomp and `kernel.io_uring_disabled` make
