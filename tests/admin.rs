@@ -14,16 +14,33 @@ use loadgen::Mode;
 async fn backends(n: usize) -> (Vec<loadgen::Backend>, String) {
     let mut v = Vec::new();
     for i in 0..n {
-        v.push(loadgen::spawn_backend(Mode::Ws, &format!("b{i}")).await.unwrap());
+        v.push(
+            loadgen::spawn_backend(Mode::Ws, &format!("b{i}"))
+                .await
+                .unwrap(),
+        );
     }
-    let list = v.iter().map(|b| b.addr.to_string()).collect::<Vec<_>>().join(",");
+    let list = v
+        .iter()
+        .map(|b| b.addr.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     (v, list)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_open_tunnels_and_count_their_bytes() {
     let (_b, list) = backends(2).await;
-    let gw = Gateway::start(&["--listen", "127.0.0.1:0", "--backend", &list, "--admin", "127.0.0.1:0", "--workers", "2"]);
+    let gw = Gateway::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        &list,
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+    ]);
     const N: usize = 12;
     let mut clients = Vec::new();
     for i in 0..N {
@@ -40,18 +57,37 @@ async fn metrics_follow_open_tunnels_and_count_their_bytes() {
     }
     let s = gw
         .metrics_until("the tunnels as live connections", |s| {
-            s.sum("ringway_upstream_connections_active", &[("upstream", "main")]) == N as f64
+            s.sum(
+                "ringway_upstream_connections_active",
+                &[("upstream", "main")],
+            ) == N as f64
         })
         .await;
     for name in ["b0", "b1"] {
         let want = per_backend.get(name).copied().unwrap_or(0) as f64;
-        let got = s.sum("ringway_upstream_connections_active", &[("upstream", "main"), ("backend", name)]);
+        let got = s.sum(
+            "ringway_upstream_connections_active",
+            &[("upstream", "main"), ("backend", name)],
+        );
         assert_eq!(got, want, "backend {name}:\n{}", s.text);
     }
-    assert_eq!(s.sum("ringway_connections_active", &[("listener", "main")]), N as f64);
-    assert_eq!(s.sum("ringway_upgrades_total", &[("upstream", "main"), ("result", "ok")]), N as f64);
+    assert_eq!(
+        s.sum("ringway_connections_active", &[("listener", "main")]),
+        N as f64
+    );
+    assert_eq!(
+        s.sum(
+            "ringway_upgrades_total",
+            &[("upstream", "main"), ("result", "ok")]
+        ),
+        N as f64
+    );
     assert_eq!(s.sum("ringway_handshakes_total", &[]), N as f64);
-    assert_eq!(s.sum("ringway_io_backend", &[]), 1.0, "exactly one io backend is in use");
+    assert_eq!(
+        s.sum("ringway_io_backend", &[]),
+        1.0,
+        "exactly one io backend is in use"
+    );
     assert_eq!(s.sum("ringway_build_info", &[]), 1.0);
 
     let mut moved: HashMap<String, (u64, u64)> = HashMap::new();
@@ -68,21 +104,49 @@ async fn metrics_follow_open_tunnels_and_count_their_bytes() {
                 && s.sum("ringway_tunnel_duration_seconds_count", &[]) == N as f64
         })
         .await;
-    assert_eq!(s.sum("ringway_connections_active", &[("listener", "main")]), 0.0);
-    assert_eq!(s.sum("ringway_connections_total", &[("listener", "main")]), N as f64);
+    assert_eq!(
+        s.sum("ringway_connections_active", &[("listener", "main")]),
+        0.0
+    );
+    assert_eq!(
+        s.sum("ringway_connections_total", &[("listener", "main")]),
+        N as f64
+    );
     for (name, (sent, received)) in moved {
         let b = [("upstream", "main"), ("backend", name.as_str())];
-        let up = s.sum("ringway_bytes_total", &[b[0], b[1], ("direction", "to_backend")]);
-        let down = s.sum("ringway_bytes_total", &[b[0], b[1], ("direction", "to_client")]);
-        assert_eq!((up, down), (sent as f64, received as f64), "bytes of {name}:\n{}", s.text);
+        let up = s.sum(
+            "ringway_bytes_total",
+            &[b[0], b[1], ("direction", "to_backend")],
+        );
+        let down = s.sum(
+            "ringway_bytes_total",
+            &[b[0], b[1], ("direction", "to_client")],
+        );
+        assert_eq!(
+            (up, down),
+            (sent as f64, received as f64),
+            "bytes of {name}:\n{}",
+            s.text
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_counted_by_kind_and_side() {
     let dead = dead_addr().to_string();
-    let gw = Gateway::start(&["--listen", "127.0.0.1:0", "--backend", &dead, "--admin", "127.0.0.1:0", "--workers", "1"]);
-    let (status, _, _) = http_raw(gw.listen, b"GARBAGE / NOPE\r\n\r\n").await.unwrap();
+    let gw = Gateway::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        &dead,
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+    ]);
+    let (status, _, _) = http_raw(gw.listen, b"GARBAGE / NOPE\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!(status, 400);
     // The only backend refuses: 502 while it is tried, 503 once passive health marks it down.
     let mut saw_503 = false;
@@ -94,41 +158,95 @@ async fn errors_are_counted_by_kind_and_side() {
             break;
         }
     }
-    assert!(saw_503, "never got a 503 from a gateway whose only backend is down");
+    assert!(
+        saw_503,
+        "never got a 503 from a gateway whose only backend is down"
+    );
     let s = gw.metrics().await;
-    assert_eq!(s.sum("ringway_errors_total", &[("kind", "bad_request"), ("side", "client")]), 1.0, "{}", s.text);
-    assert!(s.sum("ringway_errors_total", &[("kind", "no_backend"), ("side", "backend")]) >= 1.0, "{}", s.text);
-    assert!(s.sum("ringway_errors_total", &[("kind", "connect_failed"), ("side", "backend")]) >= 1.0, "{}", s.text);
-    assert_eq!(s.sum("ringway_backend_up", &[("backend", "b0")]), 0.0, "{}", s.text);
+    assert_eq!(
+        s.sum(
+            "ringway_errors_total",
+            &[("kind", "bad_request"), ("side", "client")]
+        ),
+        1.0,
+        "{}",
+        s.text
+    );
+    assert!(
+        s.sum(
+            "ringway_errors_total",
+            &[("kind", "no_backend"), ("side", "backend")]
+        ) >= 1.0,
+        "{}",
+        s.text
+    );
+    assert!(
+        s.sum(
+            "ringway_errors_total",
+            &[("kind", "connect_failed"), ("side", "backend")]
+        ) >= 1.0,
+        "{}",
+        s.text
+    );
+    assert_eq!(
+        s.sum("ringway_backend_up", &[("backend", "b0")]),
+        0.0,
+        "{}",
+        s.text
+    );
     let (_, _, body) = http_get(gw.admin, "/backends").await.unwrap();
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["upstreams"][0]["backends"][0]["reason"], "down-passive", "{body}");
+    assert_eq!(
+        v["upstreams"][0]["backends"][0]["reason"], "down-passive",
+        "{body}"
+    );
     let (status, _, body) = http_get(gw.admin, "/readyz").await.unwrap();
-    assert_eq!((status, body.trim()), (503, "upstream main has no backend up"));
+    assert_eq!(
+        (status, body.trim()),
+        (503, "upstream main has no backend up")
+    );
 }
 
 /// Waits until the upstream holds no live connection, so bounded load can't move the next key.
 async fn wait_idle(gw: &Gateway) {
-    gw.metrics_until("an idle upstream", |s| s.sum("ringway_upstream_connections_active", &[]) == 0.0)
-        .await;
+    gw.metrics_until("an idle upstream", |s| {
+        s.sum("ringway_upstream_connections_active", &[]) == 0.0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookup_agrees_with_where_hashed_connections_land() {
     let (_b, list) = backends(3).await;
     let gw = Gateway::start(&[
-        "--listen", "127.0.0.1:0", "--backend", &list, "--admin", "127.0.0.1:0", "--workers", "2",
-        "--balance", "hash:header:X-Device-Id",
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        &list,
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--balance",
+        "hash:header:X-Device-Id",
     ]);
     let mut seen = std::collections::HashSet::new();
     for i in 0..12 {
         let key = format!("device-{i}");
-        let (status, _, body) = http_get(gw.admin, &format!("/lookup?upstream=main&key={key}")).await.unwrap();
+        let (status, _, body) = http_get(gw.admin, &format!("/lookup?upstream=main&key={key}"))
+            .await
+            .unwrap();
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         let predicted = v["backend"].as_str().unwrap().to_string();
-        let ws = Ws::connect(gw.listen, &[("X-Device-Id", &key)]).await.unwrap();
-        assert_eq!(ws.backend(), predicted, "key {key}: /lookup said {predicted}");
+        let ws = Ws::connect(gw.listen, &[("X-Device-Id", &key)])
+            .await
+            .unwrap();
+        assert_eq!(
+            ws.backend(),
+            predicted,
+            "key {key}: /lookup said {predicted}"
+        );
         // /backends sees the tunnel on that backend. (A second /lookup now may name another
         // backend: with one live connection of three backends, bounded load caps the
         // key's backend at ceil(1.25 × 2 / 3) = 1, so a *new* connection would overflow.)
@@ -141,8 +259,13 @@ async fn lookup_agrees_with_where_hashed_connections_land() {
         seen.insert(predicted);
         wait_idle(&gw).await;
     }
-    assert!(seen.len() > 1, "12 keys all on one backend: the test would prove little");
-    let (status, _, _) = http_get(gw.admin, "/lookup?upstream=nope&key=a").await.unwrap();
+    assert!(
+        seen.len() > 1,
+        "12 keys all on one backend: the test would prove little"
+    );
+    let (status, _, _) = http_get(gw.admin, "/lookup?upstream=nope&key=a")
+        .await
+        .unwrap();
     assert_eq!(status, 404);
     let (status, _, _) = http_get(gw.admin, "/lookup?upstream=main").await.unwrap();
     assert_eq!(status, 400);
@@ -152,33 +275,66 @@ async fn lookup_agrees_with_where_hashed_connections_land() {
 async fn lookup_by_cookie_agrees_with_stickiness() {
     let (_b, list) = backends(3).await;
     let gw = Gateway::start(&[
-        "--listen", "127.0.0.1:0", "--backend", &list, "--admin", "127.0.0.1:0", "--workers", "2",
-        "--balance", "cookie", "--cookie-secret", "test-secret",
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        &list,
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--balance",
+        "cookie",
+        "--cookie-secret",
+        "test-secret",
     ]);
     for _ in 0..4 {
         let (status, headers, _) = http_get(gw.listen, "/").await.unwrap();
         assert_eq!(status, 200);
         let first = header(&headers, "x-backend").unwrap().to_string();
         let set = header(&headers, "set-cookie").expect("a route cookie is set");
-        let value = set.split(';').next().unwrap().split_once('=').unwrap().1.to_string();
-        let (status, _, body) = http_get(gw.admin, &format!("/lookup?upstream=main&cookie={value}")).await.unwrap();
+        let value = set
+            .split(';')
+            .next()
+            .unwrap()
+            .split_once('=')
+            .unwrap()
+            .1
+            .to_string();
+        let (status, _, body) =
+            http_get(gw.admin, &format!("/lookup?upstream=main&cookie={value}"))
+                .await
+                .unwrap();
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["backend"], first.as_str(), "{body}");
         for _ in 0..3 {
             let cookie = format!("ringway={value}");
-            let (_, headers, _) = http_get_with(gw.listen, &[("Cookie", &cookie)]).await.unwrap();
+            let (_, headers, _) = http_get_with(gw.listen, &[("Cookie", &cookie)])
+                .await
+                .unwrap();
             assert_eq!(header(&headers, "x-backend"), Some(first.as_str()));
         }
     }
-    let (status, _, body) = http_get(gw.admin, "/lookup?upstream=main&cookie=AAAAAAAAAAAAAAAA").await.unwrap();
+    let (status, _, body) = http_get(gw.admin, "/lookup?upstream=main&cookie=AAAAAAAAAAAAAAAA")
+        .await
+        .unwrap();
     assert_eq!(status, 404, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_backends_view_and_bad_requests() {
     let (b, list) = backends(2).await;
-    let gw = Gateway::start(&["--listen", "127.0.0.1:0", "--backend", &list, "--admin", "127.0.0.1:0", "--workers", "2"]);
+    let gw = Gateway::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        &list,
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+    ]);
     assert_eq!(http_get(gw.admin, "/healthz").await.unwrap().0, 200);
     let mut ready = None;
     for _ in 0..100 {
@@ -189,7 +345,10 @@ async fn probes_backends_view_and_bad_requests() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(ready.map(|(s, b)| (s, b.trim().to_string())), Some((200, "ready".into())));
+    assert_eq!(
+        ready.map(|(s, b)| (s, b.trim().to_string())),
+        Some((200, "ready".into()))
+    );
 
     let (status, headers, body) = http_get(gw.admin, "/backends").await.unwrap();
     assert_eq!(status, 200);
@@ -208,14 +367,26 @@ async fn probes_backends_view_and_bad_requests() {
     // Bad requests to the admin port: clean statuses, and the port keeps serving.
     assert_eq!(http_get(gw.admin, "/nope").await.unwrap().0, 404);
     let (status, headers, _) = http_post(gw.admin, "/metrics").await.unwrap();
-    assert_eq!((status, header(&headers, "allow")), (405, Some("GET, HEAD")));
+    assert_eq!(
+        (status, header(&headers, "allow")),
+        (405, Some("GET, HEAD"))
+    );
     assert_eq!(http_get(gw.admin, "/reload").await.unwrap().0, 405);
-    assert_eq!(http_raw(gw.admin, b"\x00\x01garbage\r\n\r\n").await.unwrap().0, 400);
+    assert_eq!(
+        http_raw(gw.admin, b"\x00\x01garbage\r\n\r\n")
+            .await
+            .unwrap()
+            .0,
+        400
+    );
     let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
     assert_eq!(http_raw(gw.admin, huge.as_bytes()).await.unwrap().0, 431);
     // Quick form has no file: a reload is refused and counted.
     let (status, _, body) = http_post(gw.admin, "/reload").await.unwrap();
     assert_eq!(status, 500, "{body}");
     let s = gw.metrics().await;
-    assert_eq!(s.sum("ringway_config_reloads_total", &[("result", "failed")]), 1.0);
+    assert_eq!(
+        s.sum("ringway_config_reloads_total", &[("result", "failed")]),
+        1.0
+    );
 }

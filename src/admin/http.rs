@@ -114,7 +114,10 @@ async fn read_inner(stream: &mut TcpStream) -> Result<Request, Response> {
             .await
             .map_err(|_| Response::error(400, "read failed"))?;
         if n == 0 {
-            return Err(Response::error(400, "connection closed before a complete request"));
+            return Err(Response::error(
+                400,
+                "connection closed before a complete request",
+            ));
         }
         filled += n;
         let (req, head_len, body_len) = match parse(&buf[..filled])? {
@@ -145,13 +148,18 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize, usize)>, Response> {
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(Response::error(431, "too many headers")),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Response::error(431, "too many headers"))
+        }
         Err(e) => return Err(Response::error(400, format!("malformed request: {e}"))),
     };
     let mut body_len = 0usize;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(Response::error(400, "chunked request bodies are not accepted"));
+            return Err(Response::error(
+                400,
+                "chunked request bodies are not accepted",
+            ));
         }
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = std::str::from_utf8(h.value)

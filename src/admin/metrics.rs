@@ -55,7 +55,11 @@ fn family(
     body(&mut m)
 }
 
-fn counter<const N: usize>(m: &mut MetricEncoder, labels: [(&str, &str); N], v: u64) -> fmt::Result {
+fn counter<const N: usize>(
+    m: &mut MetricEncoder,
+    labels: [(&str, &str); N],
+    v: u64,
+) -> fmt::Result {
     if N == 0 {
         return m.encode_counter::<NoLabelSet, u64, u64>(&v, None);
     }
@@ -91,14 +95,18 @@ pub fn backend_up(b: &Backend, now: u64) -> bool {
     b.stats().health_up() && !b.stats().is_down(now)
 }
 
-/// DNS update counts per upstream: `(upstream, result, count)`.
-///
-/// HOOK for discovery: `src/discovery/` does not expose its counters yet, so this yields
-/// nothing and `ringway_dns_updates_total` is rendered as an empty family. When discovery
-/// publishes them (e.g. per-upstream `changed / unchanged / failed` counters reachable from
-/// `Shared`), read them here; [`encode_dns_updates`] renders whatever this returns.
-fn dns_updates(_shared: &Shared) -> Vec<(String, &'static str, u64)> {
-    Vec::new()
+/// DNS update counts per upstream: `(upstream, result, count)`, from discovery's process-wide
+/// counters (`crate::discovery::dns_stats`), which survive reloads. Upstreams that never used
+/// DNS discovery have no series.
+fn dns_updates() -> Vec<(String, &'static str, u64)> {
+    use crate::discovery::{dns_stats, LookupResult};
+    let mut out = Vec::new();
+    for (upstream, stats) in dns_stats().snapshot() {
+        for r in LookupResult::ALL {
+            out.push((upstream.to_string(), r.label(), stats.lookups(r)));
+        }
+    }
+    out
 }
 
 /// Renders `ringway_dns_updates_total{upstream,result}` from `(upstream, result, count)`.
@@ -121,7 +129,9 @@ impl Collector for Scrape {
         let cores = &shared.metrics.cores;
 
         family(&mut enc, &names::CONNECTIONS_ACTIVE, |m| {
-            gen.listeners.iter().try_for_each(|l| gauge(m, [("listener", &l.name)], l.active()))
+            gen.listeners
+                .iter()
+                .try_for_each(|l| gauge(m, [("listener", &l.name)], l.active()))
         })?;
         family(&mut enc, &names::CONNECTIONS, |m| {
             gen.listeners
@@ -135,27 +145,40 @@ impl Collector for Scrape {
         })?;
 
         // One table load per upstream, so every per-backend family of a scrape agrees.
-        let tables: Vec<_> = gen.upstreams.iter().map(|u| (&u.cfg.name, u.lb.load_full())).collect();
-        let each_backend = |m: &mut MetricEncoder,
-                            f: &mut dyn FnMut(&mut MetricEncoder, &str, &Backend) -> fmt::Result|
-         -> fmt::Result {
-            for (up, table) in &tables {
-                for b in table.backends() {
-                    f(m, up, b)?;
+        let tables: Vec<_> = gen
+            .upstreams
+            .iter()
+            .map(|u| (&u.cfg.name, u.lb.load_full()))
+            .collect();
+        let each_backend =
+            |m: &mut MetricEncoder,
+             f: &mut dyn FnMut(&mut MetricEncoder, &str, &Backend) -> fmt::Result|
+             -> fmt::Result {
+                for (up, table) in &tables {
+                    for b in table.backends() {
+                        f(m, up, b)?;
+                    }
                 }
-            }
-            Ok(())
-        };
+                Ok(())
+            };
         family(&mut enc, &names::UPSTREAM_CONNECTIONS_ACTIVE, |m| {
             each_backend(m, &mut |m, up, b| {
-                gauge(m, [("upstream", up), ("backend", b.name())], b.live() as i64)
+                gauge(
+                    m,
+                    [("upstream", up), ("backend", b.name())],
+                    b.live() as i64,
+                )
             })
         })?;
         family(&mut enc, &names::REQUESTS, |m| {
             each_backend(m, &mut |m, up, b| {
                 let r = b.stats().responses();
                 CLASSES.iter().zip(r).try_for_each(|(code, n)| {
-                    counter(m, [("upstream", up), ("backend", b.name()), ("code", code)], n)
+                    counter(
+                        m,
+                        [("upstream", up), ("backend", b.name()), ("code", code)],
+                        n,
+                    )
                 })
             })
         })?;
@@ -170,7 +193,11 @@ impl Collector for Scrape {
         let now = now_ms();
         family(&mut enc, &names::BACKEND_UP, |m| {
             each_backend(m, &mut |m, up, b| {
-                gauge(m, [("upstream", up), ("backend", b.name())], backend_up(b, now) as i64)
+                gauge(
+                    m,
+                    [("upstream", up), ("backend", b.name())],
+                    backend_up(b, now) as i64,
+                )
             })
         })?;
         family(&mut enc, &names::UPGRADES, |m| {
@@ -195,7 +222,7 @@ impl Collector for Scrape {
         family(&mut enc, &names::TUNNEL_DURATION, |m| {
             histogram(m, Histogram::sum(cores.iter().map(|c| &c.tunnel_lifetime)))
         })?;
-        encode_dns_updates(&mut enc, &dns_updates(shared))?;
+        encode_dns_updates(&mut enc, &dns_updates())?;
         family(&mut enc, &names::CONFIG_RELOADS, |m| {
             let c = &shared.metrics.control;
             counter(m, [("result", "ok")], c.reloads_ok.load(Relaxed))?;
@@ -206,17 +233,24 @@ impl Collector for Scrape {
             // Labelled with the config's spelling (`io = "uring"`), as deploy/ documents.
             [(IoKind::Uring, "uring"), (IoKind::Epoll, "epoll")]
                 .iter()
-                .try_for_each(|&(k, label)| gauge(m, [("kind", label)], (current == Some(k)) as i64))
+                .try_for_each(|&(k, label)| {
+                    gauge(m, [("kind", label)], (current == Some(k)) as i64)
+                })
         })?;
         family(&mut enc, &names::BUILD, |m| {
             m.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])
         })?;
-        let sum = |f: &dyn Fn(&crate::metrics::CoreCounters) -> u64| cores.iter().map(f).sum::<u64>();
+        let sum =
+            |f: &dyn Fn(&crate::metrics::CoreCounters) -> u64| cores.iter().map(f).sum::<u64>();
         family(&mut enc, &names::PIPES_IN_USE, |m| {
             let lent: i64 = cores.iter().map(|c| c.pipes_lent.load(Relaxed)).sum();
             gauge(m, [], lent)
         })?;
-        family(&mut enc, &names::HANDSHAKES, |m| counter(m, [], sum(&|c| c.handshakes.load(Relaxed))))?;
-        family(&mut enc, &names::HTTP_REQUESTS, |m| counter(m, [], sum(&|c| c.requests.load(Relaxed))))
+        family(&mut enc, &names::HANDSHAKES, |m| {
+            counter(m, [], sum(&|c| c.handshakes.load(Relaxed)))
+        })?;
+        family(&mut enc, &names::HTTP_REQUESTS, |m| {
+            counter(m, [], sum(&|c| c.requests.load(Relaxed)))
+        })
     }
 }

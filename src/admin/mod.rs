@@ -16,9 +16,9 @@
 mod http;
 mod metrics;
 pub mod names;
-mod views;
 #[cfg(test)]
 mod tests;
+mod views;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,7 +41,11 @@ const MAX_CONNECTIONS: usize = 32;
 
 /// Binds the admin listener and serves it on the current (control) runtime. Returns the bound
 /// address (port 0 resolved).
-pub async fn spawn(shared: Arc<Shared>, addr: SocketAddr, reload: Reloader) -> std::io::Result<SocketAddr> {
+pub async fn spawn(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    reload: Reloader,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(serve(listener, shared, reload));

@@ -36,15 +36,30 @@ impl Def {
 }
 
 const fn counter(family: &'static str, help: &'static str) -> Def {
-    Def { family, help, kind: MetricType::Counter, seconds: false }
+    Def {
+        family,
+        help,
+        kind: MetricType::Counter,
+        seconds: false,
+    }
 }
 
 const fn gauge(family: &'static str, help: &'static str) -> Def {
-    Def { family, help, kind: MetricType::Gauge, seconds: false }
+    Def {
+        family,
+        help,
+        kind: MetricType::Gauge,
+        seconds: false,
+    }
 }
 
 const fn seconds_histogram(family: &'static str, help: &'static str) -> Def {
-    Def { family, help, kind: MetricType::Histogram, seconds: true }
+    Def {
+        family,
+        help,
+        kind: MetricType::Histogram,
+        seconds: true,
+    }
 }
 
 pub const CONNECTIONS_ACTIVE: Def = gauge(
@@ -83,10 +98,8 @@ pub const HEAD_PARSE: Def = seconds_histogram(
     "ringway_head_parse",
     "Time to parse a complete request head.",
 );
-pub const BACKEND_CONNECT: Def = seconds_histogram(
-    "ringway_backend_connect",
-    "Time to connect to a backend.",
-);
+pub const BACKEND_CONNECT: Def =
+    seconds_histogram("ringway_backend_connect", "Time to connect to a backend.");
 pub const TUNNEL_DURATION: Def = seconds_histogram(
     "ringway_tunnel_duration",
     "Lifetime of finished tunnels (WebSocket after 101, tcp mode).",
@@ -97,7 +110,7 @@ pub const BACKEND_UP: Def = gauge(
 );
 pub const DNS_UPDATES: Def = counter(
     "ringway_dns_updates",
-    "DNS re-resolutions per upstream; result=changed, unchanged or failed.",
+    "DNS lookups per upstream; result=changed, unchanged, negative (NXDOMAIN / no records) or error (last good answer kept).",
 );
 pub const CONFIG_RELOADS: Def = counter(
     "ringway_config_reloads",

@@ -56,15 +56,27 @@ fn every_defined_metric_is_exposed_under_its_sample_name() {
     assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
     for def in names::ALL {
         let sample = def.sample();
-        let typed = if def.seconds { sample.clone() } else { def.family.to_string() };
-        assert!(text.contains(&format!("# TYPE {typed} ")), "{typed} has no TYPE line in:\n{text}");
-        // DNS updates stay empty until discovery publishes counters.
+        let typed = if def.seconds {
+            sample.clone()
+        } else {
+            def.family.to_string()
+        };
+        assert!(
+            text.contains(&format!("# TYPE {typed} ")),
+            "{typed} has no TYPE line in:\n{text}"
+        );
+        // No upstream of this config uses DNS discovery: that family has no series.
         if def.family != names::DNS_UPDATES.family {
-            assert!(text.lines().any(|l| l.starts_with(&sample)), "no {sample} sample in:\n{text}");
+            assert!(
+                text.lines().any(|l| l.starts_with(&sample)),
+                "no {sample} sample in:\n{text}"
+            );
         }
     }
-    assert!(text.contains("ringway_upstream_connections_active{upstream=\"chat\",backend=\"chat-0\"} 0"));
-    assert!(text.contains("ringway_requests_total{upstream=\"chat\",backend=\"chat-1\",code=\"5xx\"} 0"));
+    assert!(text
+        .contains("ringway_upstream_connections_active{upstream=\"chat\",backend=\"chat-0\"} 0"));
+    assert!(text
+        .contains("ringway_requests_total{upstream=\"chat\",backend=\"chat-1\",code=\"5xx\"} 0"));
     assert!(text.contains("ringway_errors_total{kind=\"bad_request\",side=\"client\"} 0"));
     assert!(text.contains("ringway_build_info{version=\""));
     assert!(text.contains("ringway_head_parse_seconds_bucket{le=\"+Inf\"} 0"));
@@ -75,13 +87,31 @@ fn histograms_are_in_seconds_and_cumulative() {
     let s = shared();
     s.metrics.cores[0].connect.observe_us(80); // <= 100 µs
     s.metrics.cores[1].connect.observe_us(2_000_000); // <= 5 s
-    s.metrics.control.reloads_failed.fetch_add(1, Ordering::Relaxed);
+    s.metrics
+        .control
+        .reloads_failed
+        .fetch_add(1, Ordering::Relaxed);
     let text = super::render_metrics(&s);
-    assert!(text.contains("ringway_backend_connect_seconds_bucket{le=\"0.0001\"} 1"), "{text}");
-    assert!(text.contains("ringway_backend_connect_seconds_bucket{le=\"5.0\"} 2"), "{text}");
-    assert!(text.contains("ringway_backend_connect_seconds_count 2"), "{text}");
-    assert!(text.contains("ringway_backend_connect_seconds_sum 2.00008"), "{text}");
-    assert!(text.contains("ringway_config_reloads_total{result=\"failed\"} 1"), "{text}");
+    assert!(
+        text.contains("ringway_backend_connect_seconds_bucket{le=\"0.0001\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ringway_backend_connect_seconds_bucket{le=\"5.0\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ringway_backend_connect_seconds_count 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ringway_backend_connect_seconds_sum 2.00008"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ringway_config_reloads_total{result=\"failed\"} 1"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -89,15 +119,30 @@ fn router_answers_every_path_and_method() {
     let s = shared();
     assert_eq!(get(&s, "/healthz"), (200, "ok\n".into()));
     // Listeners never bound in this test: not ready, and the reason says why.
-    assert_eq!(get(&s, "/readyz"), (503, "listeners not bound yet\n".into()));
+    assert_eq!(
+        get(&s, "/readyz"),
+        (503, "listeners not bound yet\n".into())
+    );
     assert_eq!(get(&s, "/nope").0, 404);
-    let req = Request { method: "DELETE".into(), path: "/metrics".into(), query: String::new() };
+    let req = Request {
+        method: "DELETE".into(),
+        path: "/metrics".into(),
+        query: String::new(),
+    };
     let reload: Reloader = Arc::new(|| true);
     let r = route(&req, &s, &reload);
     assert_eq!((r.status, r.allow), (405, Some("GET, HEAD")));
-    let req = Request { method: "GET".into(), path: "/reload".into(), query: String::new() };
+    let req = Request {
+        method: "GET".into(),
+        path: "/reload".into(),
+        query: String::new(),
+    };
     assert_eq!(route(&req, &s, &reload).status, 405);
-    let req = Request { method: "POST".into(), path: "/reload".into(), query: String::new() };
+    let req = Request {
+        method: "POST".into(),
+        path: "/reload".into(),
+        query: String::new(),
+    };
     assert_eq!(route(&req, &s, &reload).status, 200);
     let failing: Reloader = Arc::new(|| false);
     assert_eq!(route(&req, &s, &failing).status, 500);
@@ -109,7 +154,9 @@ fn lookup_agrees_with_the_table_and_rejects_bad_queries() {
     let gen = s.gen.load();
     let table = gen.upstreams[0].lb.load_full();
     for key in ["dev-1", "dev-2", "a b", "x+y"] {
-        let expect = table.name(table.lookup_key(key.as_bytes()).unwrap()).unwrap();
+        let expect = table
+            .name(table.lookup_key(key.as_bytes()).unwrap())
+            .unwrap();
         let encoded = key.replace('+', "%2B").replace(' ', "%20");
         let (status, body) = get(&s, &format!("/lookup?upstream=chat&key={encoded}"));
         assert_eq!(status, 200, "{body}");
@@ -127,7 +174,11 @@ fn lookup_agrees_with_the_table_and_rejects_bad_queries() {
     assert_eq!(get(&s, "/lookup?key=a").0, 400);
     assert_eq!(get(&s, "/lookup?upstream=chat").0, 400);
     assert_eq!(get(&s, "/lookup?upstream=chat&key=%zz").0, 400);
-    assert_eq!(get(&s, "/lookup?upstream=chat&cookie=abc").0, 400, "chat is not a cookie upstream");
+    assert_eq!(
+        get(&s, "/lookup?upstream=chat&cookie=abc").0,
+        400,
+        "chat is not a cookie upstream"
+    );
 }
 
 #[test]
@@ -149,7 +200,8 @@ fn parser_is_bounded_and_strict() {
     assert!(parse(b"GET /metrics HTTP/1.1\r\nHost:").unwrap().is_none());
     let bad = parse(b"GET /metrics HTTP/1.1\r\nBad Header\r\n\r\n").unwrap_err();
     assert_eq!(bad.status, 400);
-    let chunked = parse(b"POST /reload HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap_err();
+    let chunked =
+        parse(b"POST /reload HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap_err();
     assert_eq!(chunked.status, 400);
     let big = parse(b"POST /reload HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n").unwrap_err();
     assert_eq!(big.status, 413);
@@ -159,7 +211,10 @@ fn parser_is_bounded_and_strict() {
     let (req, head, body) = parse(b"POST /reload?x=1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
         .unwrap()
         .unwrap();
-    assert_eq!((req.path.as_str(), req.query.as_str(), head, body), ("/reload", "x=1", 48, 3));
+    assert_eq!(
+        (req.path.as_str(), req.query.as_str(), head, body),
+        ("/reload", "x=1", 48, 3)
+    );
 }
 
 #[test]
@@ -167,7 +222,10 @@ fn query_decoding() {
     assert_eq!(percent_decode("a%2Bb+c%20").unwrap(), b"a+b+c ");
     assert!(percent_decode("%2").is_none());
     assert!(percent_decode("%+1").is_none());
-    assert_eq!(query_param("a=1&key=x%3Dy&b", "key").unwrap().unwrap(), b"x=y");
+    assert_eq!(
+        query_param("a=1&key=x%3Dy&b", "key").unwrap().unwrap(),
+        b"x=y"
+    );
     assert_eq!(query_param("a=1&b", "b").unwrap().unwrap(), b"");
     assert!(query_param("a=1", "key").is_none());
 }

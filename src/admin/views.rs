@@ -124,15 +124,24 @@ fn by_key(u: &UpstreamRt, key: &[u8]) -> Response {
         p => {
             return Response::error(
                 400,
-                format!("upstream `{}` balances with {p}, which does not place keys", u.cfg.name),
+                format!(
+                    "upstream `{}` balances with {p}, which does not place keys",
+                    u.cfg.name
+                ),
             )
         }
     };
     // hash:ip hashes the address bytes, so the key must be an address.
     let mut buf = [0u8; 16];
     let bytes: &[u8] = if hash_key == HashKey::Ip {
-        let Some(ip) = std::str::from_utf8(key).ok().and_then(|s| s.parse::<IpAddr>().ok()) else {
-            return Response::error(400, "upstream hashes on the client IP: `key` must be an IP address");
+        let Some(ip) = std::str::from_utf8(key)
+            .ok()
+            .and_then(|s| s.parse::<IpAddr>().ok())
+        else {
+            return Response::error(
+                400,
+                "upstream hashes on the client IP: `key` must be an IP address",
+            );
         };
         ip_bytes(ip, &mut buf)
     } else {
@@ -149,11 +158,20 @@ fn by_cookie(u: &UpstreamRt, cookie: &[u8]) -> Response {
     if table.cookie_name().is_none() {
         return Response::error(
             400,
-            format!("upstream `{}` balances with {}, not cookie", u.cfg.name, table.policy()),
+            format!(
+                "upstream `{}` balances with {}, not cookie",
+                u.cfg.name,
+                table.policy()
+            ),
         );
     }
     match table.lookup_cookie(cookie) {
-        Some(i) => answer(u, &table, i, json!({ "cookie": String::from_utf8_lossy(cookie) })),
+        Some(i) => answer(
+            u,
+            &table,
+            i,
+            json!({ "cookie": String::from_utf8_lossy(cookie) }),
+        ),
         None => Response::error(
             404,
             "no backend of this upstream has that cookie (forged, or its backend is gone): \

@@ -13,6 +13,11 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Header or label pairs.
+pub type Headers = Vec<(String, String)>;
+/// Status, headers (names lowercased), body.
+pub type HttpResponse = (u16, Headers, String);
+
 /// How long one network step may take before a test gives up (a hang guard, never asserted).
 pub const STEP: Duration = Duration::from_secs(10);
 
@@ -51,7 +56,9 @@ impl Gateway {
         let mut admin = None;
         for _ in 0..400 {
             for line in log.lock().unwrap().iter() {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
                 let addr = v["addr"].as_str().and_then(|a| a.parse().ok());
                 match v["message"].as_str() {
                     Some("listening") if listen.is_none() => listen = addr,
@@ -63,15 +70,26 @@ impl Gateway {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("ringway exited with {status}:\n{}", log.lock().unwrap().join("\n"));
+                panic!(
+                    "ringway exited with {status}:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(25));
         }
         let (Some(listen), Some(admin)) = (listen, admin) else {
             let _ = child.kill();
-            panic!("ringway did not log its addresses:\n{}", log.lock().unwrap().join("\n"));
+            panic!(
+                "ringway did not log its addresses:\n{}",
+                log.lock().unwrap().join("\n")
+            );
         };
-        Gateway { child, listen, admin, log }
+        Gateway {
+            child,
+            listen,
+            admin,
+            log,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -132,13 +150,16 @@ impl Drop for Gateway {
 /// One parsed `/metrics` response.
 pub struct Scrape {
     pub text: String,
-    samples: Vec<(String, Vec<(String, String)>, f64)>,
+    samples: Vec<(String, Headers, f64)>,
 }
 
 impl Scrape {
     pub fn parse(text: &str) -> Scrape {
         let mut samples = Vec::new();
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
             let (series, value) = line.rsplit_once(' ').expect("sample line");
             let value: f64 = value.parse().expect("sample value");
             let (name, labels) = match series.split_once('{') {
@@ -158,7 +179,10 @@ impl Scrape {
             };
             samples.push((name, labels, value));
         }
-        Scrape { text: text.to_string(), samples }
+        Scrape {
+            text: text.to_string(),
+            samples,
+        }
     }
 
     /// Sum of every sample of `name` whose labels include all of `labels`.
@@ -166,7 +190,10 @@ impl Scrape {
         self.samples
             .iter()
             .filter(|(n, l, _)| {
-                n == name && labels.iter().all(|(k, v)| l.iter().any(|(a, b)| a == k && b == v))
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(a, b)| a == k && b == v))
             })
             .map(|(_, _, v)| v)
             .sum()
@@ -178,7 +205,7 @@ impl Scrape {
 }
 
 /// Sends one request (`Connection: close` is the caller's to add) and reads the whole answer.
-pub async fn http_raw(addr: SocketAddr, request: &[u8]) -> std::io::Result<(u16, Vec<(String, String)>, String)> {
+pub async fn http_raw(addr: SocketAddr, request: &[u8]) -> std::io::Result<HttpResponse> {
     tokio::time::timeout(STEP, async {
         let mut s = TcpStream::connect(addr).await?;
         s.write_all(request).await?;
@@ -190,24 +217,32 @@ pub async fn http_raw(addr: SocketAddr, request: &[u8]) -> std::io::Result<(u16,
     .map_err(|_| std::io::Error::other("http timed out"))?
 }
 
-pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Vec<(String, String)>, String)> {
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<HttpResponse> {
     let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
     http_raw(addr, req.as_bytes()).await
 }
 
-pub async fn http_post(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Vec<(String, String)>, String)> {
-    let req = format!("POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+pub async fn http_post(addr: SocketAddr, path: &str) -> std::io::Result<HttpResponse> {
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     http_raw(addr, req.as_bytes()).await
 }
 
 /// A GET through the gateway with extra headers; returns status and headers.
-pub async fn http_get_with(addr: SocketAddr, headers: &[(&str, &str)]) -> std::io::Result<(u16, Vec<(String, String)>, String)> {
-    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+pub async fn http_get_with(
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+) -> std::io::Result<HttpResponse> {
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let req = format!("GET / HTTP/1.1\r\nHost: test\r\n{extra}Connection: close\r\n\r\n");
     http_raw(addr, req.as_bytes()).await
 }
 
-pub fn parse_response(buf: &[u8]) -> Option<(u16, Vec<(String, String)>, String)> {
+pub fn parse_response(buf: &[u8]) -> Option<HttpResponse> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&buf[..end]).ok()?;
     let mut lines = head.split("\r\n");
@@ -216,11 +251,18 @@ pub fn parse_response(buf: &[u8]) -> Option<(u16, Vec<(String, String)>, String)
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    Some((status, headers, String::from_utf8_lossy(&buf[end + 4..]).into_owned()))
+    Some((
+        status,
+        headers,
+        String::from_utf8_lossy(&buf[end + 4..]).into_owned(),
+    ))
 }
 
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// A raw WebSocket client that counts the bytes it moves after the handshake head.
@@ -244,7 +286,10 @@ impl Ws {
 
     async fn connect_inner(addr: SocketAddr, headers: &[(&str, &str)]) -> std::io::Result<Ws> {
         let mut stream = TcpStream::connect(addr).await?;
-        let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+        let extra: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
         let req = format!(
             "GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
@@ -258,17 +303,30 @@ impl Ws {
             }
             let n = stream.read(&mut chunk).await?;
             if n == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed during handshake"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed during handshake",
+                ));
             }
             buf.extend_from_slice(&chunk[..n]);
         };
-        let (status, headers, _) = parse_response(&buf[..end]).ok_or_else(|| std::io::Error::other("bad head"))?;
+        let (status, headers, _) =
+            parse_response(&buf[..end]).ok_or_else(|| std::io::Error::other("bad head"))?;
         let rest = buf.split_off(end);
-        Ok(Ws { stream, status, headers, sent: 0, received: rest.len() as u64, buf: rest })
+        Ok(Ws {
+            stream,
+            status,
+            headers,
+            sent: 0,
+            received: rest.len() as u64,
+            buf: rest,
+        })
     }
 
     pub fn backend(&self) -> String {
-        header(&self.headers, "x-backend").unwrap_or("?").to_string()
+        header(&self.headers, "x-backend")
+            .unwrap_or("?")
+            .to_string()
     }
 
     /// Sends one masked binary frame and waits for its echo, which must be identical.
@@ -311,7 +369,10 @@ impl Ws {
         while self.buf.len() < n {
             let r = self.stream.read(&mut chunk).await?;
             if r == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "tunnel closed"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "tunnel closed",
+                ));
             }
             self.received += r as u64;
             self.buf.extend_from_slice(&chunk[..r]);
