@@ -29,7 +29,10 @@ use crate::config::{CheckKind, Discovery, UpstreamConfig};
 enum Source {
     /// `(host, port, identity)` per pod name.
     Names(Vec<(String, u16, Arc<str>)>),
-    Service { host: String, port: u16 },
+    Service {
+        host: String,
+        port: u16,
+    },
     Srv(String),
 }
 
@@ -168,7 +171,11 @@ impl DnsTask {
                 };
                 let out = (c, (was_failing, s.failures), label);
                 if matches!(c, Change::Updated | Change::Removed) {
-                    let targets = st.srv.as_ref().and_then(|s| s.value.clone()).unwrap_or_default();
+                    let targets = st
+                        .srv
+                        .as_ref()
+                        .and_then(|s| s.value.clone())
+                        .unwrap_or_default();
                     sync_srv_targets(&mut st.hosts, &targets, now);
                 }
                 out
@@ -183,10 +190,23 @@ impl DnsTask {
             Change::KeptOnFailure => self.stats.count(LookupResult::Error),
         }
         match change {
-            Change::HoldStarted => tracing::warn!(upstream = up, name = label, ?hold, "name left DNS; its backends stay for the hold"),
-            Change::Removed => tracing::info!(upstream = up, name = label, "hold expired; name removed"),
-            Change::KeptOnFailure if failures.1 == 1 => tracing::warn!(upstream = up, name = label, "DNS lookup failed; keeping the last good answer and retrying with backoff"),
-            _ if failures.0 > 0 && failures.1 == 0 => tracing::info!(upstream = up, name = label, "DNS lookup recovered"),
+            Change::HoldStarted => tracing::warn!(
+                upstream = up,
+                name = label,
+                ?hold,
+                "name left DNS; its backends stay for the hold"
+            ),
+            Change::Removed => {
+                tracing::info!(upstream = up, name = label, "hold expired; name removed")
+            }
+            Change::KeptOnFailure if failures.1 == 1 => tracing::warn!(
+                upstream = up,
+                name = label,
+                "DNS lookup failed; keeping the last good answer and retrying with backoff"
+            ),
+            _ if failures.0 > 0 && failures.1 == 0 => {
+                tracing::info!(upstream = up, name = label, "DNS lookup recovered")
+            }
             _ => {}
         }
     }
@@ -259,7 +279,7 @@ impl State {
     }
 
     fn all_answered(&self) -> bool {
-        self.srv.as_ref().map_or(true, |s| s.answered) && self.hosts.values().all(|s| s.answered)
+        !matches!(&self.srv, Some(s) if !s.answered) && self.hosts.values().all(|s| s.answered)
     }
 
     /// The backend set from the last good answers, sorted by name.
@@ -307,7 +327,9 @@ fn sync_srv_targets(
 ) {
     hosts.retain(|h, _| targets.iter().any(|(t, _)| t == h));
     for (t, _) in targets {
-        hosts.entry(t.clone()).or_insert_with(|| NameState::new(now));
+        hosts
+            .entry(t.clone())
+            .or_insert_with(|| NameState::new(now));
     }
 }
 
@@ -384,8 +406,16 @@ mod tests {
 
     #[test]
     fn diff_reports_added_moved_removed() {
-        let before = [s("a", "10.0.0.1:80"), s("b", "10.0.0.2:80"), s("c", "10.0.0.3:80")];
-        let after = [s("a", "10.0.0.1:80"), s("b", "10.0.0.9:80"), s("d", "10.0.0.4:80")];
+        let before = [
+            s("a", "10.0.0.1:80"),
+            s("b", "10.0.0.2:80"),
+            s("c", "10.0.0.3:80"),
+        ];
+        let after = [
+            s("a", "10.0.0.1:80"),
+            s("b", "10.0.0.9:80"),
+            s("d", "10.0.0.4:80"),
+        ];
         let d = diff(&before, &after);
         assert_eq!(
             d,
@@ -428,31 +458,63 @@ mod tests {
             now,
             &t,
         );
-        assert_eq!(st.backend_set(), vec![s("chat-0.svc", "10.0.0.5:3000")], "smallest address; chat-1 unresolved");
+        assert_eq!(
+            st.backend_set(),
+            vec![s("chat-0.svc", "10.0.0.5:3000")],
+            "smallest address; chat-1 unresolved"
+        );
 
-        st.source = Source::Service { host: "svc".into(), port: 80 };
+        st.source = Source::Service {
+            host: "svc".into(),
+            port: 80,
+        };
         st.hosts.insert("svc".into(), NameState::new(now));
         st.hosts.get_mut("svc").unwrap().apply(
             Answer::Found(vec![ip("10.0.0.2"), ip("10.0.0.1")], ttl),
             now,
             &t,
         );
-        assert_eq!(st.backend_set(), vec![s("10.0.0.1:80", "10.0.0.1:80"), s("10.0.0.2:80", "10.0.0.2:80")]);
+        assert_eq!(
+            st.backend_set(),
+            vec![
+                s("10.0.0.1:80", "10.0.0.1:80"),
+                s("10.0.0.2:80", "10.0.0.2:80")
+            ]
+        );
 
         st.source = Source::Srv("_ws._tcp.svc".into());
         let mut srv = NameState::new(now);
-        srv.apply(Answer::Found(vec![("a.svc".into(), 81), ("b.svc".into(), 82)], ttl), now, &t);
+        srv.apply(
+            Answer::Found(vec![("a.svc".into(), 81), ("b.svc".into(), 82)], ttl),
+            now,
+            &t,
+        );
         st.srv = Some(srv);
-        sync_srv_targets(&mut st.hosts, &[("a.svc".into(), 81), ("b.svc".into(), 82)], now);
+        sync_srv_targets(
+            &mut st.hosts,
+            &[("a.svc".into(), 81), ("b.svc".into(), 82)],
+            now,
+        );
         assert_eq!(st.hosts.len(), 2, "entries of other names dropped");
-        st.hosts.get_mut("a.svc").unwrap().apply(Answer::Found(vec![ip("10.0.0.1")], ttl), now, &t);
-        assert_eq!(st.backend_set(), vec![s("a.svc", "10.0.0.1:81")], "b.svc not resolved yet");
+        st.hosts
+            .get_mut("a.svc")
+            .unwrap()
+            .apply(Answer::Found(vec![ip("10.0.0.1")], ttl), now, &t);
+        assert_eq!(
+            st.backend_set(),
+            vec![s("a.svc", "10.0.0.1:81")],
+            "b.svc not resolved yet"
+        );
         assert!(!st.all_answered());
     }
 
     #[test]
     fn duplicate_hosts_get_port_in_identity() {
-        let Source::Names(n) = source(&Discovery::Dns(vec![("h".into(), 1), ("h".into(), 2), ("g".into(), 1)])) else {
+        let Source::Names(n) = source(&Discovery::Dns(vec![
+            ("h".into(), 1),
+            ("h".into(), 2),
+            ("g".into(), 1),
+        ])) else {
             panic!()
         };
         let ids: Vec<&str> = n.iter().map(|(_, _, id)| &**id).collect();

@@ -52,7 +52,12 @@ impl DrainBook {
 
     /// Forgets deadlines that passed more than `grace_ms` ago (their tunnels are closed).
     pub(super) fn purge(&self, now_ms: u64, grace_ms: u64) {
-        if self.map.load().values().any(|at| at.saturating_add(grace_ms) < now_ms) {
+        if self
+            .map
+            .load()
+            .values()
+            .any(|at| at.saturating_add(grace_ms) < now_ms)
+        {
             self.update(|m| {
                 let n = m.len();
                 m.retain(|_, at| at.saturating_add(grace_ms) >= now_ms);
@@ -87,7 +92,10 @@ mod tests {
         let (u, x): (Arc<str>, Arc<str>) = (Arc::from("chat"), Arc::from("chat-1"));
         assert_eq!(b.deadline_ms("chat", "chat-1"), None);
         b.set(&u, &x, 5_000);
-        assert_eq!((b.deadline_ms("chat", "chat-1"), b.epoch()), (Some(5_000), 1));
+        assert_eq!(
+            (b.deadline_ms("chat", "chat-1"), b.epoch()),
+            (Some(5_000), 1)
+        );
         b.set(&u, &x, 5_000);
         assert_eq!(b.epoch(), 1, "no change, no new epoch");
         b.purge(6_000, 10_000);

@@ -70,7 +70,11 @@ impl HealthTask {
             let table = self.lb.load_full();
             trackers.retain(|name, _| table.index_of(name).is_some());
             let mut probes = JoinSet::new();
-            for b in table.backends().iter().filter(|b| b.state() == BackendState::Active) {
+            for b in table
+                .backends()
+                .iter()
+                .filter(|b| b.state() == BackendState::Active)
+            {
                 let name: Arc<str> = b.spec().name.clone();
                 trackers.entry(name.clone()).or_insert_with(|| {
                     b.stats().set_health_up(h.start_up);
@@ -80,15 +84,20 @@ impl HealthTask {
                 let (path, host) = (h.path.clone(), h.host.clone());
                 let stats = b.stats().clone();
                 probes.spawn(async move {
-                    let r = tokio::time::timeout(timeout, probe(kind, addr, &path, host.as_deref()))
-                        .await
-                        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+                    let r =
+                        tokio::time::timeout(timeout, probe(kind, addr, &path, host.as_deref()))
+                            .await
+                            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
                     (name, addr, stats, r)
                 });
             }
             while let Some(done) = probes.join_next().await {
-                let Ok((name, addr, stats, result)) = done else { continue };
-                let Some(t) = trackers.get_mut(&name) else { continue };
+                let Ok((name, addr, stats, result)) = done else {
+                    continue;
+                };
+                let Some(t) = trackers.get_mut(&name) else {
+                    continue;
+                };
                 match t.record(result.is_ok(), h.rise, h.fall) {
                     Some(true) => {
                         tracing::info!(upstream = %up_name, backend = %name, %addr, check = ?h.check, "backend up (active health)");
@@ -115,13 +124,21 @@ mod tests {
         let mut t = Tracker::new(true);
         assert_eq!(t.record(false, 2, 3), None);
         assert_eq!(t.record(false, 2, 3), None);
-        assert_eq!(t.record(true, 2, 3), None, "a success resets the failure streak");
+        assert_eq!(
+            t.record(true, 2, 3),
+            None,
+            "a success resets the failure streak"
+        );
         assert_eq!(t.record(false, 2, 3), None);
         assert_eq!(t.record(false, 2, 3), None);
         assert_eq!(t.record(false, 2, 3), Some(false));
         assert!(!t.up);
         assert_eq!(t.record(true, 2, 3), None);
-        assert_eq!(t.record(false, 2, 3), None, "a failure resets the success streak");
+        assert_eq!(
+            t.record(false, 2, 3),
+            None,
+            "a failure resets the success streak"
+        );
         assert_eq!(t.record(true, 2, 3), None);
         assert_eq!(t.record(true, 2, 3), Some(true));
     }

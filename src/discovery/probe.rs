@@ -35,7 +35,9 @@ pub async fn probe(
             let req = format!(
                 "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringway-health\r\nConnection: close\r\n\r\n"
             );
-            s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+            s.write_all(req.as_bytes())
+                .await
+                .map_err(|e| format!("write: {e}"))?;
             let head = read_head(&mut s).await?;
             match status(&head)? {
                 200..=399 => Ok(()),
@@ -49,7 +51,9 @@ pub async fn probe(
                  Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
                  Sec-WebSocket-Key: {key}\r\n\r\n"
             );
-            s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+            s.write_all(req.as_bytes())
+                .await
+                .map_err(|e| format!("write: {e}"))?;
             let head = read_head(&mut s).await?;
             check_upgrade(&head, key.as_bytes())?;
             // A polite close (masked, empty payload) so the backend does not log an abort.

@@ -25,8 +25,7 @@ pub fn build(server: Option<SocketAddr>) -> Result<Resolver, ResolveError> {
         Some(addr) => {
             let group = NameServerConfigGroup::from_ips_clear(&[addr.ip()], addr.port(), true);
             let config = ResolverConfig::from_parts(None, vec![], group);
-            let mut b =
-                Resolver::builder_with_config(config, TokioConnectionProvider::default());
+            let mut b = Resolver::builder_with_config(config, TokioConnectionProvider::default());
             b.options_mut().timeout = Duration::from_secs(2);
             b
         }

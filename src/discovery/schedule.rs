@@ -176,15 +176,9 @@ mod tests {
         assert_eq!(t.clamp_ttl(S(0)), S(1));
         assert_eq!(t.clamp_ttl(S(7)), S(7));
         assert_eq!(t.clamp_ttl(S(3600)), S(30));
-        let zero = Timing {
-            min_ttl: S(0),
-            ..t
-        };
+        let zero = Timing { min_ttl: S(0), ..t };
         assert_eq!(zero.clamp_ttl(S(0)), HARD_FLOOR);
-        let inverted = Timing {
-            max_ttl: S(0),
-            ..t
-        };
+        let inverted = Timing { max_ttl: S(0), ..t };
         assert_eq!(inverted.clamp_ttl(S(10)), S(1));
     }
 
@@ -240,11 +234,20 @@ mod tests {
         let mut s = NameState::new(t0);
         s.apply(Answer::Found(1, S(5)), t0, &t);
         s.apply(Answer::Negative, t0, &t);
-        assert_eq!(s.apply(Answer::Failed, t0 + S(1), &t), Change::KeptOnFailure);
-        assert_eq!(s.apply(Answer::Found(1, S(5)), t0 + S(2), &t), Change::Unchanged);
+        assert_eq!(
+            s.apply(Answer::Failed, t0 + S(1), &t),
+            Change::KeptOnFailure
+        );
+        assert_eq!(
+            s.apply(Answer::Found(1, S(5)), t0 + S(2), &t),
+            Change::Unchanged
+        );
         assert_eq!(s.missing_since, None);
         // A later negative answer starts a fresh hold.
-        assert_eq!(s.apply(Answer::Negative, t0 + S(20), &t), Change::HoldStarted);
+        assert_eq!(
+            s.apply(Answer::Negative, t0 + S(20), &t),
+            Change::HoldStarted
+        );
         assert_eq!(s.apply(Answer::Negative, t0 + S(29), &t), Change::Unchanged);
         assert_eq!(s.apply(Answer::Negative, t0 + S(30), &t), Change::Removed);
     }

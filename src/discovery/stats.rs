@@ -105,7 +105,10 @@ mod tests {
         s.upstream(&Arc::from("a")).count_publish();
         let snap = s.snapshot();
         assert_eq!(snap.len(), 1);
-        let got: Vec<u64> = LookupResult::ALL.iter().map(|r| snap[0].1.lookups(*r)).collect();
+        let got: Vec<u64> = LookupResult::ALL
+            .iter()
+            .map(|r| snap[0].1.lookups(*r))
+            .collect();
         assert_eq!(got, [1, 0, 0, 2]);
         assert_eq!(snap[0].1.publishes(), 1);
     }
