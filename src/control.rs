@@ -11,7 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::cli::RunArgs;
 use crate::config::{Config, LogFormat};
 use crate::runtime::{self, DataPlane};
-use crate::state::{Phase, Shared};
+use crate::state::{Phase, Shared, WorkerCmd};
 
 pub fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -124,23 +124,43 @@ pub fn reload(shared: &Shared, path: Option<&std::path::Path>) -> bool {
     };
     let old = shared.gen.load_full();
     config.workers = old.config.workers;
-    if config.listeners.len() != old.config.listeners.len()
-        || config
+    // Listeners new by name, or whose address changed, get sockets now (before the swap, so
+    // a bind error refuses the reload and the old config keeps running).
+    let mut new_sockets = Vec::new();
+    for l in &config.listeners {
+        let same = old
+            .config
             .listeners
             .iter()
-            .zip(&old.config.listeners)
-            .any(|(a, b)| a.bind != b.bind || a.name != b.name)
-    {
-        tracing::error!(
-            "reload refused: listeners (name, bind) cannot change without a restart yet"
-        );
-        c.reloads_failed.fetch_add(1, Ordering::Relaxed);
-        return false;
+            .any(|o| o.name == l.name && o.bind == l.bind);
+        if !same {
+            match runtime::bind_listener(l, shared.workers) {
+                Ok((addr, sockets)) => new_sockets.push((l.name.clone(), l.bind, addr, sockets)),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "reload refused; the old config keeps running");
+                    c.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+            }
+        }
     }
+    // A listener that keeps its name but moves its address is a removal plus an addition:
+    // the old accept loops stop when they no longer find (name, bind) in the generation.
     match runtime::build_generation(Arc::new(config), Some(&old), shared.workers) {
         Ok(gen) => {
             shared.limits.update(&gen.config.limits);
-            shared.gen.store(Arc::new(gen));
+            shared.publish(gen);
+            let cmds = shared.worker_cmds.lock().unwrap_or_else(|p| p.into_inner());
+            for (name, bind, addr, sockets) in new_sockets {
+                tracing::info!(listener = %name, %addr, "listening (added by reload)");
+                for (tx, socket) in cmds.iter().zip(sockets) {
+                    let _ = tx.send(WorkerCmd::Listen {
+                        name: name.clone(),
+                        bind,
+                        socket,
+                    });
+                }
+            }
             c.reloads_ok.fetch_add(1, Ordering::Relaxed);
             tracing::info!(path = %path.display(), "configuration reloaded");
             true

@@ -3,19 +3,20 @@
 //! All sockets are bound here, before any worker starts, so a bind error stops the process
 //! at startup instead of leaving half a gateway running.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::{bail, Context};
+use tokio::sync::mpsc;
 
 use crate::balance::{self, PassiveHealth, Policy};
-use crate::config::{Config, Discovery, IoMode, UpstreamConfig};
+use crate::config::{Config, Discovery, IoMode, ListenerConfig, UpstreamConfig};
 use crate::io::{Driver, Epoll, IoKind, Uring};
 use crate::metrics::{ListenerCounters, UpstreamCounters};
 use crate::proxy::{self, Worker};
-use crate::state::{CookieRt, Generation, Phase, Shared, UpstreamRt};
+use crate::state::{CookieRt, Generation, Phase, Shared, UpstreamRt, WorkerCmd};
 use crate::sys;
 
 const BACKLOG: i32 = 4096;
@@ -138,16 +139,13 @@ impl DataPlane {
         let shared = Shared::new(gen, workers);
         let _ = shared.io_kind.set(io);
 
-        // Bind: worker 0's socket for a port-0 listener fixes the port the others reuse.
-        let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut per_worker: Vec<Vec<(Arc<str>, SocketAddr, TcpListener)>> =
+            (0..workers).map(|_| Vec::new()).collect();
         let mut bound = Vec::new();
         for l in &config.listeners {
-            let mut addr = l.bind;
-            for sockets in per_worker.iter_mut() {
-                let s = sys::socket::bind_reuseport(addr, BACKLOG)
-                    .with_context(|| format!("listener {}: cannot bind {addr}", l.name))?;
-                addr = s.local_addr()?;
-                sockets.push(s);
+            let (addr, sockets) = bind_listener(l, workers)?;
+            for (w, s) in sockets.into_iter().enumerate() {
+                per_worker[w].push((l.name.clone(), l.bind, s));
             }
             bound.push(addr);
         }
@@ -157,9 +155,15 @@ impl DataPlane {
         for (id, sockets) in per_worker.into_iter().enumerate() {
             let shared = shared.clone();
             let cpu = (config.pin_workers && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
+            let (tx, rx) = mpsc::unbounded_channel();
+            shared
+                .worker_cmds
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(tx);
             let t = std::thread::Builder::new()
                 .name(format!("ringway-w{id}"))
-                .spawn(move || worker_thread(id, cpu, io, shared, sockets))
+                .spawn(move || worker_thread(id, cpu, io, shared, sockets, rx))
                 .context("cannot start worker thread")?;
             threads.push(t);
         }
@@ -189,12 +193,30 @@ impl DataPlane {
     }
 }
 
+/// Binds one SO_REUSEPORT socket per worker for a listener. A port-0 listener gets its port
+/// from the first socket; the others reuse it.
+pub fn bind_listener(
+    l: &ListenerConfig,
+    workers: usize,
+) -> anyhow::Result<(std::net::SocketAddr, Vec<TcpListener>)> {
+    let mut addr = l.bind;
+    let mut sockets = Vec::with_capacity(workers);
+    for _ in 0..workers.max(1) {
+        let s = sys::socket::bind_reuseport(addr, BACKLOG)
+            .with_context(|| format!("listener {}: cannot bind {addr}", l.name))?;
+        addr = s.local_addr()?;
+        sockets.push(s);
+    }
+    Ok((addr, sockets))
+}
+
 fn worker_thread(
     id: usize,
     cpu: Option<usize>,
     io: IoKind,
     shared: Arc<Shared>,
-    sockets: Vec<TcpListener>,
+    sockets: Vec<(Arc<str>, SocketAddr, TcpListener)>,
+    cmds: mpsc::UnboundedReceiver<WorkerCmd>,
 ) {
     if let Some(cpu) = cpu {
         if let Err(e) = sys::cpu::pin_current_thread(cpu) {
@@ -210,22 +232,27 @@ fn worker_thread(
                     tracing::debug!(worker = id, cpu, io = "io_uring", "worker started");
                     rt.block_on(async {
                         sys::uring::set_ring_active(true);
-                        worker_main::<Uring>(id, shared, sockets).await;
+                        worker_main::<Uring>(id, shared, sockets, cmds).await;
                         sys::uring::set_ring_active(false);
                     });
                 }
                 Err(e) => {
                     // The probe passed but this ring failed (memlock?): run this core on epoll.
                     tracing::warn!(worker = id, error = %e, "io_uring ring failed; this worker uses epoll");
-                    run_epoll(id, shared, sockets);
+                    run_epoll(id, shared, sockets, cmds);
                 }
             }
         }
-        IoKind::Epoll => run_epoll(id, shared, sockets),
+        IoKind::Epoll => run_epoll(id, shared, sockets, cmds),
     }
 }
 
-fn run_epoll(id: usize, shared: Arc<Shared>, sockets: Vec<TcpListener>) {
+fn run_epoll(
+    id: usize,
+    shared: Arc<Shared>,
+    sockets: Vec<(Arc<str>, SocketAddr, TcpListener)>,
+    cmds: mpsc::UnboundedReceiver<WorkerCmd>,
+) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -238,18 +265,28 @@ fn run_epoll(id: usize, shared: Arc<Shared>, sockets: Vec<TcpListener>) {
     };
     tracing::debug!(worker = id, io = "epoll", "worker started");
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, worker_main::<Epoll>(id, shared, sockets));
+    local.block_on(&rt, worker_main::<Epoll>(id, shared, sockets, cmds));
 }
 
-async fn worker_main<D: Driver>(id: usize, shared: Arc<Shared>, sockets: Vec<TcpListener>) {
+async fn worker_main<D: Driver>(
+    id: usize,
+    shared: Arc<Shared>,
+    sockets: Vec<(Arc<str>, SocketAddr, TcpListener)>,
+    mut cmds: mpsc::UnboundedReceiver<WorkerCmd>,
+) {
     let w = Worker::new(id, shared.clone());
-    for (i, s) in sockets.into_iter().enumerate() {
-        crate::io::spawn_local(proxy::accept_loop::<D>(w.clone(), i, s));
+    for (name, bind, s) in sockets {
+        crate::io::spawn_local(proxy::accept_loop::<D>(w.clone(), name, bind, s));
     }
     let mut phase = shared.phase.subscribe();
     while *phase.borrow_and_update() != Phase::StopAccepting {
-        if phase.changed().await.is_err() {
-            break;
+        tokio::select! {
+            changed = phase.changed() => if changed.is_err() { break },
+            Some(cmd) = cmds.recv() => match cmd {
+                WorkerCmd::Listen { name, bind, socket } => {
+                    crate::io::spawn_local(proxy::accept_loop::<D>(w.clone(), name, bind, socket));
+                }
+            },
         }
     }
     let drain = shared.gen.load().config.timeouts.drain;

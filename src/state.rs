@@ -79,6 +79,22 @@ pub struct Shared {
     pub listeners_bound: AtomicBool,
     pub io_kind: std::sync::OnceLock<crate::io::IoKind>,
     pub limits: crate::proxy::limits::Limiter,
+    /// Bumped after every generation swap, so accept loops notice a removed listener.
+    pub generation: watch::Sender<u64>,
+    /// One command channel per worker (index = worker id), for sockets of listeners added by a
+    /// reload. Touched only at startup and reload.
+    pub worker_cmds: std::sync::Mutex<Vec<tokio::sync::mpsc::UnboundedSender<WorkerCmd>>>,
+}
+
+/// Work the control plane hands to a worker.
+pub enum WorkerCmd {
+    /// Start accepting on a newly bound socket of listener `name`.
+    Listen {
+        name: Arc<str>,
+        /// The configured address (port 0 stays 0): with the name, the listener's identity.
+        bind: std::net::SocketAddr,
+        socket: std::net::TcpListener,
+    },
 }
 
 impl Shared {
@@ -92,7 +108,15 @@ impl Shared {
             listeners_bound: AtomicBool::new(false),
             io_kind: std::sync::OnceLock::new(),
             limits,
+            generation: watch::channel(0).0,
+            worker_cmds: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Swaps in a new generation and tells the accept loops.
+    pub fn publish(&self, gen: Generation) {
+        self.gen.store(Arc::new(gen));
+        self.generation.send_modify(|v| *v += 1);
     }
 
     pub fn phase(&self) -> Phase {

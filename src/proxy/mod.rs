@@ -113,8 +113,15 @@ impl Drop for OpenGuard {
     }
 }
 
-/// Accepts on one listener until the process stops accepting.
-pub async fn accept_loop<D: Driver>(worker: Rc<Worker>, index: usize, socket: TcpListener) {
+/// Accepts on one listener until the process stops accepting, or a reload removes the
+/// listener (looked up by name in the current generation, so reloads that reorder or change
+/// listeners apply to the next connection).
+pub async fn accept_loop<D: Driver>(
+    worker: Rc<Worker>,
+    name: Arc<str>,
+    bind: SocketAddr,
+    socket: TcpListener,
+) {
     let listener = match <Listener<D>>::new(socket) {
         Ok(l) => l,
         Err(e) => {
@@ -123,13 +130,22 @@ pub async fn accept_loop<D: Driver>(worker: Rc<Worker>, index: usize, socket: Tc
         }
     };
     let mut phase = worker.shared.phase.subscribe();
+    let mut generation = worker.shared.generation.subscribe();
     loop {
-        if *phase.borrow() == Phase::StopAccepting {
+        if *phase.borrow_and_update() == Phase::StopAccepting {
             return;
+        }
+        if generation.has_changed().unwrap_or(false) {
+            generation.borrow_and_update();
+            if find_listener(&worker.shared.gen.load(), &name, bind).is_none() {
+                tracing::info!(worker = worker.id, listener = %name, "listener removed; stop accepting");
+                return;
+            }
         }
         let accepted = tokio::select! {
             r = rio::accept::<D>(&listener) => r,
             _ = phase.changed() => continue,
+            _ = generation.changed() => continue,
         };
         let (stream, peer) = match accepted {
             Ok(x) => x,
@@ -142,9 +158,10 @@ pub async fn accept_loop<D: Driver>(worker: Rc<Worker>, index: usize, socket: Tc
             }
         };
         let gen = worker.shared.gen.load_full();
-        let Some(lcfg) = gen.config.listeners.get(index).cloned() else {
-            continue;
+        let Some(index) = find_listener(&gen, &name, bind) else {
+            return; // removed by a reload just now: this connection is closed unanswered
         };
+        let lcfg = gen.config.listeners[index].clone();
         let counters = gen.listeners[index].clone();
 
         let admission = match worker.shared.limits.admit(peer.ip()) {
@@ -180,6 +197,14 @@ pub async fn accept_loop<D: Driver>(worker: Rc<Worker>, index: usize, socket: Tc
             serve::<D>(&w, gen, &lcfg, client, peer).await;
         });
     }
+}
+
+/// A listener is the same listener while its name and configured address are.
+fn find_listener(gen: &crate::state::Generation, name: &str, bind: SocketAddr) -> Option<usize> {
+    gen.config
+        .listeners
+        .iter()
+        .position(|l| &*l.name == name && l.bind == bind)
 }
 
 async fn serve<D: Driver>(
