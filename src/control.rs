@@ -44,6 +44,7 @@ pub fn run(mut config: Config, path: Option<PathBuf>, _args: RunArgs) -> i32 {
             return 1;
         }
     };
+    warn_about_kernel();
     let plane = match DataPlane::start(config) {
         Ok(p) => p,
         Err(e) => {
@@ -66,14 +67,28 @@ pub fn run(mut config: Config, path: Option<PathBuf>, _args: RunArgs) -> i32 {
             }
         }
         control_loop(shared, path).await;
+        // Keep this runtime (admin, discovery) serving while the workers drain: /readyz must
+        // keep answering 503 and /metrics keep counting until the process exits.
+        let _ = tokio::task::spawn_blocking(move || plane.stop()).await;
         Ok(())
     });
-    plane.stop();
     tracing::info!("stopped");
     if outcome.is_ok() {
         0
     } else {
         1
+    }
+}
+
+/// Settings whose absence an operator should hear about at startup.
+fn warn_about_kernel() {
+    // Without tcp_migrate_req, connections queued on a listener socket that closes (SIGTERM,
+    // reload removing a listener, the old process of a rolling update) are reset instead of
+    // moving to another SO_REUSEPORT socket.
+    if let Ok(v) = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req") {
+        if v.trim() == "0" {
+            tracing::warn!("net.ipv4.tcp_migrate_req = 0: a handover can reset connections still in a closing listener's accept queue; see tuning/sysctl.sh");
+        }
     }
 }
 

@@ -132,8 +132,13 @@ impl Shared {
             return (false, "draining".into());
         }
         let gen = self.gen.load();
+        let now = crate::balance::now_ms();
         for u in &gen.upstreams {
-            if u.lb.load().n_active() == 0 {
+            let table = u.lb.load();
+            let up = table.backends().iter().any(|b| {
+                b.state() == crate::balance::BackendState::Active && b.stats().is_available(now)
+            });
+            if !up {
                 return (false, format!("upstream {} has no backend up", u.cfg.name));
             }
         }

@@ -259,6 +259,13 @@ impl BackendStats {
         }
     }
 
+    /// Forgets passive failures: the backend's address changed (a restarted pod), so failures
+    /// counted against the old address say nothing about the new one.
+    pub fn reset_passive(&self) {
+        self.window.store(0, Relaxed);
+        self.down_until_ms.store(0, Relaxed);
+    }
+
     fn set_passive(&self, passive: PassiveHealth) {
         self.max_fails.store(passive.max_fails, Relaxed);
         self.fail_timeout_ms.store(passive.fail_timeout_ms, Relaxed);

@@ -970,3 +970,17 @@ fn ring_max_share(ring: &Ring, n: usize) -> f64 {
     }
     *c.iter().max().unwrap() as f64 / (steps as f64 / n as f64)
 }
+
+#[test]
+fn reset_passive_brings_a_moved_backend_back_at_once() {
+    let s = BackendStats::new(PassiveHealth {
+        max_fails: 1,
+        fail_timeout_ms: 10_000,
+    });
+    s.record_failure(1_000);
+    assert!(!s.is_available(1_001));
+    // The pod restarted on a new address: failures of the old one no longer count.
+    s.reset_passive();
+    assert!(s.is_available(1_002));
+    assert_eq!(s.failures_total(), 1, "the lifetime counter is history, not state");
+}

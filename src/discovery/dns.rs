@@ -250,6 +250,9 @@ impl DnsTask {
                 }
                 Diff::Moved(old, s) => {
                     tracing::info!(upstream = %up, backend = %s.name, from = %old.addr, to = %s.addr, "backend address changed; identity kept");
+                    if let Some(stats) = self.lb.registry().get(&s.name) {
+                        stats.reset_passive();
+                    }
                 }
                 Diff::Removed(s) => {
                     let deadline = self.cfg.dns.drain_timeout.map(|d| {
