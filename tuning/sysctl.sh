@@ -123,6 +123,7 @@ SETTINGS=(
     "net.ipv4.ip_local_port_range|le,ge|10240 65535|ephemeral ports for backend connections (one per connection per backend address); starting at 10240 keeps listener ports 7000/8080/9900 out of it"
     "net.ipv4.tcp_tw_reuse|eq|1|reuse TIME_WAIT ports for new outgoing backend connections (safe with TCP timestamps); default 2 = loopback only"
     "net.ipv4.tcp_fin_timeout|le|15|orphaned FIN_WAIT_2 sockets of closed tunnels hold memory and ports for 60s by default"
+    "net.ipv4.tcp_migrate_req|eq|1|a closing SO_REUSEPORT listener (SIGTERM, rolling update) hands its queued connections to a sibling socket instead of resetting them (Linux >= 5.14)"
     "net.netfilter.nf_conntrack_max|ge|$CONNTRACK|when conntrack is loaded (kube-proxy, a firewall) each proxied connection is two flows; a full table drops new ones"
     "net.ipv4.tcp_mem|ge|$TCP_MEM|kernel-wide TCP buffer pages (low pressure max) = $N connections x $PER_CONN_KB KiB; past max, sends and receives fail"
     "net.ipv4.tcp_rmem|le,le,ge|4096 65536 6291456|per-socket receive buffer: a small initial size for many idle sockets, autotuning up to max for busy ones"
