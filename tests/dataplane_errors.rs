@@ -433,7 +433,24 @@ async fn backend_garbage_502(io: &'static str) {
     assert_eq!(r.status, 200);
 }
 
+/// An error answering a valid HEAD request carries no body (RFC 9110 §9.3.2): a client that
+/// frames it as a HEAD response would otherwise read the body as the next response.
+async fn head_error_has_no_body(io: &'static str) {
+    let gw = Gateway::start(io, &["--backend", &closed_port().to_string()]);
+    let mut c = Conn::connect(gw.addr).await;
+    c.send(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let r = c.response(true).await.expect("response");
+    assert_eq!(r.status, 502);
+    let rest = c.read_to_end().await.unwrap();
+    assert!(
+        rest.is_empty(),
+        "502 to a HEAD request carried a body: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
 both_io!(
+    head_error_has_no_body,
     bad_heads,
     bad_chunk_size,
     slow_head_408,

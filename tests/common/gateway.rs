@@ -198,6 +198,40 @@ impl Gateway {
             .count()
     }
 
+    /// Open fds by kind: (sockets, pipe ends, everything else).
+    pub fn fd_kinds(&self) -> (usize, usize, usize) {
+        let (mut sock, mut pipe, mut other) = (0, 0, 0);
+        if let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", self.pid())) {
+            for e in dir.flatten() {
+                match std::fs::read_link(e.path()) {
+                    Ok(t) if t.to_string_lossy().starts_with("socket:") => sock += 1,
+                    Ok(t) if t.to_string_lossy().starts_with("pipe:") => pipe += 1,
+                    Ok(_) => other += 1,
+                    Err(_) => {}
+                }
+            }
+        }
+        (sock, pipe, other)
+    }
+
+    /// Waits (bounded) until sockets and other fds are back to `base` and pipe ends are at most
+    /// `max_pipe_fds` (pooled pipes are kept up to a cap); returns the last kinds seen.
+    pub async fn settle_kinds(
+        &self,
+        base: (usize, usize, usize),
+        max_pipe_fds: usize,
+    ) -> (usize, usize, usize) {
+        let mut k = self.fd_kinds();
+        for _ in 0..100 {
+            if k.0 <= base.0 && k.1 <= max_pipe_fds && k.2 <= base.2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            k = self.fd_kinds();
+        }
+        k
+    }
+
     /// Waits (bounded) until the fd count is at most `limit`; returns the last count seen.
     /// io_uring keeps an fd alive until a cancelled poll completes, so allow time to settle.
     pub async fn settle_fds(&self, limit: usize) -> usize {
@@ -477,12 +511,21 @@ impl Conn {
     /// Reads one response. `head_request`: the request was HEAD (no body whatever the headers say).
     /// Interim (1xx) responses are returned as they come.
     pub async fn response(&mut self, head_request: bool) -> Result<Message, ReadErr> {
+        self.response_for(|_| head_request).await
+    }
+
+    /// Like `response`, with `no_body(status)` saying whether this response answers a HEAD.
+    pub async fn response_for(
+        &mut self,
+        no_body: impl Fn(u16) -> bool,
+    ) -> Result<Message, ReadErr> {
         let raw = self.head().await?;
         let mut m = parse_head(&raw, false)?;
         let te_chunked = m
             .header("transfer-encoding")
             .is_some_and(|v| v.to_ascii_lowercase().trim().ends_with("chunked"));
-        if head_request || (100..200).contains(&m.status) || m.status == 204 || m.status == 304 {
+        if no_body(m.status) || (100..200).contains(&m.status) || m.status == 204 || m.status == 304
+        {
             m.framing = "none";
         } else if te_chunked {
             m.framing = "chunked";
@@ -725,6 +768,7 @@ pub async fn ws_echo_backend() -> Backend {
         async move {
             use futures_util::{SinkExt, StreamExt};
             use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+            #[allow(clippy::result_large_err)]
             let cb = |req: &Request, resp: Response| {
                 let mut m = Message {
                     method: req.method().to_string(),
