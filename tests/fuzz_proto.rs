@@ -109,7 +109,12 @@ async fn check_case(addr: std::net::SocketAddr, input: &[u8], case: usize) -> us
     // the gateway may close before reading everything: ignore write errors
     let _ = c.s.write_all(input).await;
     let _ = c.s.shutdown().await;
-    let head_req = input.starts_with(b"HEAD");
+    // leading empty lines before a request line may be ignored (RFC 9112 §2.2)
+    let start = input
+        .iter()
+        .take_while(|b| **b == b'\r' || **b == b'\n')
+        .count();
+    let head_req = input[start..].starts_with(b"HEAD ");
     let mut n = 0;
     loop {
         // our backend answers only 200 (or 101); anything else is the gateway refusing the
@@ -156,7 +161,12 @@ async fn random_heads(io: &'static str) {
         be.addr
     );
     let mut gw = Gateway::start_config(io, &toml);
-    let mut rng = StdRng::seed_from_u64(0x7269_6e67_7761_7900);
+    // fixed seed; RINGWAY_FUZZ_SEED=N explores others
+    let seed = std::env::var("RINGWAY_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x7269_6e67_7761_7900u64);
+    let mut rng = StdRng::seed_from_u64(seed);
     let cases: Vec<Vec<u8>> = (0..2000).map(|_| mutate(&mut rng)).collect();
     let cases = Arc::new(cases);
     let addr = gw.addr;
