@@ -299,3 +299,58 @@ async fn zero_ttl_does_not_spin_the_resolver() {
     );
     assert_eq!(gw.get("/whoami", None).await.body, "zero");
 }
+
+/// A backend that left DNS takes no new connections; with `drain_timeout` its open tunnels are
+/// closed once the deadline passes, while tunnels to backends still in the set stay open.
+#[tokio::test]
+async fn drain_timeout_closes_tunnels_of_removed_backends_only() {
+    let dns = DnsServer::start().await;
+    let port = free_port();
+    let _ws0 = Backend::start(&format!("127.0.0.51:{port}"), "ws-0").await;
+    let _ws1 = Backend::start(&format!("127.0.0.52:{port}"), "ws-1").await;
+    dns.set_a("ws-0.drain.disc.test", &["127.0.0.51"], 1);
+    dns.set_a("ws-1.drain.disc.test", &["127.0.0.52"], 1);
+    let src = format!("dns = [\"ws-0.drain.disc.test:{port}\", \"ws-1.drain.disc.test:{port}\"]");
+    let opts = "nxdomain_hold = \"1s\"\ndrain_timeout = \"1s\"";
+    let gw = Gateway::start(&config(&dns, "cookie", &src, opts, COOKIE)).await;
+    gw.poll_until("/whoami", None, 100, |r| r.status == 200)
+        .await;
+    let cookies = cookies_for(&gw, &["ws-0", "ws-1"]).await;
+
+    let mut tunnels = Vec::new();
+    for (name, cookie) in ["ws-0", "ws-1"].iter().zip(&cookies) {
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                format!("ws://{}/chat", gw.addr),
+            )
+            .unwrap();
+        req.headers_mut().insert("cookie", cookie.parse().unwrap());
+        let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(resp.headers()["x-backend"], *name);
+        tunnels.push(ws);
+    }
+    let mut ws1 = tunnels.pop().unwrap();
+    let mut ws0 = tunnels.pop().unwrap();
+
+    dns.remove("ws-1.drain.disc.test");
+    // ws-1's tunnel is closed by the gateway after hold + drain_timeout (bounded wait).
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match ws1.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    assert!(
+        closed,
+        "the drained tunnel was not closed\n{}",
+        gw.log_text()
+    );
+    // ws-0's tunnel never noticed.
+    ws0.send(Message::text("still here")).await.unwrap();
+    let echo = ws0.next().await.unwrap().unwrap();
+    assert_eq!(echo, Message::text("still here"));
+}

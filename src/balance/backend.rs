@@ -108,6 +108,9 @@ pub struct BackendStats {
     /// Tunnel and body bytes, client→backend and backend→client, added when a tunnel ends.
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
+    /// `now_ms()` after which this backend's open tunnels are closed (it left discovery and
+    /// the upstream has a `drain_timeout`); 0 = none. Set by discovery, read by tunnels.
+    drain_deadline_ms: AtomicU64,
 }
 
 impl BackendStats {
@@ -130,6 +133,20 @@ impl BackendStats {
             responses: Default::default(),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
+            drain_deadline_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Sets (or with `None` clears: the backend came back) the drain deadline.
+    pub fn set_drain_deadline(&self, at_ms: Option<u64>) {
+        self.drain_deadline_ms
+            .store(at_ms.map_or(0, |t| t.max(1)), Relaxed);
+    }
+
+    pub fn drain_deadline(&self) -> Option<u64> {
+        match self.drain_deadline_ms.load(Relaxed) {
+            0 => None,
+            at => Some(at),
         }
     }
 

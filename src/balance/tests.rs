@@ -982,5 +982,9 @@ fn reset_passive_brings_a_moved_backend_back_at_once() {
     // The pod restarted on a new address: failures of the old one no longer count.
     s.reset_passive();
     assert!(s.is_available(1_002));
-    assert_eq!(s.failures_total(), 1, "the lifetime counter is history, not state");
+    assert_eq!(
+        s.failures_total(),
+        1,
+        "the lifetime counter is history, not state"
+    );
 }

@@ -18,7 +18,6 @@ use std::time::Instant;
 
 use tokio::task::JoinSet;
 
-use super::drain::drains;
 use super::resolve::{self, Resolver};
 use super::schedule::{first_sorted, Answer, Change, NameState, Timing};
 use super::stats::{LookupResult, UpstreamDnsStats};
@@ -243,7 +242,9 @@ impl DnsTask {
             match d {
                 Diff::Added(s) => {
                     tracing::info!(upstream = %up, backend = %s.name, addr = %s.addr, "backend added");
-                    drains().clear(up, &s.name);
+                    if let Some(stats) = self.lb.registry().get(&s.name) {
+                        stats.set_drain_deadline(None);
+                    }
                     if starts_down && self.lb.registry().get(&s.name).is_none() {
                         self.lb.registry().stats(&s.name).set_health_up(false);
                     }
@@ -260,7 +261,9 @@ impl DnsTask {
                     });
                     tracing::info!(upstream = %up, backend = %s.name, addr = %s.addr, drain_deadline_ms = ?deadline, "backend left the set; draining (no new connections)");
                     if let Some(at) = deadline {
-                        drains().set(up, &s.name, at);
+                        if let Some(stats) = self.lb.registry().get(&s.name) {
+                            stats.set_drain_deadline(Some(at));
+                        }
                     }
                 }
             }

@@ -15,7 +15,6 @@
 //!   (the proxy's hook to close their tunnels; see [`drain`]).
 
 mod dns;
-pub mod drain;
 mod health;
 mod probe;
 mod resolve;
@@ -28,7 +27,6 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-pub use drain::{drains, DrainBook};
 pub use stats::{dns_stats, DiscoveryStats, LookupResult, UpstreamDnsStats};
 
 use crate::balance;
@@ -38,9 +36,6 @@ use crate::state::{Generation, Shared};
 /// How often the supervisor looks for a new generation (a reload). Reloads are rare and a
 /// second of delay before new DNS settings apply is harmless; the check is one pointer compare.
 const RELOAD_POLL: Duration = Duration::from_secs(1);
-
-/// Drain deadlines are forgotten this long after they passed (their tunnels are closed by then).
-const DRAIN_GRACE_MS: u64 = 60_000;
 
 /// Starts discovery and health tasks on the current (control) runtime.
 pub fn spawn(shared: Arc<Shared>) {
@@ -73,7 +68,6 @@ async fn supervise(shared: Arc<Shared>) {
             reconcile(&mut running, &gen);
             seen = Some(gen);
         }
-        drains().purge(balance::now_ms(), DRAIN_GRACE_MS);
         tokio::time::sleep(RELOAD_POLL).await;
     }
 }

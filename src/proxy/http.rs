@@ -124,11 +124,12 @@ pub async fn serve<D: Driver>(
         w.counters()
             .head_parse
             .observe_us(parse_started.elapsed().as_micros() as u64);
+        let req_is_head = req.method == "HEAD";
         crate::metrics::bump(&w.counters().requests, 1);
 
         // ---- 2. route and pick
         let Some(ui) = super::route::route(cfg, lcfg, req.host, req.path) else {
-            return reject::<D>(w, &client, Kind::NoRoute, 404).await;
+            return reject_head::<D>(w, &client, req_is_head, Kind::NoRoute, 404).await;
         };
         let up = &gen.upstreams[ui];
         let key = ReqKey {
@@ -138,7 +139,7 @@ pub async fn serve<D: Driver>(
         let table = up.lb.load_full();
         let Some(pick) = table.pick(&key, &[]) else {
             w.error(Kind::NoBackend);
-            return reject::<D>(w, &client, Kind::NoBackend, 503).await;
+            return reject_head::<D>(w, &client, req_is_head, Kind::NoBackend, 503).await;
         };
         let reuse = match kept.take() {
             Some(k)
@@ -171,7 +172,7 @@ pub async fn serve<D: Driver>(
                     Ok(c) => (c, table),
                     Err(kind) => {
                         let status = kind.status().unwrap_or(502);
-                        return reject::<D>(w, &client, kind, status).await;
+                        return reject_head::<D>(w, &client, req_is_head, kind, status).await;
                     }
                 }
             }
@@ -217,7 +218,7 @@ pub async fn serve<D: Driver>(
 
         if rio::write_all::<D>(&conn.stream, &out).await.is_err() {
             w.error(Kind::BackendReset);
-            return reject::<D>(w, &client, Kind::BackendReset, 502).await;
+            return reject_head::<D>(w, &client, req_is_head, Kind::BackendReset, 502).await;
         }
 
         // ---- 4. exchange
@@ -241,8 +242,10 @@ pub async fn serve<D: Driver>(
                 drop(std::mem::take(&mut rbuf));
                 drop(std::mem::take(&mut out));
                 let started = Instant::now();
+                let drain = up.cfg.dns.drain_timeout.map(|_| &**conn.guard.stats());
                 let (end, moved) =
-                    tunnel::run::<D>(w, &client, &conn.stream, cfg.timeouts.tunnel_idle).await;
+                    tunnel::run::<D>(w, &client, &conn.stream, cfg.timeouts.tunnel_idle, drain)
+                        .await;
                 account_tunnel(w, &table, conn.index, end, moved, started);
                 return;
             }
@@ -303,7 +306,7 @@ async fn exchange<D: Driver>(
                     up.counters.upgrade(w.id, false);
                 }
                 let status = kind.status().unwrap_or(502);
-                return reject_next::<D>(client, status).await;
+                return reject_next::<D>(client, status, ex.head_method).await;
             }
         };
         count_response(table, conn.index, resp.code);
@@ -360,7 +363,7 @@ async fn exchange<D: Driver>(
                 };
                 w.error(kind);
                 up.counters.upgrade(w.id, false);
-                return reject_next::<D>(client, 502).await;
+                return reject_next::<D>(client, 502, ex.head_method).await;
             }
             out.clear();
             proto::write_response_head(
@@ -458,13 +461,32 @@ async fn body_failed<D: Driver>(
     Next::Close
 }
 
-async fn reject_next<D: Driver>(client: &Stream<D>, status: u16) -> Next {
-    let _ = rio::write_all::<D>(client, proto::error_response(status)).await;
+async fn reject_next<D: Driver>(client: &Stream<D>, status: u16, head_method: bool) -> Next {
+    let _ = rio::write_all::<D>(client, error_bytes(status, head_method)).await;
     Next::Close
 }
 
-/// Answers a canned error (which carries `Connection: close`), counts it, and closes.
-async fn reject<D: Driver>(w: &Worker, client: &Stream<D>, kind: Kind, status: u16) {
+/// The canned error, without its body when answering HEAD (RFC 9110 §9.3.2: a response to
+/// HEAD has none; its Content-Length still tells the size a GET would get).
+fn error_bytes(status: u16, head_method: bool) -> &'static [u8] {
+    let full = proto::error_response(status);
+    if !head_method {
+        return full;
+    }
+    match full.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(end) => &full[..end + 4],
+        None => full,
+    }
+}
+
+/// `reject` for a parsed request, which knows whether it was HEAD.
+async fn reject_head<D: Driver>(
+    w: &Worker,
+    client: &Stream<D>,
+    head_method: bool,
+    kind: Kind,
+    status: u16,
+) {
     if !matches!(
         kind,
         Kind::NoBackend | Kind::ConnectRefused | Kind::ConnectTimeout
@@ -472,7 +494,12 @@ async fn reject<D: Driver>(w: &Worker, client: &Stream<D>, kind: Kind, status: u
         // Connect failures were counted where they happened.
         w.error(kind);
     }
-    let _ = rio::write_all::<D>(client, proto::error_response(status)).await;
+    let _ = rio::write_all::<D>(client, error_bytes(status, head_method)).await;
+}
+
+/// Answers a canned error (which carries `Connection: close`), counts it, and closes.
+async fn reject<D: Driver>(w: &Worker, client: &Stream<D>, kind: Kind, status: u16) {
+    reject_head::<D>(w, client, false, kind, status).await;
 }
 
 fn same_backend(a: &Table, ai: usize, b: &Table, bi: usize) -> bool {
@@ -508,5 +535,23 @@ pub fn account_tunnel(
         tunnel::End::ClientReset => w.error(Kind::ClientReset),
         tunnel::End::BackendReset => w.error(Kind::BackendReset),
         tunnel::End::IdleTimeout => w.error(Kind::ClientTimeout),
+        tunnel::End::Drained => w.error(Kind::Drained),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_bytes;
+
+    #[test]
+    fn head_errors_have_no_body() {
+        let full = error_bytes(502, false);
+        let head = error_bytes(502, true);
+        assert!(full.starts_with(head));
+        assert!(head.ends_with(b"\r\n\r\n"));
+        assert!(full.len() > head.len(), "the GET answer has a body");
+        assert!(std::str::from_utf8(head)
+            .unwrap()
+            .contains("Content-Length"));
     }
 }

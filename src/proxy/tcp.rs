@@ -57,7 +57,8 @@ pub async fn serve<D: Driver>(
     drop(early);
 
     let started = Instant::now();
+    let drain = up.cfg.dns.drain_timeout.map(|_| &**backend.guard.stats());
     let (end, moved) =
-        tunnel::run::<D>(w, &client, &backend.stream, cfg.timeouts.tunnel_idle).await;
+        tunnel::run::<D>(w, &client, &backend.stream, cfg.timeouts.tunnel_idle, drain).await;
     super::http::account_tunnel(w, &table, backend.index, end, moved, started);
 }

@@ -18,6 +18,7 @@ use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
+use crate::balance::{now_ms, BackendStats};
 use crate::io::{self as rio, Driver, Ready, Stream};
 use crate::sys::pipe::Pipe;
 use crate::sys::{self, socket};
@@ -29,6 +30,8 @@ pub const SCRATCH_SIZE: usize = 16 * 1024;
 /// This many consecutive splice reads below `SMALL_READ` switch back to copying.
 const SMALL_STREAK: u8 = 8;
 const SMALL_READ: usize = 2048;
+/// How often a tunnel of an upstream with `drain_timeout` checks its backend's deadline.
+const DRAIN_CHECK: Duration = Duration::from_secs(1);
 
 /// How a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +41,8 @@ pub enum End {
     ClientReset,
     BackendReset,
     IdleTimeout,
+    /// The backend left discovery and its upstream's `drain_timeout` passed.
+    Drained,
 }
 
 /// Bytes moved, for metrics: `up` client→backend, `down` backend→client.
@@ -59,6 +64,7 @@ pub async fn run<D: Driver>(
     client: &Stream<D>,
     backend: &Stream<D>,
     idle: Option<Duration>,
+    drain: Option<&BackendStats>,
 ) -> (End, Moved) {
     let up = Cell::new(0u64);
     let down = Cell::new(0u64);
@@ -70,6 +76,8 @@ pub async fn run<D: Driver>(
     tokio::pin!(a, b);
     let watchdog = idle_watchdog(idle, &last);
     tokio::pin!(watchdog);
+    let drained = drain_watch(drain);
+    tokio::pin!(drained);
 
     let (mut a_done, mut b_done) = (false, false);
     let end = loop {
@@ -91,6 +99,7 @@ pub async fn run<D: Driver>(
                 }
             }
             () = &mut watchdog => break End::IdleTimeout,
+            () = &mut drained => break End::Drained,
         }
         if a_done && b_done {
             break End::Closed;
@@ -115,6 +124,21 @@ async fn idle_watchdog(idle: Option<Duration>, last: &Cell<Instant>) {
             return;
         }
         tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+/// Resolves when the backend's drain deadline (set by discovery when it left the set) has
+/// passed. Only tunnels of upstreams with a `drain_timeout` watch, once a second: a deadline
+/// is a rare event, and a per-worker index of tunnels by backend would cost every tunnel.
+async fn drain_watch(stats: Option<&BackendStats>) {
+    let Some(stats) = stats else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(DRAIN_CHECK).await;
+        if stats.drain_deadline().is_some_and(|at| now_ms() >= at) {
+            return;
+        }
     }
 }
 
