@@ -74,6 +74,9 @@ pub struct RunArgs {
     /// Log format: text or json.
     #[arg(long = "log-format")]
     pub log_format: Option<String>,
+    /// One log line per request and per tunnel close (target `ringway::access`).
+    #[arg(long = "access-log")]
+    pub access_log: bool,
     /// Accept the PROXY protocol on the quick-form listener.
     #[arg(long)]
     pub proxy_protocol: bool,
@@ -156,6 +159,9 @@ fn apply_overrides(mut c: Config, args: &RunArgs) -> Result<Config, ConfigErrors
                     .map_err(|_| one_error("--admin", format!("`{a}` is not IP:PORT")))?,
             )
         };
+    }
+    if args.access_log {
+        c.log.access = true;
     }
     if let Some(f) = &args.log_format {
         c.log.format = match f.as_str() {

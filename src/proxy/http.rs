@@ -21,7 +21,7 @@ use crate::state::{Generation, UpstreamRt};
 use super::body::{self, BodyError, Framing};
 use super::connect::{self, Connected};
 use super::head_reader::{self, HeadRead};
-use super::{tunnel, Worker};
+use super::{access, tunnel, Worker};
 
 /// httparse needs one slot per header; `limits.max_headers` is capped by this.
 const HEADER_SLOTS: usize = 128;
@@ -222,8 +222,10 @@ pub async fn serve<D: Driver>(
         }
 
         // ---- 4. exchange
+        let started = Instant::now();
         match exchange::<D>(
-            w, gen, up, lcfg, &client, &mut conn, &table, &ex, &mut buf, &mut rbuf, &mut out,
+            w, gen, up, lcfg, &client, &mut conn, &table, &ex, &mut buf, &mut rbuf, &mut out, peer,
+            started,
         )
         .await
         {
@@ -246,7 +248,14 @@ pub async fn serve<D: Driver>(
                 let (end, moved) =
                     tunnel::run::<D>(w, &client, &conn.stream, cfg.timeouts.tunnel_idle, drain)
                         .await;
-                account_tunnel(w, &table, conn.index, end, moved, started);
+                let who = Who {
+                    log: &cfg.log,
+                    client: peer,
+                    listener: &lcfg.name,
+                    upstream: &up.cfg.name,
+                    status: 101,
+                };
+                account_tunnel(w, &table, conn.index, end, moved, started, &who);
                 return;
             }
         }
@@ -273,6 +282,8 @@ async fn exchange<D: Driver>(
     buf: &mut Vec<u8>,
     rbuf: &mut Vec<u8>,
     out: &mut Vec<u8>,
+    peer: SocketAddr,
+    started: Instant,
 ) -> Next {
     let cfg = &gen.config;
     let backend = &conn.stream;
@@ -394,6 +405,7 @@ async fn exchange<D: Driver>(
             up.counters.upgrade(w.id, false);
         }
         // ---- a normal response
+        let code = resp.code;
         let framing = match resp.body {
             RespBody::None => Framing::None,
             RespBody::Length(n) => Framing::Length(n),
@@ -418,9 +430,24 @@ async fn exchange<D: Driver>(
             return Next::Close;
         }
         rbuf.drain(..n);
-        if let Err(e) = body::forward::<D>(backend, client, rbuf, framing).await {
-            return body_failed::<D>(w, client, e, false).await;
-        }
+        let down = match body::forward::<D>(backend, client, rbuf, framing).await {
+            Ok(n) => n,
+            Err(e) => return body_failed::<D>(w, client, e, false).await,
+        };
+        access::log(
+            &cfg.log,
+            access::Entry {
+                client: peer,
+                listener: &lcfg.name,
+                upstream: &up.cfg.name,
+                backend: table.name(conn.index).unwrap_or("-"),
+                status: code,
+                started,
+                bytes_up: 0,
+                bytes_down: down,
+                end: "response",
+            },
+        );
         if !rbuf.is_empty() {
             // A backend that sends more than it framed is broken: don't reuse it.
             return if client_keep {
@@ -515,6 +542,16 @@ fn count_response(table: &Table, index: usize, code: u16) {
     }
 }
 
+/// Who a finished exchange or tunnel was for, for the access log.
+pub struct Who<'a> {
+    pub log: &'a crate::config::LogConfig,
+    pub client: SocketAddr,
+    pub listener: &'a str,
+    pub upstream: &'a str,
+    /// 101 for an upgraded tunnel, 0 in tcp mode.
+    pub status: u16,
+}
+
 /// Metrics for a finished tunnel: bytes per backend, lifetime, how it ended.
 pub fn account_tunnel(
     w: &Worker,
@@ -523,10 +560,25 @@ pub fn account_tunnel(
     end: tunnel::End,
     moved: tunnel::Moved,
     started: Instant,
+    who: &Who<'_>,
 ) {
     if let Some(b) = table.backend(index) {
         b.stats().add_bytes(moved.up, moved.down);
     }
+    access::log(
+        who.log,
+        access::Entry {
+            client: who.client,
+            listener: who.listener,
+            upstream: who.upstream,
+            backend: table.name(index).unwrap_or("-"),
+            status: who.status,
+            started,
+            bytes_up: moved.up,
+            bytes_down: moved.down,
+            end: end.as_str(),
+        },
+    );
     w.counters()
         .tunnel_lifetime
         .observe_us(started.elapsed().as_micros() as u64);

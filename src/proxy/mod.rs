@@ -6,6 +6,7 @@
 //! pick, connect, forward, response; upgrade → `tunnel`) or `tcp::serve` (pick, connect,
 //! `tunnel`).
 
+mod access;
 mod body;
 pub mod connect;
 mod head_reader;
@@ -43,6 +44,7 @@ pub struct Worker {
     scratch: RefCell<Box<[u8]>>,
     /// Connections open on this core; drain waits for it to reach 0.
     open: Cell<usize>,
+    pub strategy: tunnel::Strategy,
     closed: Notify,
 }
 
@@ -54,6 +56,7 @@ impl Worker {
             pipes: RefCell::new(PipePool::new(PIPE_SIZE, PIPES_KEPT, PIPES_MAX)),
             scratch: RefCell::new(vec![0u8; tunnel::SCRATCH_SIZE].into_boxed_slice()),
             open: Cell::new(0),
+            strategy: tunnel::Strategy::from_env(),
             closed: Notify::new(),
         })
     }

@@ -60,5 +60,12 @@ pub async fn serve<D: Driver>(
     let drain = up.cfg.dns.drain_timeout.map(|_| &**backend.guard.stats());
     let (end, moved) =
         tunnel::run::<D>(w, &client, &backend.stream, cfg.timeouts.tunnel_idle, drain).await;
-    super::http::account_tunnel(w, &table, backend.index, end, moved, started);
+    let who = super::http::Who {
+        log: &cfg.log,
+        client: peer,
+        listener: &lcfg.name,
+        upstream: &up.cfg.name,
+        status: 0,
+    };
+    super::http::account_tunnel(w, &table, backend.index, end, moved, started, &who);
 }

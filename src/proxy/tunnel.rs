@@ -45,11 +45,42 @@ pub enum End {
     Drained,
 }
 
+impl End {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::ClientReset => "client_reset",
+            End::BackendReset => "backend_reset",
+            End::IdleTimeout => "idle_timeout",
+            End::Drained => "drained",
+        }
+    }
+}
+
 /// Bytes moved, for metrics: `up` client→backend, `down` backend→client.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Moved {
     pub up: u64,
     pub down: u64,
+}
+
+/// How a direction moves bytes. `Adaptive` is the default; the forced ones exist to measure
+/// it (`RINGWAY_TUNNEL=copy|splice`, read once at startup; see docs/benchmarks.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    Adaptive,
+    Copy,
+    Splice,
+}
+
+impl Strategy {
+    pub fn from_env() -> Strategy {
+        match std::env::var("RINGWAY_TUNNEL").as_deref() {
+            Ok("copy") => Strategy::Copy,
+            Ok("splice") => Strategy::Splice,
+            _ => Strategy::Adaptive,
+        }
+    }
 }
 
 /// Which side failed inside a direction.
@@ -150,7 +181,8 @@ async fn pump<D: Driver>(
     moved: &Cell<u64>,
     last: Option<&Cell<Instant>>,
 ) -> Result<(), DirError> {
-    let mut splicing = false;
+    let strategy = w.strategy;
+    let mut splicing = strategy == Strategy::Splice;
     let mut small: u8 = 0;
     // Bytes read but not yet accepted by dst (copy mode). Allocated only when dst is slow.
     let mut pending: Vec<u8> = Vec::new();
@@ -172,6 +204,9 @@ async fn pump<D: Driver>(
         }
 
         // 2. Move the next batch.
+        if strategy == Strategy::Splice {
+            splicing = true; // retry after a pool-exhausted fallback
+        }
         let n = if splicing {
             match w.get_pipe() {
                 Some(mut p) => {
@@ -205,7 +240,7 @@ async fn pump<D: Driver>(
                     } else {
                         held = Some(p);
                     }
-                    if n < SMALL_READ {
+                    if n < SMALL_READ && strategy == Strategy::Adaptive {
                         small += 1;
                         if small >= SMALL_STREAK {
                             splicing = false;
@@ -217,8 +252,9 @@ async fn pump<D: Driver>(
                     n
                 }
                 None => {
-                    // Pool exhausted (cap or kernel limit): copy instead.
+                    // Pool exhausted (cap or kernel limit): copy this batch instead.
                     splicing = false;
+                    small = 0;
                     continue;
                 }
             }
@@ -248,7 +284,7 @@ async fn pump<D: Driver>(
                 Ok(Err(e)) => return Err(DirError::Dst(e)),
                 Err(e) => return Err(DirError::Src(e)),
             };
-            if n == SCRATCH_SIZE {
+            if n == SCRATCH_SIZE && strategy == Strategy::Adaptive {
                 splicing = true;
                 small = 0;
             }

@@ -1,0 +1,89 @@
+//! The access log: one JSON line per request and per tunnel close, with the fields an operator
+//! greps for (client, upstream, backend, status, bytes, how it ended).
+
+#[path = "common/ops_harness.rs"]
+mod ops_harness;
+
+use std::time::Duration;
+
+use loadgen::Mode;
+use ops_harness::{http_get_with, Gateway, Ws};
+
+fn access_lines(gw: &Gateway) -> Vec<serde_json::Value> {
+    gw.log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "ringway::access")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_and_tunnels_get_one_line_each() {
+    let backend = loadgen::spawn_backend(Mode::Ws, "b0").await.unwrap();
+    let addr = backend.addr.to_string();
+    let mut gw = Gateway::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        &addr,
+        "--admin",
+        "127.0.0.1:0",
+        "--access-log",
+    ]);
+    assert_eq!(http_get_with(gw.listen, &[]).await.unwrap().0, 200);
+    let mut ws = Ws::connect(gw.listen, &[]).await.unwrap();
+    ws.echo(b"hello").await.unwrap();
+    ws.finish().await.unwrap();
+
+    let mut lines = Vec::new();
+    for _ in 0..200 {
+        lines = access_lines(&gw);
+        if lines.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let request = lines
+        .iter()
+        .find(|v| v["end"] == "response")
+        .expect("a request line");
+    assert_eq!(request["status"], 200);
+    assert_eq!(request["backend"], "b0");
+    assert_eq!(request["upstream"], "main");
+    assert!(request["client"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert!(request["bytes_down"].as_u64().unwrap() > 0);
+    let tunnel = lines
+        .iter()
+        .find(|v| v["status"] == 101)
+        .expect("a tunnel line");
+    assert_eq!(tunnel["end"], "closed");
+    assert!(tunnel["bytes_up"].as_u64().unwrap() >= 5, "{tunnel}");
+    assert!(tunnel["bytes_down"].as_u64().unwrap() >= 5, "{tunnel}");
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_by_default() {
+    let backend = loadgen::spawn_backend(Mode::Ws, "b0").await.unwrap();
+    let addr = backend.addr.to_string();
+    let mut gw = Gateway::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        &addr,
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    for _ in 0..5 {
+        assert_eq!(http_get_with(gw.listen, &[]).await.unwrap().0, 200);
+    }
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+    assert!(access_lines(&gw).is_empty());
+}
