@@ -227,6 +227,7 @@ fn worker_thread(
         IoKind::Uring => {
             let mut b = tokio_uring::builder();
             b.entries(RING_ENTRIES);
+            b.uring_builder(&ring_flags());
             match tokio_uring::Runtime::new(&b) {
                 Ok(rt) => {
                     tracing::debug!(worker = id, cpu, io = "io_uring", "worker started");
@@ -245,6 +246,18 @@ fn worker_thread(
         }
         IoKind::Epoll => run_epoll(id, shared, sockets, cmds),
     }
+}
+
+/// Ring setup flags. COOP_TASKRUN: completions' task work runs when the worker next enters
+/// the kernel instead of interrupting it (it enters every loop turn anyway). Measured in
+/// docs/benchmarks.md. DEFER_TASKRUN is not used: it hangs under tokio-uring, which waits
+/// for the ring through epoll rather than io_uring_enter.
+fn ring_flags() -> io_uring::Builder {
+    let mut b = io_uring::IoUring::builder();
+    if std::env::var_os("RINGWAY_URING_NO_COOP").is_none() {
+        b.setup_coop_taskrun();
+    }
+    b
 }
 
 fn run_epoll(

@@ -10,6 +10,8 @@ use crate::sys::{self, uring::PollReady};
 
 pub struct Uring;
 
+const READ_TRY_FIRST: bool = false;
+
 impl Driver for Uring {
     const KIND: IoKind = IoKind::Uring;
     type Fd<T: OwnsFd + 'static> = UringFd<T>;
@@ -19,14 +21,21 @@ impl Driver for Uring {
 pub struct UringFd<T>(Rc<T>);
 
 impl<T: AsRawFd + 'static> UringFd<T> {
-    async fn with<R>(&self, events: u32, mut f: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
+    async fn with<R>(
+        &self,
+        events: u32,
+        try_first: bool,
+        mut f: impl FnMut(&T) -> io::Result<R>,
+    ) -> io::Result<R> {
+        let mut try_now = try_first;
         loop {
-            // Optimistic first try: data is often already there (pipelined frames, a reply
-            // that arrived while we were writing), and this saves a ring round trip.
-            match f(&self.0) {
-                Err(e) if sys::would_block(&e) => {}
-                r => return r,
+            if try_now {
+                match f(&self.0) {
+                    Err(e) if sys::would_block(&e) => {}
+                    r => return r,
+                }
             }
+            try_now = true;
             let fd = self.0.as_raw_fd();
             match PollReady::new(self.0.clone(), fd, events).await {
                 Ok(_) => {}
@@ -47,10 +56,13 @@ impl<T: OwnsFd + 'static> Ready<T> for UringFd<T> {
     }
 
     async fn read_with<R>(&self, f: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
-        self.with(sys::uring::POLLIN, f).await
+        // Poll first: a read usually follows one that drained the socket (ping-pong), so an
+        // optimistic read would cost an EAGAIN syscall per message.
+        self.with(sys::uring::POLLIN, READ_TRY_FIRST, f).await
     }
 
     async fn write_with<R>(&self, f: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
-        self.with(sys::uring::POLLOUT, f).await
+        // Try first: sockets are almost always writable.
+        self.with(sys::uring::POLLOUT, true, f).await
     }
 }
