@@ -48,7 +48,10 @@ def main(out):
     machine = None
     for path in sorted(glob.glob(os.path.join(out, "*.json"))):
         scenario = os.path.basename(path).rsplit(".", 2)[0]
-        d = json.load(open(path))
+        try:
+            d = json.load(open(path))
+        except (OSError, ValueError):
+            continue  # a run still being written, or one that failed
         machine = machine or d.get("machine")
         for t in d["targets"]:
             runs[scenario][t["name"]].append(fig(t["report"], t.get("gateway"), scenario))

@@ -66,11 +66,12 @@ struct Exchange {
 
 pub async fn serve<D: Driver>(
     w: &Rc<Worker>,
-    gen: &Generation,
+    gen: &Arc<Generation>,
     lcfg: &ListenerConfig,
     client: Stream<D>,
     peer: SocketAddr,
     mut buf: Vec<u8>,
+    life: super::ConnLife,
 ) {
     let cfg = &gen.config;
     let limits = proto::HeadLimits {
@@ -239,23 +240,29 @@ pub async fn serve<D: Driver>(
             Next::KeepClient => {}
             Next::Close => return,
             Next::Tunnel => {
-                // Buffers are not needed by a tunnel: release them before it starts.
-                drop(std::mem::take(&mut buf));
-                drop(std::mem::take(&mut rbuf));
-                drop(std::mem::take(&mut out));
-                let started = Instant::now();
-                let drain = up.cfg.dns.drain_timeout.map(|_| &**conn.guard.stats());
-                let (end, moved) =
-                    tunnel::run::<D>(w, &client, &conn.stream, cfg.timeouts.tunnel_idle, drain)
-                        .await;
-                let who = Who {
-                    log: &cfg.log,
-                    client: peer,
-                    listener: &lcfg.name,
-                    upstream: &up.cfg.name,
-                    status: 101,
-                };
-                account_tunnel(w, &table, conn.index, end, moved, started, &who);
+                // The tunnel continues in a task of its own: this task's future is sized for
+                // its largest state (two header arrays, the exchange), which an idle WebSocket
+                // should not keep; the tunnel task holds only the two sockets and its pumps.
+                let w = w.clone();
+                let gen = gen.clone();
+                let listener = lcfg.name.clone();
+                rio::spawn_local(async move {
+                    let up = &gen.upstreams[ui];
+                    let drain = up.cfg.dns.drain_timeout.map(|_| &**conn.guard.stats());
+                    let started = Instant::now();
+                    let idle = gen.config.timeouts.tunnel_idle;
+                    let (end, moved) =
+                        tunnel::run::<D>(&w, &client, &conn.stream, idle, drain).await;
+                    let who = Who {
+                        log: &gen.config.log,
+                        client: peer,
+                        listener: &listener,
+                        upstream: &up.cfg.name,
+                        status: 101,
+                    };
+                    account_tunnel(&w, &table, conn.index, end, moved, started, &who);
+                    drop(life);
+                });
                 return;
             }
         }

@@ -106,6 +106,13 @@ struct OpenGuard {
     listener: Arc<crate::metrics::ListenerCounters>,
 }
 
+/// What a client connection holds for its whole life (open counts, limits admission). It
+/// moves with the connection when an upgraded connection continues in its own tunnel task.
+pub struct ConnLife {
+    _open: OpenGuard,
+    _admission: limits::Admission,
+}
+
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.worker.open.set(self.worker.open.get() - 1);
@@ -189,15 +196,17 @@ pub async fn accept_loop<D: Driver>(
             listener: counters,
         };
         let w = worker.clone();
+        let life = ConnLife {
+            _open: guard,
+            _admission: admission,
+        };
         rio::spawn_local(async move {
-            let _guard = guard;
-            let _admission = admission;
             crate::sys::socket::tune_client(&stream);
             let client = match <rio::Stream<D>>::new(stream) {
                 Ok(c) => c,
                 Err(_) => return,
             };
-            serve::<D>(&w, gen, &lcfg, client, peer).await;
+            serve::<D>(&w, gen, &lcfg, client, peer, life).await;
         });
     }
 }
@@ -216,6 +225,7 @@ async fn serve<D: Driver>(
     lcfg: &crate::config::ListenerConfig,
     client: rio::Stream<D>,
     peer: SocketAddr,
+    life: ConnLife,
 ) {
     let mut buf = Vec::new();
     let peer = if lcfg.proxy_protocol {
@@ -228,7 +238,10 @@ async fn serve<D: Driver>(
         peer
     };
     match lcfg.mode {
-        Mode::Http => http::serve::<D>(w, &gen, lcfg, client, peer, buf).await,
-        Mode::Tcp => tcp::serve::<D>(w, &gen, lcfg, client, peer, buf).await,
+        Mode::Http => http::serve::<D>(w, &gen, lcfg, client, peer, buf, life).await,
+        Mode::Tcp => {
+            tcp::serve::<D>(w, &gen, lcfg, client, peer, buf).await;
+            drop(life);
+        }
     }
 }
