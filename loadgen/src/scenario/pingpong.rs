@@ -255,7 +255,7 @@ mod tests {
         // 100 msg/s on one connection: due every 10 ms. The first answer takes 55 ms (a
         // stall); the rest take 1 ms each.
         let mut service = vec![ms(55)];
-        service.extend(std::iter::repeat(ms(1)).take(20));
+        service.extend(std::iter::repeat_n(ms(1), 20));
         let mut ex = FakeService {
             clock: &clock,
             service,
@@ -282,7 +282,7 @@ mod tests {
         // A closed loop over the same service would have hidden the stall in one sample.
         let clock2 = FakeClock(Cell::new(t0));
         let mut service = vec![ms(55)];
-        service.extend(std::iter::repeat(ms(1)).take(200));
+        service.extend(std::iter::repeat_n(ms(1), 200));
         let mut ex2 = FakeService {
             clock: &clock2,
             service,
