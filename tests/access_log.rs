@@ -87,3 +87,39 @@ async fn off_by_default() {
     assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
     assert!(access_lines(&gw).is_empty());
 }
+
+/// A long tunnel's bytes reach `ringway_bytes_total` while it is still open (flushed every
+/// MiB), so a dashboard of hour-long WebSockets is not flat until they close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_tunnel_bytes_reach_the_metrics_before_close() {
+    let backend = loadgen::spawn_backend(Mode::Ws, "b0").await.unwrap();
+    let addr = backend.addr.to_string();
+    let mut gw = Gateway::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        &addr,
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let mut ws = Ws::connect(gw.listen, &[]).await.unwrap();
+    let chunk = vec![7u8; 60 * 1024];
+    for _ in 0..20 {
+        ws.echo(&chunk).await.unwrap(); // 1.2 MiB each way, tunnel still open
+    }
+    let up = [("backend", "b0"), ("direction", "to_backend")];
+    let scrape = gw
+        .metrics_until("bytes flushed", |s| {
+            s.sum("ringway_bytes_total", &up) >= (1 << 20) as f64
+        })
+        .await;
+    assert!(
+        scrape.sum(
+            "ringway_bytes_total",
+            &[("backend", "b0"), ("direction", "to_client")]
+        ) >= (1 << 20) as f64
+    );
+    ws.finish().await.unwrap();
+    gw.signal(libc::SIGTERM);
+    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+}

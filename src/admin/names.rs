@@ -92,7 +92,7 @@ pub const ERRORS: Def = counter(
 );
 pub const BYTES: Def = counter(
     "ringway_bytes",
-    "Tunnel and body bytes per backend, counted when a tunnel ends; direction=to_backend or to_client.",
+    "Tunnel bytes per backend, added while a tunnel lives (at least every MiB) and when it ends; direction=to_backend or to_client.",
 );
 pub const HEAD_PARSE: Def = seconds_histogram(
     "ringway_head_parse",

@@ -248,11 +248,12 @@ pub async fn serve<D: Driver>(
                 let listener = lcfg.name.clone();
                 rio::spawn_local(async move {
                     let up = &gen.upstreams[ui];
-                    let drain = up.cfg.dns.drain_timeout.map(|_| &**conn.guard.stats());
+                    let drain = up.cfg.dns.drain_timeout.is_some();
                     let started = Instant::now();
                     let idle = gen.config.timeouts.tunnel_idle;
+                    let stats = conn.guard.stats().clone();
                     let (end, moved) =
-                        tunnel::run::<D>(&w, &client, &conn.stream, idle, drain).await;
+                        tunnel::run::<D>(&w, &client, &conn.stream, idle, &stats, drain).await;
                     let who = Who {
                         log: &gen.config.log,
                         client: peer,
@@ -569,9 +570,7 @@ pub fn account_tunnel(
     started: Instant,
     who: &Who<'_>,
 ) {
-    if let Some(b) = table.backend(index) {
-        b.stats().add_bytes(moved.up, moved.down);
-    }
+    // Bytes were added to the backend's counters by the tunnel as they moved.
     access::log(
         who.log,
         access::Entry {

@@ -57,9 +57,17 @@ pub async fn serve<D: Driver>(
     drop(early);
 
     let started = Instant::now();
-    let drain = up.cfg.dns.drain_timeout.map(|_| &**backend.guard.stats());
-    let (end, moved) =
-        tunnel::run::<D>(w, &client, &backend.stream, cfg.timeouts.tunnel_idle, drain).await;
+    let drain = up.cfg.dns.drain_timeout.is_some();
+    let stats = backend.guard.stats().clone();
+    let (end, moved) = tunnel::run::<D>(
+        w,
+        &client,
+        &backend.stream,
+        cfg.timeouts.tunnel_idle,
+        &stats,
+        drain,
+    )
+    .await;
     let who = super::http::Who {
         log: &cfg.log,
         client: peer,

@@ -30,6 +30,8 @@ pub const SCRATCH_SIZE: usize = 16 * 1024;
 /// This many consecutive splice reads below `SMALL_READ` switch back to copying.
 const SMALL_STREAK: u8 = 8;
 const SMALL_READ: usize = 2048;
+/// Byte counters of a live tunnel reach the backend's metrics at least every this many bytes.
+const FLUSH_BYTES: u64 = 1 << 20;
 /// How often a tunnel of an upstream with `drain_timeout` checks its backend's deadline.
 const DRAIN_CHECK: Duration = Duration::from_secs(1);
 
@@ -95,12 +97,14 @@ pub async fn run<D: Driver>(
     client: &Stream<D>,
     backend: &Stream<D>,
     idle: Option<Duration>,
-    drain: Option<&BackendStats>,
+    stats: &BackendStats,
+    watch_drain: bool,
 ) -> (End, Moved) {
-    let up = Cell::new(0u64);
-    let down = Cell::new(0u64);
+    let up = Counted::new(stats, Dir::Up);
+    let down = Counted::new(stats, Dir::Down);
     let last = Cell::new(Instant::now());
     let track = idle.is_some();
+    let drain = watch_drain.then_some(stats);
 
     let a = pump::<D>(w, client, backend, &up, track.then_some(&last));
     let b = pump::<D>(w, backend, client, &down, track.then_some(&last));
@@ -136,13 +140,62 @@ pub async fn run<D: Driver>(
             break End::Closed;
         }
     };
+    // The pumps may have been dropped mid-way: whatever they did not flush is added here.
+    up.flush();
+    down.flush();
     (
         end,
         Moved {
-            up: up.get(),
-            down: down.get(),
+            up: up.total.get(),
+            down: down.total.get(),
         },
     )
+}
+
+#[derive(Clone, Copy)]
+enum Dir {
+    Up,
+    Down,
+}
+
+/// Bytes one direction moved, flushed into the backend's counters every `FLUSH_BYTES` so the
+/// byte metrics of an hour-long tunnel move while it lives (one atomic add per MiB).
+struct Counted<'a> {
+    stats: &'a BackendStats,
+    dir: Dir,
+    total: Cell<u64>,
+    flushed: Cell<u64>,
+}
+
+impl<'a> Counted<'a> {
+    fn new(stats: &'a BackendStats, dir: Dir) -> Self {
+        Counted {
+            stats,
+            dir,
+            total: Cell::new(0),
+            flushed: Cell::new(0),
+        }
+    }
+
+    #[inline]
+    fn add(&self, n: u64) {
+        let total = self.total.get() + n;
+        self.total.set(total);
+        if total - self.flushed.get() >= FLUSH_BYTES {
+            self.flush();
+        }
+    }
+
+    fn flush(&self) {
+        let delta = self.total.get() - self.flushed.get();
+        if delta > 0 {
+            match self.dir {
+                Dir::Up => self.stats.add_bytes(delta, 0),
+                Dir::Down => self.stats.add_bytes(0, delta),
+            }
+            self.flushed.set(self.total.get());
+        }
+    }
 }
 
 async fn idle_watchdog(idle: Option<Duration>, last: &Cell<Instant>) {
@@ -178,7 +231,7 @@ async fn pump<D: Driver>(
     w: &Worker,
     src: &Stream<D>,
     dst: &Stream<D>,
-    moved: &Cell<u64>,
+    moved: &Counted<'_>,
     last: Option<&Cell<Instant>>,
 ) -> Result<(), DirError> {
     let strategy = w.strategy;
@@ -306,7 +359,7 @@ async fn pump<D: Driver>(
             let _ = dst.get_ref().shutdown(Shutdown::Write);
             return Ok(());
         }
-        moved.set(moved.get() + n as u64);
+        moved.add(n as u64);
         if let Some(last) = last {
             last.set(Instant::now());
         }
