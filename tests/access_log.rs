@@ -6,7 +6,6 @@ mod ops_harness;
 
 use std::time::Duration;
 
-use loadgen::Mode;
 use ops_harness::{http_get_with, Gateway, Ws};
 
 fn access_lines(gw: &Gateway) -> Vec<serde_json::Value> {
@@ -21,17 +20,7 @@ fn access_lines(gw: &Gateway) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_and_tunnels_get_one_line_each() {
-    let backend = loadgen::spawn_backend(Mode::Ws, "b0").await.unwrap();
-    let addr = backend.addr.to_string();
-    let mut gw = Gateway::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
-        &addr,
-        "--admin",
-        "127.0.0.1:0",
-        "--access-log",
-    ]);
+    let (_backend, mut gw) = Gateway::with_echo_backend(&["--access-log"]).await;
     assert_eq!(http_get_with(gw.listen, &[]).await.unwrap().0, 200);
     let mut ws = Ws::connect(gw.listen, &[]).await.unwrap();
     ws.echo(b"hello").await.unwrap();
@@ -64,27 +53,16 @@ async fn requests_and_tunnels_get_one_line_each() {
     assert_eq!(tunnel["end"], "closed");
     assert!(tunnel["bytes_up"].as_u64().unwrap() >= 5, "{tunnel}");
     assert!(tunnel["bytes_down"].as_u64().unwrap() >= 5, "{tunnel}");
-    gw.signal(libc::SIGTERM);
-    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+    assert_eq!(gw.stop(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn off_by_default() {
-    let backend = loadgen::spawn_backend(Mode::Ws, "b0").await.unwrap();
-    let addr = backend.addr.to_string();
-    let mut gw = Gateway::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
-        &addr,
-        "--admin",
-        "127.0.0.1:0",
-    ]);
+    let (_backend, mut gw) = Gateway::with_echo_backend(&[]).await;
     for _ in 0..5 {
         assert_eq!(http_get_with(gw.listen, &[]).await.unwrap().0, 200);
     }
-    gw.signal(libc::SIGTERM);
-    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+    assert_eq!(gw.stop(), Some(0));
     assert!(access_lines(&gw).is_empty());
 }
 
@@ -92,16 +70,7 @@ async fn off_by_default() {
 /// MiB), so a dashboard of hour-long WebSockets is not flat until they close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_tunnel_bytes_reach_the_metrics_before_close() {
-    let backend = loadgen::spawn_backend(Mode::Ws, "b0").await.unwrap();
-    let addr = backend.addr.to_string();
-    let mut gw = Gateway::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
-        &addr,
-        "--admin",
-        "127.0.0.1:0",
-    ]);
+    let (_backend, mut gw) = Gateway::with_echo_backend(&[]).await;
     let mut ws = Ws::connect(gw.listen, &[]).await.unwrap();
     let chunk = vec![7u8; 60 * 1024];
     for _ in 0..20 {
@@ -120,6 +89,5 @@ async fn live_tunnel_bytes_reach_the_metrics_before_close() {
         ) >= (1 << 20) as f64
     );
     ws.finish().await.unwrap();
-    gw.signal(libc::SIGTERM);
-    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+    assert_eq!(gw.stop(), Some(0));
 }

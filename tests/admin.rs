@@ -31,16 +31,7 @@ async fn backends(n: usize) -> (Vec<loadgen::Backend>, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_open_tunnels_and_count_their_bytes() {
     let (_b, list) = backends(2).await;
-    let gw = Gateway::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
-        &list,
-        "--admin",
-        "127.0.0.1:0",
-        "--workers",
-        "2",
-    ]);
+    let gw = Gateway::quick(&list, &["--workers", "2"]);
     const N: usize = 12;
     let mut clients = Vec::new();
     for i in 0..N {
@@ -134,16 +125,7 @@ async fn metrics_follow_open_tunnels_and_count_their_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_counted_by_kind_and_side() {
     let dead = dead_addr().to_string();
-    let gw = Gateway::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
-        &dead,
-        "--admin",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-    ]);
+    let gw = Gateway::quick(&dead, &["--workers", "1"]);
     let (status, _, _) = http_raw(gw.listen, b"GARBAGE / NOPE\r\n\r\n")
         .await
         .unwrap();
@@ -218,18 +200,10 @@ async fn wait_idle(gw: &Gateway) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookup_agrees_with_where_hashed_connections_land() {
     let (_b, list) = backends(3).await;
-    let gw = Gateway::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
+    let gw = Gateway::quick(
         &list,
-        "--admin",
-        "127.0.0.1:0",
-        "--workers",
-        "2",
-        "--balance",
-        "hash:header:X-Device-Id",
-    ]);
+        &["--workers", "2", "--balance", "hash:header:X-Device-Id"],
+    );
     let mut seen = std::collections::HashSet::new();
     for i in 0..12 {
         let key = format!("device-{i}");
@@ -274,20 +248,17 @@ async fn lookup_agrees_with_where_hashed_connections_land() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookup_by_cookie_agrees_with_stickiness() {
     let (_b, list) = backends(3).await;
-    let gw = Gateway::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
+    let gw = Gateway::quick(
         &list,
-        "--admin",
-        "127.0.0.1:0",
-        "--workers",
-        "2",
-        "--balance",
-        "cookie",
-        "--cookie-secret",
-        "test-secret",
-    ]);
+        &[
+            "--workers",
+            "2",
+            "--balance",
+            "cookie",
+            "--cookie-secret",
+            "test-secret",
+        ],
+    );
     for _ in 0..4 {
         let (status, headers, _) = http_get(gw.listen, "/").await.unwrap();
         assert_eq!(status, 200);
@@ -325,16 +296,7 @@ async fn lookup_by_cookie_agrees_with_stickiness() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_backends_view_and_bad_requests() {
     let (b, list) = backends(2).await;
-    let gw = Gateway::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
-        &list,
-        "--admin",
-        "127.0.0.1:0",
-        "--workers",
-        "2",
-    ]);
+    let gw = Gateway::quick(&list, &["--workers", "2"]);
     assert_eq!(http_get(gw.admin, "/healthz").await.unwrap().0, 200);
     let mut ready = None;
     for _ in 0..100 {

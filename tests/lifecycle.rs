@@ -216,20 +216,12 @@ async fn sigterm_drains_open_tunnels_and_exits_zero() {
         }
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
-    assert_eq!(
-        gw.wait_exit(Duration::from_millis(300)),
-        None,
-        "exited while tunnels were open"
-    );
+    // Every client just echoed through the drain: the process is serving, not exiting.
+    assert!(gw.running(), "exited while tunnels were open");
     for ws in clients {
         ws.finish().await.unwrap();
     }
-    assert_eq!(
-        gw.wait_exit(Duration::from_secs(20)),
-        Some(0),
-        "{}",
-        gw.log_text()
-    );
+    assert_eq!(gw.exit_code(), Some(0), "{}", gw.log_text());
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -267,12 +259,7 @@ async fn two_process_handover_refuses_no_connection() {
         }
     }
     assert!(signalled);
-    assert_eq!(
-        a.wait_exit(Duration::from_secs(20)),
-        Some(0),
-        "{}",
-        a.log_text()
-    );
+    assert_eq!(a.exit_code(), Some(0), "{}", a.log_text());
     assert!(
         failures.is_empty(),
         "{} of {ATTEMPTS} attempts failed during the handover:\n{}",
@@ -290,19 +277,9 @@ async fn two_process_handover_refuses_no_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_parse_line_by_line() {
-    let backend = loadgen::spawn_backend(Mode::Ws, "b0").await.unwrap();
-    let addr = backend.addr.to_string();
-    let mut gw = Gateway::start(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--backend",
-        &addr,
-        "--admin",
-        "127.0.0.1:0",
-    ]);
+    let (_backend, mut gw) = Gateway::with_echo_backend(&[]).await;
     assert_eq!(http_get_with(gw.listen, &[]).await.unwrap().0, 200);
-    gw.signal(libc::SIGTERM);
-    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+    assert_eq!(gw.stop(), Some(0));
     // The reader thread may still be draining the pipe: poll for the final line (bounded).
     let mut lines = Vec::new();
     for _ in 0..100 {

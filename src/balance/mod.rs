@@ -1,4 +1,4 @@
-//! Backend tables and balancing policies: pure logic, no I/O, no `unsafe`.
+//! Backend tables and balancing policies: pure logic, no I/O.
 //!
 //! The control plane (discovery, config reload) builds an immutable [`Table`] per upstream
 //! and publishes it with [`Upstream::publish`]; workers only [`Upstream::load`] it and call

@@ -1,7 +1,7 @@
 //! Sans-I/O protocol layer: bytes in, a verdict out.
 //!
-//! Nothing in this module reads a socket, awaits, allocates while parsing, or
-//! uses `unsafe`. That is what lets the same code run on the io_uring data
+//! Nothing in this module reads a socket, awaits or allocates while parsing
+//! (and, like everything outside `sys/`, it is plain safe Rust). That is what lets the same code run on the io_uring data
 //! plane, on the epoll fallback, under criterion (`benches/proto.rs`) and under
 //! cargo-fuzz (`fuzz/`, which includes this directory by `#[path]`), and it is
 //! why the only dependencies are `httparse`, `base64` and `sha1_smol`.

@@ -22,6 +22,9 @@ pub type HttpResponse = (u16, Headers, String);
 pub const STEP: Duration = Duration::from_secs(10);
 
 /// A running gateway process; SIGKILLed when dropped.
+/// Hang guard for a process expected to exit (draining included): 30 s of 25 ms polls.
+const EXIT_POLLS: u32 = 1200;
+
 pub struct Gateway {
     pub child: Child,
     pub listen: SocketAddr,
@@ -104,15 +107,51 @@ impl Gateway {
     }
 
     /// Waits (bounded) for the process to exit and returns its exit code.
-    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let polls = limit.as_millis() / 25;
-        for _ in 0..polls.max(1) {
+    /// The quick form in front of `backends` (comma-separated), admin on port 0, plus `extra`.
+    pub fn quick(backends: &str, extra: &[&str]) -> Gateway {
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            backends,
+            "--admin",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        Gateway::start(&args)
+    }
+
+    /// One WebSocket echo backend named `b0` and the quick form in front of it. Keep the
+    /// backend alive as long as the gateway.
+    pub async fn with_echo_backend(extra: &[&str]) -> (loadgen::Backend, Gateway) {
+        let backend = loadgen::spawn_backend(loadgen::Mode::Ws, "b0")
+            .await
+            .unwrap();
+        let gw = Gateway::quick(&backend.addr.to_string(), extra);
+        (backend, gw)
+    }
+
+    /// Whether the process is still running (no waiting).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The exit code, once the process exits. The wait is bounded only so that a hung process
+    /// fails the test instead of hanging CI; it is not a speed check.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        for _ in 0..EXIT_POLLS {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status.code();
             }
             std::thread::sleep(Duration::from_millis(25));
         }
         None
+    }
+
+    /// SIGTERM, then the exit code (see [`Gateway::exit_code`]).
+    pub fn stop(&mut self) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        self.exit_code()
     }
 
     pub fn log_text(&self) -> String {
