@@ -83,27 +83,6 @@ async fn handle(mut stream: TcpStream, shared: &Arc<Shared>, reload: &Reloader) 
     http::write_response(&mut stream, &resp, head_only).await;
 }
 
-/// `Shared::ready()`, plus health: it counts backends in the `Active` table state, so an
-/// upstream whose every backend is marked down (passively or by probes) would still look
-/// ready there. "Every upstream has a backend up" is what issue 6 asks of /readyz.
-fn readiness(shared: &Shared) -> (bool, String) {
-    let (ready, reason) = shared.ready();
-    if !ready {
-        return (ready, reason);
-    }
-    let now = crate::balance::now_ms();
-    for u in &shared.gen.load().upstreams {
-        let table = u.lb.load();
-        let usable = table.backends().iter().any(|b| {
-            b.state() == crate::balance::BackendState::Active && metrics::backend_up(b, now)
-        });
-        if !usable {
-            return (false, format!("upstream {} has no backend up", u.cfg.name));
-        }
-    }
-    (true, reason)
-}
-
 /// Dispatches one request. Never panics on any input: unknown paths get 404, known paths with
 /// the wrong method 405 with `Allow`.
 fn route(req: &Request, shared: &Arc<Shared>, reload: &Reloader) -> Response {
@@ -129,7 +108,7 @@ fn route(req: &Request, shared: &Arc<Shared>, reload: &Reloader) -> Response {
         },
         "/healthz" => Response::text(200, "ok\n"),
         "/readyz" => {
-            let (ready, reason) = readiness(shared);
+            let (ready, reason) = shared.ready();
             Response::text(if ready { 200 } else { 503 }, format!("{reason}\n"))
         }
         "/backends" => views::backends(shared),

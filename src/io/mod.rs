@@ -94,6 +94,20 @@ pub async fn read<D: Driver>(s: &Stream<D>, buf: &mut [u8]) -> io::Result<usize>
     s.read_with(|mut t| t.read(buf)).await
 }
 
+/// Appends one read of at most `max` bytes to `buf` (0 = EOF). The buffer is the
+/// connection's own, reused across reads, so once warm this does not allocate.
+pub async fn read_append<D: Driver>(
+    s: &Stream<D>,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<usize> {
+    let start = buf.len();
+    buf.resize(start + max.max(1), 0);
+    let r = read::<D>(s, &mut buf[start..]).await;
+    buf.truncate(start + *r.as_ref().unwrap_or(&0));
+    r
+}
+
 /// Writes all of `buf`.
 pub async fn write_all<D: Driver>(s: &Stream<D>, mut buf: &[u8]) -> io::Result<()> {
     use std::io::Write;

@@ -89,21 +89,9 @@ pub async fn forward<D: Driver>(
 
 /// Appends one read to `pending`; EOF → `Src(None)`.
 async fn fill<D: Driver>(src: &Stream<D>, pending: &mut Vec<u8>) -> Result<(), BodyError> {
-    let start = pending.len();
-    pending.resize(start + READ_CHUNK, 0);
-    let r = rio::read::<D>(src, &mut pending[start..]).await;
-    match r {
-        Ok(0) => {
-            pending.truncate(start);
-            Err(BodyError::Src(None))
-        }
-        Ok(n) => {
-            pending.truncate(start + n);
-            Ok(())
-        }
-        Err(e) => {
-            pending.truncate(start);
-            Err(BodyError::Src(Some(e)))
-        }
+    match rio::read_append::<D>(src, pending, READ_CHUNK).await {
+        Ok(0) => Err(BodyError::Src(None)),
+        Ok(_) => Ok(()),
+        Err(e) => Err(BodyError::Src(Some(e))),
     }
 }

@@ -79,12 +79,8 @@ pub async fn read<D: Driver>(
 
 /// One read, appended, never growing `buf` past `max`.
 async fn fill<D: Driver>(s: &Stream<D>, buf: &mut Vec<u8>, max: usize) -> std::io::Result<usize> {
-    let start = buf.len();
-    let want = READ_CHUNK.min(max.saturating_sub(start)).max(1);
-    buf.resize(start + want, 0);
-    let r = rio::read::<D>(s, &mut buf[start..]).await;
-    buf.truncate(start + *r.as_ref().unwrap_or(&0));
-    r
+    let want = READ_CHUNK.min(max.saturating_sub(buf.len()));
+    rio::read_append::<D>(s, buf, want).await
 }
 
 /// Reads and parses a backend response head (502 on garbage, 504 on timeout).

@@ -32,14 +32,9 @@ pub async fn read<D: Driver>(
                 Ok(None) if buf.len() < MAX_PROXY_HEADER => {}
                 Ok(None) | Err(_) => return None,
             }
-            let start = buf.len();
-            buf.resize(start + 512, 0);
-            match rio::read::<D>(client, &mut buf[start..]).await {
-                Ok(0) | Err(_) => {
-                    buf.truncate(start);
-                    return None;
-                }
-                Ok(n) => buf.truncate(start + n),
+            match rio::read_append::<D>(client, buf, 512).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
             }
         }
     };
