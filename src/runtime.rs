@@ -306,7 +306,7 @@ async fn worker_main<D: Driver>(
     if w.open_connections() > 0 {
         tracing::info!(worker = id, open = w.open_connections(), ?drain, "draining");
     }
-    if tokio::time::timeout(drain, w.wait_idle()).await.is_err() {
+    if crate::io::timeout(drain, w.wait_idle()).await.is_err() {
         tracing::info!(
             worker = id,
             closing = w.open_connections(),

@@ -76,7 +76,7 @@ pub async fn connect<D: Driver>(
         }
         Ok::<_, io::Error>(stream)
     };
-    match tokio::time::timeout(timeout, attempt).await {
+    match self::timeout(timeout, attempt).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(ConnectError::Failed(e)),
         Err(_) => Err(ConnectError::TimedOut),
@@ -120,6 +120,26 @@ pub async fn write_all<D: Driver>(s: &Stream<D>, mut buf: &[u8]) -> io::Result<(
     }
     Ok(())
 }
+
+/// Waits for `dur` on the worker's timer. Worker code never calls `tokio::time` directly: the
+/// io backend owns the clock (a ring-native backend keeps its own timers).
+pub async fn sleep(dur: Duration) {
+    tokio::time::sleep(dur).await
+}
+
+/// Waits until `deadline` on the worker's timer.
+pub async fn sleep_until(deadline: std::time::Instant) {
+    tokio::time::sleep_until(deadline.into()).await
+}
+
+/// Runs `f` for at most `dur`: `Err(Elapsed)` when the time ran out first (and `f` is dropped).
+pub async fn timeout<F: Future>(dur: Duration, f: F) -> Result<F::Output, Elapsed> {
+    tokio::time::timeout(dur, f).await.map_err(|_| Elapsed)
+}
+
+/// The time given to [`timeout`] ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
 
 /// Spawns a task on the current worker (both backends run a tokio LocalSet-style executor).
 pub fn spawn_local<F: Future + 'static>(f: F) -> tokio::task::JoinHandle<F::Output>

@@ -49,7 +49,7 @@ pub async fn read<D: Driver>(
         return HeadRead::Complete; // pipelined
     }
     if buf.is_empty() && !first {
-        match tokio::time::timeout(cfg.timeouts.http_idle, fill::<D>(client, buf, max)).await {
+        match rio::timeout(cfg.timeouts.http_idle, fill::<D>(client, buf, max)).await {
             Err(_) | Ok(Err(_)) | Ok(Ok(0)) => return HeadRead::Closed,
             Ok(Ok(_)) => {}
         }
@@ -71,7 +71,7 @@ pub async fn read<D: Driver>(
             }
         }
     };
-    match tokio::time::timeout(cfg.timeouts.head, work).await {
+    match rio::timeout(cfg.timeouts.head, work).await {
         Ok(r) => r,
         Err(_) => HeadRead::Reject(Kind::HeadTimeout),
     }
@@ -108,7 +108,7 @@ pub async fn read_response<'h, 'b, D: Driver>(
             }
         }
     };
-    match tokio::time::timeout(timeout, work).await {
+    match rio::timeout(timeout, work).await {
         Err(_) => return Err(Kind::ResponseTimeout),
         Ok(Err(k)) => return Err(k),
         Ok(Ok(())) => {}

@@ -163,7 +163,7 @@ pub async fn accept_loop<D: Driver>(
                 // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning.
                 tracing::warn!(worker = worker.id, error = %e, "accept failed");
                 worker.error(Kind::Internal);
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                rio::sleep(std::time::Duration::from_millis(20)).await;
                 continue;
             }
         };

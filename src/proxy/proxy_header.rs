@@ -38,7 +38,7 @@ pub async fn read<D: Driver>(
             }
         }
     };
-    match tokio::time::timeout(timeout, work).await {
+    match rio::timeout(timeout, work).await {
         Ok(Some(src)) => Some(src),
         _ => {
             w.error(Kind::ProxyProtocol);

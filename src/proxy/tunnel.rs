@@ -207,7 +207,7 @@ async fn idle_watchdog(idle: Option<Duration>, last: &Cell<Instant>) {
         if Instant::now() >= deadline {
             return;
         }
-        tokio::time::sleep_until(deadline.into()).await;
+        rio::sleep_until(deadline).await;
     }
 }
 
@@ -219,7 +219,7 @@ async fn drain_watch(stats: Option<&BackendStats>) {
         return std::future::pending().await;
     };
     loop {
-        tokio::time::sleep(DRAIN_CHECK).await;
+        rio::sleep(DRAIN_CHECK).await;
         if stats.drain_deadline().is_some_and(|at| now_ms() >= at) {
             return;
         }
