@@ -149,6 +149,30 @@ where
     tokio::task::spawn_local(f)
 }
 
+/// The most a graceful close reads and discards, and for how long.
+const LINGER_BYTES: usize = 64 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(1);
+
+/// Ends a connection so the peer reads what was written last (an error status, usually).
+/// Closing a socket with unread bytes in its receive queue sends RST, and the peer's stack may
+/// discard the answer it had not read yet; so: FIN after the answer, then read and discard what
+/// the peer still sends, bounded by [`LINGER_BYTES`] and [`LINGER_TIME`], then the caller drops
+/// the socket.
+pub async fn linger_close<D: Driver>(s: &Stream<D>) {
+    let _ = s.get_ref().shutdown(std::net::Shutdown::Write);
+    let drain = async {
+        let mut sink = [0u8; 2048];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match read::<D>(s, &mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = timeout(LINGER_TIME, drain).await;
+}
+
 /// Has the peer closed (or sent something unasked) on an idle kept-alive connection? Checked
 /// before reusing a backend connection, so a request is never sent into a socket the backend
 /// already closed.
