@@ -108,6 +108,12 @@ pub struct Timeouts {
     pub head: Duration,
     pub connect: Duration,
     pub response_head: Duration,
+    /// Longest wait between two reads of a request body (408, close): a client that declares
+    /// a body and stalls must not hold a gateway and a backend connection forever.
+    pub client_body: Duration,
+    /// Longest wait between two reads of a response body, and for the backend to take
+    /// request-body bytes (both connections closed).
+    pub backend_read: Duration,
     pub http_idle: Duration,
     /// `None` = tunnels never time out for idleness (long connections are the point).
     pub tunnel_idle: Option<Duration>,

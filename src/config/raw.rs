@@ -31,6 +31,8 @@ pub struct RawTimeouts {
     pub head: Option<String>,
     pub connect: Option<String>,
     pub response_head: Option<String>,
+    pub client_body: Option<String>,
+    pub backend_read: Option<String>,
     pub http_idle: Option<String>,
     pub tunnel_idle: Option<String>,
     pub drain: Option<String>,

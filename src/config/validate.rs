@@ -102,6 +102,16 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             &t.response_head,
             Duration::from_secs(60),
         ),
+        client_body: e.positive(
+            "timeouts.client_body",
+            &t.client_body,
+            Duration::from_secs(60),
+        ),
+        backend_read: e.positive(
+            "timeouts.backend_read",
+            &t.backend_read,
+            Duration::from_secs(60),
+        ),
         http_idle: e.positive("timeouts.http_idle", &t.http_idle, Duration::from_secs(60)),
         tunnel_idle: Some(e.duration("timeouts.tunnel_idle", &t.tunnel_idle, Duration::ZERO))
             .filter(|d| !d.is_zero()),
