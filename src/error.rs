@@ -52,6 +52,7 @@ kinds! {
     NoRoute => "no_route", Client;
     ClientReset => "client_reset", Client;
     ClientTimeout => "client_idle_timeout", Client;
+    BodyTimeout => "client_body_timeout", Client;
     LimitTotal => "limit_connections", Client;
     LimitSource => "limit_source", Client;
     LimitRate => "limit_rate", Client;
@@ -59,6 +60,7 @@ kinds! {
     ConnectRefused => "connect_failed", Backend;
     ConnectTimeout => "connect_timeout", Backend;
     ResponseTimeout => "response_timeout", Backend;
+    BackendTimeout => "backend_body_timeout", Backend;
     BadResponse => "bad_response", Backend;
     BadAccept => "bad_accept", Backend;
     BackendReset => "backend_reset", Backend;
@@ -72,12 +74,12 @@ impl Kind {
         Some(match self {
             Kind::BadRequest | Kind::BadHandshake | Kind::ProxyProtocol => 400,
             Kind::HeadTooLarge => 431,
-            Kind::HeadTimeout => 408,
+            Kind::HeadTimeout | Kind::BodyTimeout => 408,
             Kind::NoRoute => 404,
             Kind::LimitTotal | Kind::LimitSource | Kind::NoBackend => 503,
             Kind::LimitRate => 429,
             Kind::ConnectRefused | Kind::BadResponse | Kind::BadAccept => 502,
-            Kind::ConnectTimeout | Kind::ResponseTimeout => 504,
+            Kind::ConnectTimeout | Kind::ResponseTimeout | Kind::BackendTimeout => 504,
             Kind::Internal => 500,
             Kind::ClientReset | Kind::ClientTimeout | Kind::BackendReset | Kind::Drained => {
                 return None

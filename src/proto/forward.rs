@@ -82,6 +82,13 @@ fn named_by_connection(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
             .any(|h| list_items(h.value).any(|t| eq_ic(t, name)))
 }
 
+/// `Expect: 100-continue` is answered by the gateway itself (it sends the 100 when it starts
+/// reading the body), so the backend never holds a response for a 1xx the client will not
+/// wait for. Other expectations pass through.
+fn is_expect_continue(name: &[u8], value: &[u8]) -> bool {
+    eq_ic(name, b"expect") && eq_ic(value, b"100-continue")
+}
+
 fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -111,7 +118,8 @@ pub fn write_request_head(req: &Request<'_, '_>, out: &mut Vec<u8>, opts: &Forwa
             || (opts.forward_for && eq_ic(name, b"x-forwarded-for"))
             || (opts.real_ip && eq_ic(name, b"x-real-ip"))
             || (opts.forward_proto && eq_ic(name, b"x-forwarded-proto"))
-            || (opts.forward_host && eq_ic(name, b"x-forwarded-host"));
+            || (opts.forward_host && eq_ic(name, b"x-forwarded-host"))
+            || is_expect_continue(name, h.value);
         if drop {
             continue;
         }

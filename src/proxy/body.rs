@@ -1,8 +1,13 @@
 //! Forwards one message body per its framing (RFC 9112 §6): Content-Length, chunked (bytes are
 //! relayed verbatim while a scanner finds the end, trailers included), or until close. Bytes
 //! read past the end of the body stay in `pending`: they are the next pipelined message.
+//!
+//! Every wait is bounded: a read from the sender by `Stalls::src`, a write to the receiver by
+//! `Stalls::dst` (the longest wait between two steps, not for the whole body, so a slow but
+//! moving upload is fine and a stalled one is cut).
 
 use std::io;
+use std::time::Duration;
 
 use crate::io::{self as rio, Driver, Stream};
 use crate::proto::{ChunkedScanner, Reject};
@@ -16,24 +21,38 @@ pub enum Framing {
     UntilClose,
 }
 
+/// The longest wait for each side between two steps of a body.
+#[derive(Debug, Clone, Copy)]
+pub struct Stalls {
+    pub src: Duration,
+    pub dst: Duration,
+}
+
 #[derive(Debug)]
 pub enum BodyError {
     /// The sender failed or closed before the body ended.
     Src(Option<io::Error>),
+    /// The sender sent nothing for `Stalls::src`.
+    SrcStalled,
     Dst(#[allow(dead_code)] io::Error), // shown in debug logs
+    /// The receiver took nothing for `Stalls::dst`.
+    DstStalled,
     /// Bad chunked framing.
     Bad(Reject),
 }
 
 const READ_CHUNK: usize = 16 * 1024;
 
-/// `pending` holds bytes already read from `src` beyond the head (it is the connection's read
-/// buffer, reused: no allocation once warm).
+/// Moves the body from `src` to `dst`; returns the bytes moved. `pending` holds bytes already
+/// read from `src` beyond the head (it is the connection's read buffer, reused: no allocation
+/// once warm). On success every byte of the body was written and `pending` holds only what
+/// followed it.
 pub async fn forward<D: Driver>(
     src: &Stream<D>,
     dst: &Stream<D>,
     pending: &mut Vec<u8>,
     framing: Framing,
+    stalls: Stalls,
 ) -> Result<u64, BodyError> {
     let mut moved = 0u64;
     match framing {
@@ -41,9 +60,7 @@ pub async fn forward<D: Driver>(
         Framing::Length(mut left) => loop {
             let take = (left.min(pending.len() as u64)) as usize;
             if take > 0 {
-                rio::write_all::<D>(dst, &pending[..take])
-                    .await
-                    .map_err(BodyError::Dst)?;
+                send::<D>(dst, &pending[..take], stalls.dst).await?;
                 pending.drain(..take);
                 left -= take as u64;
                 moved += take as u64;
@@ -51,34 +68,30 @@ pub async fn forward<D: Driver>(
             if left == 0 {
                 return Ok(moved);
             }
-            fill::<D>(src, pending).await?;
+            fill::<D>(src, pending, stalls.src).await?;
         },
         Framing::Chunked => {
             let mut scanner = ChunkedScanner::default();
             loop {
                 if !pending.is_empty() {
                     let scan = scanner.feed(pending).map_err(BodyError::Bad)?;
-                    rio::write_all::<D>(dst, &pending[..scan.consumed])
-                        .await
-                        .map_err(BodyError::Dst)?;
+                    send::<D>(dst, &pending[..scan.consumed], stalls.dst).await?;
                     pending.drain(..scan.consumed);
                     moved += scan.consumed as u64;
                     if scan.done {
                         return Ok(moved);
                     }
                 }
-                fill::<D>(src, pending).await?;
+                fill::<D>(src, pending, stalls.src).await?;
             }
         }
         Framing::UntilClose => loop {
             if !pending.is_empty() {
-                rio::write_all::<D>(dst, pending)
-                    .await
-                    .map_err(BodyError::Dst)?;
+                send::<D>(dst, pending, stalls.dst).await?;
                 moved += pending.len() as u64;
                 pending.clear();
             }
-            match fill::<D>(src, pending).await {
+            match fill::<D>(src, pending, stalls.src).await {
                 Ok(()) => {}
                 Err(BodyError::Src(None)) => return Ok(moved), // EOF ends the body
                 Err(e) => return Err(e),
@@ -87,11 +100,24 @@ pub async fn forward<D: Driver>(
     }
 }
 
+async fn send<D: Driver>(dst: &Stream<D>, bytes: &[u8], stall: Duration) -> Result<(), BodyError> {
+    match rio::timeout(stall, rio::write_all::<D>(dst, bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(BodyError::Dst(e)),
+        Err(_) => Err(BodyError::DstStalled),
+    }
+}
+
 /// Appends one read to `pending`; EOF → `Src(None)`.
-async fn fill<D: Driver>(src: &Stream<D>, pending: &mut Vec<u8>) -> Result<(), BodyError> {
-    match rio::read_append::<D>(src, pending, READ_CHUNK).await {
-        Ok(0) => Err(BodyError::Src(None)),
-        Ok(_) => Ok(()),
-        Err(e) => Err(BodyError::Src(Some(e))),
+async fn fill<D: Driver>(
+    src: &Stream<D>,
+    pending: &mut Vec<u8>,
+    stall: Duration,
+) -> Result<(), BodyError> {
+    match rio::timeout(stall, rio::read_append::<D>(src, pending, READ_CHUNK)).await {
+        Ok(Ok(0)) => Err(BodyError::Src(None)),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(BodyError::Src(Some(e))),
+        Err(_) => Err(BodyError::SrcStalled),
     }
 }

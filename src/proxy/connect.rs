@@ -21,6 +21,7 @@ pub struct Connected<D: Driver> {
     pub set_cookie: bool,
 }
 
+/// Picks and connects (tcp mode); every failure is counted, the final "no backend" included.
 pub async fn pick_and_connect<D: Driver, K: KeySource + ?Sized>(
     w: &Worker,
     table: &Table,
@@ -28,16 +29,19 @@ pub async fn pick_and_connect<D: Driver, K: KeySource + ?Sized>(
     retries: usize,
     timeout: Duration,
 ) -> Result<Connected<D>, Kind> {
-    match table.pick(key, &[]) {
+    let r = match table.pick(key, &[]) {
         Some(first) => connect_from(w, table, key, first, retries, timeout).await,
-        None => {
-            w.error(Kind::NoBackend);
-            Err(Kind::NoBackend)
-        }
+        None => Err(Kind::NoBackend),
+    };
+    if r.as_ref().err() == Some(&Kind::NoBackend) {
+        w.error(Kind::NoBackend);
     }
+    r
 }
 
 /// Connects to `first` (already picked), then to further picks excluding the ones that failed.
+/// Each failed attempt is counted here; `Err(NoBackend)` (no backend could be tried) is not:
+/// the caller counts its final outcome once.
 pub async fn connect_from<D: Driver, K: KeySource + ?Sized>(
     w: &Worker,
     table: &Table,
@@ -88,9 +92,6 @@ pub async fn connect_from<D: Driver, K: KeySource + ?Sized>(
                 tracing::debug!(backend = backend.name(), error = ?e, "connect failed");
             }
         }
-    }
-    if last == Kind::NoBackend {
-        w.error(Kind::NoBackend);
     }
     Err(last)
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::error::Kind;
 use crate::io::{self as rio, Driver, Stream};
-use crate::proto;
 
 pub enum HeadRead {
     Complete,
@@ -83,15 +82,14 @@ async fn fill<D: Driver>(s: &Stream<D>, buf: &mut Vec<u8>, max: usize) -> std::i
     rio::read_append::<D>(s, buf, want).await
 }
 
-/// Reads and parses a backend response head (502 on garbage, 504 on timeout).
-pub async fn read_response<'h, 'b, D: Driver>(
+/// Reads until `rbuf` holds a complete backend response head (504 on timeout, 502 on garbage
+/// or a close); the caller parses it.
+pub async fn read_response_head<D: Driver>(
     backend: &Stream<D>,
-    rbuf: &'b mut Vec<u8>,
-    headers: &'h mut [httparse::Header<'b>],
-    head_method: bool,
+    rbuf: &mut Vec<u8>,
     timeout: Duration,
     max: usize,
-) -> Result<proto::Response<'h, 'b>, Kind> {
+) -> Result<(), Kind> {
     let work = async {
         let mut scanned = 0;
         loop {
@@ -109,13 +107,8 @@ pub async fn read_response<'h, 'b, D: Driver>(
         }
     };
     match rio::timeout(timeout, work).await {
-        Err(_) => return Err(Kind::ResponseTimeout),
-        Ok(Err(k)) => return Err(k),
-        Ok(Ok(())) => {}
-    }
-    match proto::parse_response(rbuf, headers, head_method) {
-        Ok(Some(r)) => Ok(r),
-        _ => Err(Kind::BadResponse),
+        Err(_) => Err(Kind::ResponseTimeout),
+        Ok(r) => r,
     }
 }
 

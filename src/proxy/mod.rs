@@ -3,12 +3,13 @@
 //! `Shared` (a generation snapshot, tables); it never calls discovery or admin.
 //!
 //! Flow: `accept_loop` → limits → (PROXY header) → `http::serve` (per request: head, route,
-//! pick, connect, forward, response; upgrade → `tunnel`) or `tcp::serve` (pick, connect,
-//! `tunnel`).
+//! pick, connect, forward, response; upgrade → `handoff` → `tunnel`) or `tcp::serve` (pick,
+//! connect, `handoff` → `tunnel`).
 
 mod access;
 mod body;
 pub mod connect;
+mod handoff;
 mod head_reader;
 pub mod http;
 pub mod limits;

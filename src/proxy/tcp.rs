@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
 
 use crate::config::{ListenerConfig, SendProxy};
 use crate::error::Kind;
@@ -12,7 +11,7 @@ use crate::io::{self as rio, Driver, Ready, Stream};
 use crate::proto::proxy_protocol;
 use crate::state::Generation;
 
-use super::{connect, tunnel, Worker};
+use super::{connect, handoff, Worker};
 
 pub async fn serve<D: Driver>(
     w: &Rc<Worker>,
@@ -22,7 +21,10 @@ pub async fn serve<D: Driver>(
     peer: SocketAddr,
     early: Vec<u8>,
 ) {
-    let Some(up) = lcfg.upstream.and_then(|i| gen.upstreams.get(i)) else {
+    let Some((up_index, up)) = lcfg
+        .upstream
+        .and_then(|i| gen.upstreams.get(i).map(|u| (i, u)))
+    else {
         w.error(Kind::NoRoute);
         return;
     };
@@ -56,24 +58,12 @@ pub async fn serve<D: Driver>(
     drop(hello);
     drop(early);
 
-    let started = Instant::now();
-    let drain = up.cfg.dns.drain_timeout.is_some();
-    let stats = backend.guard.stats().clone();
-    let (end, moved) = tunnel::run::<D>(
-        w,
-        &client,
-        &backend.stream,
-        cfg.timeouts.tunnel_idle,
-        &stats,
-        drain,
-    )
-    .await;
-    let who = super::http::Who {
+    let who = handoff::Who {
         log: &cfg.log,
         client: peer,
         listener: &lcfg.name,
-        upstream: &up.cfg.name,
+        upstream: up_index,
         status: 0,
     };
-    super::http::account_tunnel(w, &table, backend.index, end, moved, started, &who);
+    handoff::run::<D>(w, gen, &table, &client, &backend, &who).await;
 }
