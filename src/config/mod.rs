@@ -108,8 +108,9 @@ pub struct Timeouts {
     pub head: Duration,
     pub connect: Duration,
     pub response_head: Duration,
-    /// Longest wait between two reads of a request body (408, close): a client that declares
-    /// a body and stalls must not hold a gateway and a backend connection forever.
+    /// Longest wait for the client inside a body: between two reads of its request body (408,
+    /// close), or for it to take response-body bytes. A client that declares a body and stalls
+    /// must not hold a gateway and a backend connection forever.
     pub client_body: Duration,
     /// Longest wait between two reads of a response body, and for the backend to take
     /// request-body bytes (both connections closed).
