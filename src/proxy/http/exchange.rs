@@ -17,8 +17,9 @@ use super::{Backend, Conn, Failure, Plan};
 pub enum Sent {
     /// Head and body, whole.
     Whole,
-    /// The backend stopped taking the body (closed or reset): it may have answered early,
-    /// so its response is still read, but neither connection can be reused.
+    /// The backend stopped taking the body (closed, reset, or took nothing for
+    /// `timeouts.backend_read`): it may have answered early, so its response is still read,
+    /// but neither connection can be reused.
     Partial,
 }
 
@@ -63,7 +64,8 @@ fn request_body_failed(e: BodyError) -> Result<Sent, Failure> {
         BodyError::Src(_) => Err(Failure::quiet(Kind::ClientReset)),
         BodyError::SrcStalled => Err(Failure::new(Kind::BodyTimeout)),
         BodyError::Bad(rej) => Err(Failure::answered(Kind::BadRequest, rej.status)),
-        BodyError::Dst(_) => Ok(Sent::Partial),
-        BodyError::DstStalled => Err(Failure::new(Kind::BackendTimeout)),
+        // The backend stopped taking the body: it may have answered early (413, 401, …), so its
+        // answer is still read (within timeouts.response_head); neither side is reused.
+        BodyError::Dst(_) | BodyError::DstStalled => Ok(Sent::Partial),
     }
 }
