@@ -7,6 +7,7 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ringway::proto::ws_frame::{FrameTracker, Sender};
 use ringway::proto::{
     accept_key, check_upgrade, parse_request, write_request_head, ChunkedScanner, ForwardOpts,
     HeadLimits,
@@ -105,5 +106,31 @@ fn bench_chunked(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_heads, bench_websocket, bench_chunked);
+/// Frame tracking per 64-byte WebSocket message (the tunnel's per-message cost when it tracks
+/// frames): a masked client frame and an unmasked server frame.
+fn bench_ws_frames(c: &mut Criterion) {
+    let mut masked = vec![0x82u8, 0x80 | 64, 1, 2, 3, 4];
+    masked.resize(masked.len() + 64, 0x5a);
+    let mut plain = vec![0x82u8, 64];
+    plain.resize(plain.len() + 64, 0x5a);
+    let mut g = c.benchmark_group("ws_frame");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("client_64b", |b| {
+        let mut t = FrameTracker::new(Sender::Client);
+        b.iter(|| t.scan(black_box(&masked), false))
+    });
+    g.bench_function("server_64b", |b| {
+        let mut t = FrameTracker::new(Sender::Server);
+        b.iter(|| t.scan(black_box(&plain), false))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_heads,
+    bench_websocket,
+    bench_chunked,
+    bench_ws_frames
+);
 criterion_main!(benches);

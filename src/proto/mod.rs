@@ -39,6 +39,7 @@ pub mod proxy_protocol;
 pub mod response;
 pub mod status;
 pub mod websocket;
+pub mod ws_frame;
 
 #[cfg(test)]
 mod tests;
