@@ -28,12 +28,18 @@ fn upgrade(path: &str, extra: &str) -> Vec<u8> {
 async fn declining_backend() -> Backend {
     scripted_backend(Arc::new(|m: &Message, _| {
         if m.has("upgrade") {
-            Reply::Before(b"HTTP/1.1 200 OK\r\nX-Declined: yes\r\nContent-Length: 2\r\n\r\nno".to_vec())
+            Reply::Before(
+                b"HTTP/1.1 200 OK\r\nX-Declined: yes\r\nContent-Length: 2\r\n\r\nno".to_vec(),
+            )
         } else {
             Reply::After(echo_reply)
         }
     }))
     .await
+}
+
+fn briefs(reqs: &[Message]) -> Vec<String> {
+    reqs.iter().map(Message::brief).collect()
 }
 
 /// Waits (bounded) until `be` recorded `n` requests, then a little longer so that an extra
@@ -55,26 +61,44 @@ async fn requests_settled(be: &Backend, n: usize) -> Vec<Message> {
 /// it has no Host), never by the backend.
 async fn upgrade_body_not_smuggled(io: &'static str) {
     let be = declining_backend().await;
-    let gw = Gateway::start_config(io, &routed_config("", &[("/socket.io/", "sio", &[be.addr])]));
+    let gw = Gateway::start_config(
+        io,
+        &routed_config("", &[("/socket.io/", "sio", &[be.addr])]),
+    );
     let body = b"GET /socket.io/?x HTTP/1.1\r\nHost: a\r\nX-A: ";
     assert_eq!(body.len(), 42);
     let mut bytes = upgrade("/socket.io/ws-200cl", "Content-Length: 42\r\n");
-    bytes.extend(b"GET /socket.io/?x HTTP/1.1\r\nHost: a\r\nX-A: GET /internal/secret HTTP/1.1\r\n\r\n");
+    bytes.extend(
+        b"GET /socket.io/?x HTTP/1.1\r\nHost: a\r\nX-A: GET /internal/secret HTTP/1.1\r\n\r\n",
+    );
     let mut c = Conn::connect(gw.addr).await;
     c.send(&bytes).await;
     let r = c.final_response(false).await;
-    assert_eq!((r.status, r.body.as_slice()), (200, &b"no"[..]), "{r:?}");
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"no"[..]),
+        "{}",
+        r.brief()
+    );
     let r = c.final_response(false).await;
     assert!(
         matches!(r.status, 400 | 404) && !r.has("x-path"),
-        "the leftover `GET /internal/secret` (no Host) must get the gateway's 400/404: {r:?}"
+        "the leftover `GET /internal/secret` (no Host) must get the gateway's 400/404: {}",
+        r.brief()
     );
     let reqs = requests_settled(&be, 1).await;
     assert!(
-        reqs.iter().all(|m| !m.raw_head.windows(8).any(|w| w == b"internal")),
-        "the backend saw /internal/secret: {reqs:?}"
+        reqs.iter()
+            .all(|m| !m.raw_head.windows(8).any(|w| w == b"internal")),
+        "the backend saw /internal/secret: {:?}",
+        briefs(&reqs)
     );
-    assert_eq!(reqs.len(), 1, "exactly the upgrade request: {reqs:?}");
+    assert_eq!(
+        reqs.len(),
+        1,
+        "exactly the upgrade request: {:?}",
+        briefs(&reqs)
+    );
     assert_eq!(reqs[0].path, "/socket.io/ws-200cl");
     assert_eq!(reqs[0].body, body, "the upgrade's body, byte for byte");
 }
@@ -83,18 +107,41 @@ async fn upgrade_body_not_smuggled(io: &'static str) {
 /// (no route for /internal/ → 404), and the backend never sees it.
 async fn upgrade_body_leftover_routed_alone(io: &'static str) {
     let be = declining_backend().await;
-    let gw = Gateway::start_config(io, &routed_config("", &[("/socket.io/", "sio", &[be.addr])]));
+    let gw = Gateway::start_config(
+        io,
+        &routed_config("", &[("/socket.io/", "sio", &[be.addr])]),
+    );
     let body = b"GET /socket.io/?x HTTP/1.1\r\nX-A: ";
-    let mut bytes = upgrade("/socket.io/ws", &format!("Content-Length: {}\r\n", body.len()));
-    bytes.extend(b"GET /socket.io/?x HTTP/1.1\r\nX-A: GET /internal/secret HTTP/1.1\r\nHost: a\r\n\r\n");
+    let mut bytes = upgrade(
+        "/socket.io/ws",
+        &format!("Content-Length: {}\r\n", body.len()),
+    );
+    bytes.extend(
+        b"GET /socket.io/?x HTTP/1.1\r\nX-A: GET /internal/secret HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
     let mut c = Conn::connect(gw.addr).await;
     c.send(&bytes).await;
     let r = c.final_response(false).await;
-    assert_eq!((r.status, r.body.as_slice()), (200, &b"no"[..]), "{r:?}");
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"no"[..]),
+        "{}",
+        r.brief()
+    );
     let r = c.final_response(false).await;
-    assert_eq!(r.status, 404, "GET /internal/secret has no route: {r:?}");
+    assert_eq!(
+        r.status,
+        404,
+        "GET /internal/secret has no route: {}",
+        r.brief()
+    );
     let reqs = requests_settled(&be, 1).await;
-    assert_eq!(reqs.len(), 1, "exactly the upgrade request: {reqs:?}");
+    assert_eq!(
+        reqs.len(),
+        1,
+        "exactly the upgrade request: {:?}",
+        briefs(&reqs)
+    );
     assert_eq!(reqs[0].body, body);
 }
 
@@ -102,19 +149,28 @@ async fn upgrade_body_leftover_routed_alone(io: &'static str) {
 /// on the connection is an ordinary request to the backend.
 async fn upgrade_chunked_body_declined(io: &'static str) {
     let be = declining_backend().await;
-    let gw = Gateway::start_config(io, &routed_config("", &[("/socket.io/", "sio", &[be.addr])]));
+    let gw = Gateway::start_config(
+        io,
+        &routed_config("", &[("/socket.io/", "sio", &[be.addr])]),
+    );
     let mut bytes = upgrade("/socket.io/ws-chunked", "Transfer-Encoding: chunked\r\n");
     bytes.extend(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
     bytes.extend(b"GET /socket.io/next HTTP/1.1\r\nHost: a\r\nX-Seq: 2\r\n\r\n");
     let mut c = Conn::connect(gw.addr).await;
     c.send(&bytes).await;
     let r = c.final_response(false).await;
-    assert_eq!((r.status, r.body.as_slice()), (200, &b"no"[..]), "{r:?}");
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"no"[..]),
+        "{}",
+        r.brief()
+    );
     let r = c.final_response(false).await;
     assert_eq!(
         (r.status, r.header("x-seq"), r.header("x-path")),
         (200, Some("2"), Some("/socket.io/next")),
-        "{r:?}"
+        "{}",
+        r.brief()
     );
     let reqs = requests_settled(&be, 2).await;
     let seen: Vec<(&str, &[u8])> = reqs
@@ -134,14 +190,20 @@ async fn upgrade_chunked_body_declined(io: &'static str) {
 /// body reaches it first, then the tunnel's bytes, in order (the client sent them together).
 async fn upgrade_body_accepted(io: &'static str) {
     let be = scripted_backend(Arc::new(|_: &Message, _| Reply::Tunnel)).await;
-    let gw = Gateway::start_config(io, &routed_config("", &[("/socket.io/", "sio", &[be.addr])]));
+    let gw = Gateway::start_config(
+        io,
+        &routed_config("", &[("/socket.io/", "sio", &[be.addr])]),
+    );
     let mut bytes = upgrade("/socket.io/ws-101", "Content-Length: 5\r\n");
     bytes.extend(b"helloTUNNEL");
     let mut c = Conn::connect(gw.addr).await;
     c.send(&bytes).await;
     let r = c.response(false).await.expect("the 101");
-    assert_eq!(r.status, 101, "{r:?}");
-    assert_eq!(r.header("sec-websocket-accept"), Some(ws_accept(WS_KEY).as_str()));
+    assert_eq!(r.status, 101, "{}", r.brief());
+    assert_eq!(
+        r.header("sec-websocket-accept"),
+        Some(ws_accept(WS_KEY).as_str())
+    );
     assert_eq!(
         c.read_exact(6).await.expect("tunnel echo"),
         b"TUNNEL",
@@ -151,7 +213,10 @@ async fn upgrade_body_accepted(io: &'static str) {
     assert_eq!(c.read_exact(4).await.expect("tunnel echo"), b"more");
     let reqs = be.requests();
     assert_eq!(reqs.len(), 1);
-    assert_eq!(reqs[0].body, b"hello", "the upgrade's body, before the tunnel");
+    assert_eq!(
+        reqs[0].body, b"hello",
+        "the upgrade's body, before the tunnel"
+    );
 }
 
 /// A raw backend that answers nothing by itself: `answer` is written after the request head
@@ -223,7 +288,7 @@ async fn client_body_timeout(io: &'static str) {
             .response(false)
             .await
             .unwrap_or_else(|e| panic!("{what}: no 408: {e:?}"));
-        assert_eq!(r.status, 408, "{what}: {r:?}");
+        assert_eq!(r.status, 408, "{what}: {}", r.brief());
         assert!(c.closed().await, "{what}: client connection not closed");
         assert_flag(&eof, &format!("{what}: the backend connection closed")).await;
     }
@@ -264,17 +329,25 @@ async fn expect_continue(io: &'static str) {
     c.send(b"POST /e HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
         .await;
     let r = c.response(false).await.expect("100 Continue");
-    assert_eq!((r.version.as_str(), r.status), ("HTTP/1.1", 100), "{r:?}");
+    assert_eq!(
+        (r.version.as_str(), r.status),
+        ("HTTP/1.1", 100),
+        "{}",
+        r.brief()
+    );
     c.send(b"hello").await;
     let r = c.final_response(false).await;
-    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.status, 200, "{}", r.brief());
     assert_eq!(r.body_str(), "POST /e len=5\nhello");
     let req = &be.requests()[0];
     assert!(!req.has("expect"), "the backend got Expect: {req:?}");
     assert_eq!(req.body, b"hello");
     // the connection goes on
     c.send(&get("/after")).await;
-    assert_eq!(c.final_response(false).await.header("x-path"), Some("/after"));
+    assert_eq!(
+        c.final_response(false).await.header("x-path"),
+        Some("/after")
+    );
 }
 
 /// A backend that sends `103 Early Hints` before its `200`: an HTTP/1.1 client gets both, an
@@ -291,10 +364,15 @@ async fn interim_by_version(io: &'static str) {
     let mut c = Conn::connect(gw.addr).await;
     c.send(&get("/h11")).await;
     let r = c.response(false).await.expect("103");
-    assert_eq!(r.status, 103, "HTTP/1.1 client: {r:?}");
+    assert_eq!(r.status, 103, "HTTP/1.1 client: {}", r.brief());
     assert_eq!(r.header("link"), Some("</s.css>; rel=preload"));
     let r = c.response(false).await.expect("200");
-    assert_eq!((r.status, r.header("x-path")), (200, Some("/h11")), "{r:?}");
+    assert_eq!(
+        (r.status, r.header("x-path")),
+        (200, Some("/h11")),
+        "{}",
+        r.brief()
+    );
 
     for (what, req) in [
         ("GET", &b"GET /h10 HTTP/1.0\r\nHost: t\r\n\r\n"[..]),
@@ -309,7 +387,7 @@ async fn interim_by_version(io: &'static str) {
             .response(false)
             .await
             .unwrap_or_else(|e| panic!("HTTP/1.0 {what}: {e:?}"));
-        assert_eq!(r.status, 200, "HTTP/1.0 {what} got a 1xx or no answer: {r:?}");
+        assert_eq!(r.status, 200, "HTTP/1.0 {what} got a 1xx or no answer: {}", r.brief());
         assert_eq!(r.header("x-path"), Some("/h10"));
     }
 }

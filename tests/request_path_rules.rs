@@ -24,9 +24,13 @@ async fn duplicate_content_length(io: &'static str) {
     ] {
         let req = format!("POST /d HTTP/1.1\r\nHost: t\r\n{cl}\r\nabcd");
         let r = roundtrip(gw.addr, req.as_bytes()).await;
-        assert_eq!(r.status, 400, "{cl:?}: {r:?}");
+        assert_eq!(r.status, 400, "{cl:?}: {}", r.brief());
     }
-    assert_eq!(be.accepts(), 0, "a differing Content-Length reached a backend");
+    assert_eq!(
+        be.accepts(),
+        0,
+        "a differing Content-Length reached a backend"
+    );
     for cl in [
         "Content-Length: 3, 3\r\n",
         "Content-Length: 3\r\nContent-Length: 3\r\n",
@@ -41,7 +45,11 @@ async fn duplicate_content_length(io: &'static str) {
             String::from_utf8_lossy(&seen.raw_head)
         );
         assert_eq!(seen.body, b"abc", "{cl:?}");
-        assert_eq!((r.status, r.body_str()), (200, "POST /d len=3\nabc".into()), "{cl:?}");
+        assert_eq!(
+            (r.status, r.body_str()),
+            (200, "POST /d len=3\nabc".into()),
+            "{cl:?}"
+        );
     }
 }
 
@@ -58,9 +66,14 @@ async fn routes_match_normalised_path(io: &'static str) {
     let dotted = ["/c/../x", "/c/%2e%2e/x", "/c/%2E%2E/x", "/c/./../x"];
     for target in dotted {
         let r = roundtrip(only_c.addr, &get(target)).await;
-        assert_eq!(r.status, 404, "{target} is /x, which has no route: {r:?}");
+        assert_eq!(
+            r.status,
+            404,
+            "{target} is /x, which has no route: {}",
+            r.brief()
+        );
         let r = roundtrip(c_and_x.addr, &get(target)).await;
-        assert_eq!(r.status, 200, "{target}: {r:?}");
+        assert_eq!(r.status, 200, "{target}: {}", r.brief());
         let seen = x_be.requests().pop().expect("a request at X");
         assert_eq!(seen.path, target, "forwarded as received");
     }
@@ -69,11 +82,17 @@ async fn routes_match_normalised_path(io: &'static str) {
     assert_eq!(
         (r.status, r.header("x-path")),
         (200, Some("/c/%41bc")),
-        "/c/%41bc is /c/Abc, served by C as received: {r:?}"
+        "/c/%41bc is /c/Abc, served by C as received: {}",
+        r.brief()
     );
     for target in ["/c/%zz", "/c/%4", "/c/%"] {
         let r = roundtrip(only_c.addr, &get(target)).await;
-        assert_eq!(r.status, 400, "bad percent-encoding {target}: {r:?}");
+        assert_eq!(
+            r.status,
+            400,
+            "bad percent-encoding {target}: {}",
+            r.brief()
+        );
     }
     let at_c: Vec<String> = c_be.requests().into_iter().map(|m| m.path).collect();
     assert_eq!(at_c, vec!["/c/%41bc"], "C served only /c/%41bc");
@@ -82,7 +101,10 @@ async fn routes_match_normalised_path(io: &'static str) {
 /// Sends `head`, then keeps writing `more` (bounded: 32 × 512 B, 10 ms apart) while reading;
 /// returns what was read before EOF or an error, and the error if one came before any
 /// complete response head.
-async fn read_while_sending(addr: std::net::SocketAddr, head: Vec<u8>) -> (Vec<u8>, Option<String>) {
+async fn read_while_sending(
+    addr: std::net::SocketAddr,
+    head: Vec<u8>,
+) -> (Vec<u8>, Option<String>) {
     let s = within("connect", TcpStream::connect(addr)).await.unwrap();
     let (mut rd, mut wr) = s.into_split();
     let writer = tokio::spawn(async move {
@@ -130,7 +152,10 @@ async fn rejections_are_read(io: &'static str) {
     let bad = b"GET /\x01bad HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n".to_vec();
     for (what, head, status) in [("17 KB URI", long, 431), ("malformed head", bad, 400)] {
         let (got, err) = read_while_sending(gw.addr, head).await;
-        assert_eq!(err, None, "{what}: the read failed before the status arrived");
+        assert_eq!(
+            err, None,
+            "{what}: the read failed before the status arrived"
+        );
         let text = String::from_utf8_lossy(&got);
         assert!(
             text.starts_with(&format!("HTTP/1.1 {status} ")),
@@ -138,6 +163,64 @@ async fn rejections_are_read(io: &'static str) {
         );
     }
     assert_eq!(be.accepts(), 0);
+}
+
+/// 100 KB of `x` after a `200`, so a few answers fill a slow reader's window.
+fn big_reply(_: &Message) -> Vec<u8> {
+    let mut out = b"HTTP/1.1 200 OK\r\nContent-Length: 102400\r\n\r\n".to_vec();
+    out.resize(out.len() + 102_400, b'x');
+    out
+}
+
+/// A pipelining client with a small receive window that reads late: its bad third request's
+/// status (a malformed head; a 17 KB URI) is still queued behind the earlier answers when the
+/// gateway gives up on the connection, and the client sends more bytes after that. Closing
+/// with those unread resets the connection and drops the queued answers; the client must read
+/// all of them, the status last.
+async fn rejection_behind_slow_reads(io: &'static str) {
+    let be = scripted_backend(Arc::new(|_: &Message, _| Reply::After(big_reply))).await;
+    let gw = Gateway::start_config(io, &routed_config("", &[("/", "main", &[be.addr])]));
+    let long = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "u".repeat(17 * 1024));
+    for (what, bad, status) in [
+        (
+            "malformed head",
+            "GET /\x01bad HTTP/1.1\r\nHost: t\r\n\r\n".to_string(),
+            400,
+        ),
+        ("17 KB URI", long, 431),
+    ] {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let s = within("connect", sock.connect(gw.addr)).await.unwrap();
+        let mut c = Conn::new(s);
+        let mut reqs = Vec::new();
+        for _ in 0..2 {
+            reqs.extend(get("/big"));
+        }
+        reqs.extend(bad.as_bytes());
+        c.send(&reqs).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // more bytes after the gateway gave up, well within its bounded drain
+        c.send(format!("X-Pad: {}\r\n", "p".repeat(4000)).as_bytes())
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for i in 0..2 {
+            let r = c
+                .response(false)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: answer {i}: {e:?}"));
+            assert_eq!(
+                (r.status, r.body.len()),
+                (200, 102_400),
+                "{what}: answer {i}"
+            );
+        }
+        let r = c
+            .response(false)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: no {status} after the answers: {e:?}"));
+        assert_eq!(r.status, status, "{what}: {}", r.brief());
+    }
 }
 
 const ERRORS: &str = "ringway_errors_total";
@@ -179,7 +262,10 @@ async fn backend_reset_counted_once(io: &'static str) {
             set_rst_on_close(&c.s);
         })
         .await;
-        let gw = Gateway::start_config(io, &routed_config(admin_top(), &[("/", "main", &[be.addr])]));
+        let gw = Gateway::start_config(
+            io,
+            &routed_config(admin_top(), &[("/", "main", &[be.addr])]),
+        );
         let before = gw.metrics().await;
         let mut c = Conn::connect(gw.addr).await;
         c.send(&get("/reset")).await;
@@ -187,15 +273,28 @@ async fn backend_reset_counted_once(io: &'static str) {
         if answer.is_empty() {
             assert_eq!(r.expect("a 502").status, 502, "{what}");
         } else {
-            assert!(r.is_err(), "{what}: a truncated response, got {r:?}");
+            assert!(
+                r.is_err(),
+                "{what}: a truncated response, got {:?}",
+                r.map(|m| m.brief())
+            );
         }
         let reset = [("kind", "backend_reset")];
         let want = before.sum(ERRORS, &reset) + 1.0;
         let got = settled(&gw, want, |m| m.sum(ERRORS, &reset)).await;
-        assert_eq!(got, want, "{what}: backend_reset counted {} times", got - want + 1.0);
+        assert_eq!(
+            got,
+            want,
+            "{what}: backend_reset counted {} times",
+            got - want + 1.0
+        );
         let all = gw.metrics().await.sum(ERRORS, &[]);
-        assert_eq!(all, before.sum(ERRORS, &[]) + 1.0, "{what}: other errors counted too:\n{}",
-            gw.metrics().await.text);
+        assert_eq!(
+            all,
+            before.sum(ERRORS, &[]) + 1.0,
+            "{what}: other errors counted too:\n{}",
+            gw.metrics().await.text
+        );
     }
 }
 
@@ -212,13 +311,18 @@ async fn no_backend_counted_once(io: &'static str) {
     let gw = Gateway::start_config(io, &cfg);
     let before = gw.metrics().await;
     let r = roundtrip(gw.addr, &get("/none")).await;
-    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.status, 503, "{}", r.brief());
     let nb = [("kind", "no_backend")];
     let want = before.sum(ERRORS, &nb) + 1.0;
     let got = settled(&gw, want, |m| m.sum(ERRORS, &nb)).await;
     assert_eq!(got, want, "no_backend counted {} times", got - want + 1.0);
     let m = gw.metrics().await;
-    assert_eq!(m.sum(ERRORS, &[]), before.sum(ERRORS, &[]) + 1.0, "{}", m.text);
+    assert_eq!(
+        m.sum(ERRORS, &[]),
+        before.sum(ERRORS, &[]) + 1.0,
+        "{}",
+        m.text
+    );
 }
 
 /// A `101` to a request that asked for no upgrade: 502, counted as a bad response, not as a
@@ -235,10 +339,13 @@ async fn unasked_101_is_bad_response(io: &'static str) {
         }
     })
     .await;
-    let gw = Gateway::start_config(io, &routed_config(admin_top(), &[("/", "main", &[be.addr])]));
+    let gw = Gateway::start_config(
+        io,
+        &routed_config(admin_top(), &[("/", "main", &[be.addr])]),
+    );
     let before = gw.metrics().await;
     let r = roundtrip(gw.addr, &get("/plain")).await;
-    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(r.status, 502, "{}", r.brief());
     let bad = [("kind", "bad_response")];
     let want = before.sum(ERRORS, &bad) + 1.0;
     let got = settled(&gw, want, |m| m.sum(ERRORS, &bad)).await;
@@ -251,13 +358,19 @@ async fn unasked_101_is_bad_response(io: &'static str) {
         "counted as a failed upgrade:\n{}",
         m.text
     );
-    assert_eq!(m.sum(ERRORS, &[]), before.sum(ERRORS, &[]) + 1.0, "{}", m.text);
+    assert_eq!(
+        m.sum(ERRORS, &[]),
+        before.sum(ERRORS, &[]) + 1.0,
+        "{}",
+        m.text
+    );
 }
 
 both_io!(
     duplicate_content_length,
     routes_match_normalised_path,
     rejections_are_read,
+    rejection_behind_slow_reads,
     backend_reset_counted_once,
     no_backend_counted_once,
     unasked_101_is_bad_response,

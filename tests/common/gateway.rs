@@ -277,9 +277,7 @@ impl Gateway {
         )
         .await;
         assert_eq!(r.status, 200, "/metrics: {r:?}");
-        Metrics {
-            text: r.body_str(),
-        }
+        Metrics { text: r.body_str() }
     }
 }
 
@@ -447,6 +445,15 @@ impl Message {
     }
     pub fn body_str(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// Head as text and the body's size and start, for assertion messages.
+    pub fn brief(&self) -> String {
+        let body = String::from_utf8_lossy(&self.body[..self.body.len().min(120)]).into_owned();
+        format!(
+            "{:?} + body {} B {body:?}",
+            String::from_utf8_lossy(&self.raw_head),
+            self.body.len()
+        )
     }
 }
 
