@@ -199,8 +199,8 @@ async fn rejection_behind_slow_reads(io: &'static str) {
         }
         reqs.extend(bad.as_bytes());
         c.send(&reqs).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        // more bytes after the gateway gave up, well within its bounded drain
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // more bytes around the time the gateway gives up, well within a bounded drain (1 s)
         c.send(format!("X-Pad: {}\r\n", "p".repeat(4000)).as_bytes())
             .await;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -309,7 +309,17 @@ async fn no_backend_counted_once(io: &'static str) {
         admin_top()
     );
     let gw = Gateway::start_config(io, &cfg);
-    let before = gw.metrics().await;
+    // the health state reaches the workers' tables asynchronously: wait until it says down
+    let mut before = gw.metrics().await;
+    for _ in 0..100 {
+        if before.text.contains("ringway_backend_up{")
+            && before.sum("ringway_backend_up", &[]) == 0.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        before = gw.metrics().await;
+    }
     let r = roundtrip(gw.addr, &get("/none")).await;
     assert_eq!(r.status, 503, "{}", r.brief());
     let nb = [("kind", "no_backend")];
