@@ -247,6 +247,99 @@ impl Gateway {
     }
 }
 
+/// Admin and `/metrics` access, for tests whose config sets `admin = "127.0.0.1:0"`.
+impl Gateway {
+    /// The admin listener's address, read (bounded wait) from its "admin listening" log line.
+    pub async fn admin_addr(&self) -> SocketAddr {
+        for _ in 0..200 {
+            let log = self.log();
+            let found = log
+                .lines()
+                .filter(|l| l.contains("admin listening"))
+                .find_map(|l| field(l, "addr").and_then(|a| a.parse().ok()));
+            if let Some(a) = found {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "no \"admin listening\" line (does the config set admin?)\n--- log ---\n{}",
+            self.log()
+        );
+    }
+
+    /// One scrape of `/metrics` on the admin listener.
+    pub async fn metrics(&self) -> Metrics {
+        let admin = self.admin_addr().await;
+        let r = roundtrip(
+            admin,
+            b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(r.status, 200, "/metrics: {r:?}");
+        Metrics { text: r.body_str() }
+    }
+}
+
+/// A `/metrics` text (Prometheus exposition format).
+pub struct Metrics {
+    pub text: String,
+}
+
+impl Metrics {
+    /// Sum of every sample of `name` whose labels include all of `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let mut total = 0.0;
+        for line in self.text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let (n, body) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if n != name {
+                continue;
+            }
+            let has = |k: &str, v: &str| {
+                body.split("\",")
+                    .filter_map(|p| p.split_once("=\""))
+                    .any(|(a, b)| a == k && b.trim_end_matches('"') == v)
+            };
+            if labels.iter().all(|(k, v)| has(k, v)) {
+                total += value.parse::<f64>().unwrap_or(0.0);
+            }
+        }
+        total
+    }
+}
+
+/// A config: `top` first (top-level keys such as `admin`, then sections such as `[timeouts]`),
+/// one http listener `main` on 127.0.0.1:0 with no default upstream, and for each
+/// `(path_prefix, upstream name, backends)` an upstream routed by that prefix, in order.
+pub fn routed_config(top: &str, routes: &[(&str, &str, &[SocketAddr])]) -> String {
+    let mut s = format!(
+        "{top}\n\n[[listener]]\nname = \"main\"\nbind = \"127.0.0.1:0\"\nmode = \"http\"\n"
+    );
+    for (prefix, up, _) in routes {
+        s.push_str(&format!(
+            "\n[[route]]\npath_prefix = \"{prefix}\"\nupstream = \"{up}\"\n"
+        ));
+    }
+    for (_, up, backends) in routes {
+        let list: Vec<String> = backends
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{{ name = \"{up}{i}\", address = \"{a}\" }}"))
+            .collect();
+        s.push_str(&format!(
+            "\n[[upstream]]\nname = \"{up}\"\nbackends = [{}]\n",
+            list.join(", ")
+        ));
+    }
+    s
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         let crashed = self.child.try_wait().ok().flatten();
@@ -352,6 +445,15 @@ impl Message {
     }
     pub fn body_str(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// Head as text and the body's size and start, for assertion messages.
+    pub fn brief(&self) -> String {
+        let body = String::from_utf8_lossy(&self.body[..self.body.len().min(120)]).into_owned();
+        format!(
+            "{:?} + body {} B {body:?}",
+            String::from_utf8_lossy(&self.raw_head),
+            self.body.len()
+        )
     }
 }
 
@@ -563,6 +665,39 @@ impl Conn {
         panic!("too many interim responses")
     }
 
+    /// Exactly `n` bytes (from the buffer, then the stream).
+    pub async fn read_exact(&mut self, n: usize) -> Result<Vec<u8>, ReadErr> {
+        self.exact(n).await
+    }
+
+    /// One request head (backend side), body not read: see `request_body`.
+    pub async fn request_head(&mut self) -> Result<Message, ReadErr> {
+        let raw = self.head().await?;
+        parse_head(&raw, true)
+    }
+
+    /// The body of request `m` (read with `request_head`), per its framing, into `m.body`.
+    pub async fn request_body(&mut self, m: &mut Message) -> Result<(), ReadErr> {
+        let te_chunked = m
+            .header("transfer-encoding")
+            .is_some_and(|v| v.to_ascii_lowercase().trim().ends_with("chunked"));
+        if te_chunked {
+            m.framing = "chunked";
+            self.chunked(m).await
+        } else if let Some(cl) = m.header("content-length") {
+            let n: usize = cl
+                .trim()
+                .parse()
+                .map_err(|_| ReadErr::Invalid(format!("bad content-length {cl:?}")))?;
+            m.framing = "length";
+            m.body = self.exact(n).await?;
+            Ok(())
+        } else {
+            m.framing = "none";
+            Ok(())
+        }
+    }
+
     /// Reads one request (backend side). Sends `100 Continue` first when asked
     /// (`expect_reply`) and the request carries `Expect: 100-continue`.
     pub async fn request(&mut self, expect_reply: bool) -> Result<Message, ReadErr> {
@@ -727,6 +862,110 @@ pub async fn http_backend(respond: Responder) -> Backend {
                 }
                 let text = String::from_utf8_lossy(&resp).to_ascii_lowercase();
                 if close_req || text.contains("connection: close") {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    b.requests = requests;
+    b
+}
+
+/// What a `scripted_backend` does with one request, decided from its head.
+pub enum Reply {
+    /// Read the body, then answer `respond(request with its body)`.
+    After(fn(&Message) -> Vec<u8>),
+    /// Answer these bytes first, then read the body (as a server declining an upgrade may).
+    Before(Vec<u8>),
+    /// Read the body, then reset the connection (RST) without answering.
+    Reset,
+    /// Read the body, accept the WebSocket upgrade (101, right accept), then echo every byte.
+    Tunnel,
+}
+
+/// `Reply::After(echo_reply)`: `200`, `X-Seq` and `X-Path` echoed, body `METHOD PATH len=N\n`
+/// then the request body (none for HEAD, with the Content-Length a GET would get).
+pub fn echo_reply(m: &Message) -> Vec<u8> {
+    let mut body = format!("{} {} len={}\n", m.method, m.path, m.body.len()).into_bytes();
+    body.extend_from_slice(&m.body);
+    let mut out = format!(
+        "HTTP/1.1 200 OK\r\nX-Seq: {}\r\nX-Path: {}\r\nContent-Length: {}\r\n\r\n",
+        m.header("x-seq").unwrap_or("-"),
+        m.path,
+        body.len()
+    )
+    .into_bytes();
+    if m.method != "HEAD" {
+        out.extend(body);
+    }
+    out
+}
+
+pub type Script = Arc<dyn Fn(&Message, usize) -> Reply + Send + Sync>;
+
+/// A keep-alive backend that never sends `100 Continue` on its own and records every request
+/// with the exact body bytes it read (a request whose body could not be read is recorded with
+/// framing "broken", then the connection is dropped). `script(head, connection index)` decides
+/// the reply. Closes after a reply with `Connection: close` or when the request asked to close.
+pub async fn scripted_backend(script: Script) -> Backend {
+    let requests: Arc<Mutex<Vec<Message>>> = Arc::new(Mutex::new(Vec::new()));
+    let reqs = requests.clone();
+    let mut b = raw_backend(move |s, n| {
+        let script = script.clone();
+        let reqs = reqs.clone();
+        async move {
+            let mut c = Conn::new(s);
+            while let Ok(mut req) = c.request_head().await {
+                let reply = script(&req, n);
+                if let Reply::Before(bytes) = &reply {
+                    if c.s.write_all(bytes).await.is_err() {
+                        reqs.lock().unwrap().push(req);
+                        return;
+                    }
+                }
+                let body = c.request_body(&mut req).await;
+                if body.is_err() {
+                    req.framing = "broken";
+                }
+                reqs.lock().unwrap().push(req.clone());
+                if body.is_err() {
+                    return;
+                }
+                let sent = match reply {
+                    Reply::Before(bytes) => bytes,
+                    Reply::After(respond) => {
+                        let bytes = respond(&req);
+                        if c.s.write_all(&bytes).await.is_err() {
+                            return;
+                        }
+                        bytes
+                    }
+                    Reply::Reset => {
+                        set_rst_on_close(&c.s);
+                        return;
+                    }
+                    Reply::Tunnel => {
+                        let key = req.header("sec-websocket-key").unwrap_or("");
+                        let resp = format!(
+                            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                             Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                            ws_accept(key)
+                        );
+                        if c.s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let early: Vec<u8> = c.buf.drain(..).collect();
+                        if c.s.write_all(&early).await.is_err() {
+                            return;
+                        }
+                        let (mut rd, mut wr) = c.s.split();
+                        let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                        return;
+                    }
+                };
+                let text = String::from_utf8_lossy(&sent).to_ascii_lowercase();
+                if req.connection_has("close") || text.contains("connection: close") {
                     return;
                 }
             }
