@@ -32,6 +32,7 @@
 //! warm-up they do not allocate either.
 
 pub mod chunked;
+pub mod client_hello;
 pub mod cookie;
 pub mod forward;
 pub mod head;
