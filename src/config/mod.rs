@@ -18,6 +18,7 @@ use std::time::Duration;
 pub use describe::describe;
 pub use duration::{format_duration, parse_duration};
 pub use raw::RawConfig;
+pub use validate::check_log_level;
 
 /// Validates a `RawConfig` built in code (the CLI's quick form goes through the same checks).
 pub fn validate_raw(raw: RawConfig) -> Result<Config, ConfigErrors> {
