@@ -182,11 +182,17 @@ async fn errors_are_counted_by_kind_and_side() {
         v["upstreams"][0]["backends"][0]["reason"], "down-passive",
         "{body}"
     );
-    let (status, _, body) = http_get(gw.admin, "/readyz").await.unwrap();
+    assert_eq!(v["upstreams"][0]["up"], false, "{body}");
     assert_eq!(
-        (status, body.trim()),
-        (503, "upstream main has no backend up")
+        s.sum("ringway_upstream_up", &[("upstream", "main")]),
+        0.0,
+        "{}",
+        s.text
     );
+    // An upstream with nothing up is reported above, not by readiness (issue 11 item 7): the
+    // node can still take connections.
+    let (status, _, body) = http_get(gw.admin, "/readyz").await.unwrap();
+    assert_eq!((status, body.trim()), (200, "ready"));
 }
 
 /// Waits until the upstream holds no live connection, so bounded load can't move the next key.

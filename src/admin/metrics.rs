@@ -200,6 +200,11 @@ impl Collector for Scrape {
                 )
             })
         })?;
+        family(&mut enc, &names::UPSTREAM_UP, |m| {
+            gen.upstreams
+                .iter()
+                .try_for_each(|u| gauge(m, [("upstream", &u.cfg.name)], u.has_backend_up() as i64))
+        })?;
         family(&mut enc, &names::UPGRADES, |m| {
             gen.upstreams.iter().try_for_each(|u| {
                 let (ok, failed) = u.counters.upgrades();

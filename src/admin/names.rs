@@ -104,6 +104,10 @@ pub const TUNNEL_DURATION: Def = seconds_histogram(
     "ringway_tunnel_duration",
     "Lifetime of finished tunnels (WebSocket after 101, tcp mode).",
 );
+pub const UPSTREAM_UP: Def = gauge(
+    "ringway_upstream_up",
+    "1 when some backend of the upstream can take a new connection, else 0 (/readyz ignores it unless required_for_ready).",
+);
 pub const BACKEND_UP: Def = gauge(
     "ringway_backend_up",
     "1 when a backend may take new connections by health (active probe up, not passively down), else 0.",
@@ -153,6 +157,7 @@ pub const ALL: &[&Def] = &[
     &BACKEND_CONNECT,
     &TUNNEL_DURATION,
     &BACKEND_UP,
+    &UPSTREAM_UP,
     &DNS_UPDATES,
     &CONFIG_RELOADS,
     &IO_BACKEND,

@@ -186,6 +186,9 @@ pub struct UpstreamConfig {
     pub discovery: Discovery,
     pub dns: DnsOptions,
     pub health: HealthConfig,
+    /// `/readyz` is 503 while this upstream has no backend that can take a connection. Off by
+    /// default: one empty upstream must not take every edge node out of the load balancer.
+    pub required_for_ready: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

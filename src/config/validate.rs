@@ -657,6 +657,7 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
         discovery,
         dns,
         health,
+        required_for_ready: u.required_for_ready.unwrap_or(false),
     })
 }
 
