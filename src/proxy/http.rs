@@ -62,6 +62,7 @@ struct Exchange {
     expect_continue: bool,
     /// `Sec-WebSocket-Key` of a validated upgrade.
     ws_key: Option<([u8; 32], usize)>,
+    info: access::RequestInfo,
 }
 
 pub async fn serve<D: Driver>(
@@ -126,7 +127,7 @@ pub async fn serve<D: Driver>(
             .head_parse
             .observe_us(parse_started.elapsed().as_micros() as u64);
         let req_is_head = req.method == "HEAD";
-        crate::metrics::bump(&w.counters().requests, 1);
+        let info = access::RequestInfo::capture(&cfg.log, &req);
 
         // ---- 2. route and pick
         let Some(ui) = super::route::route(cfg, lcfg, req.host, req.path) else {
@@ -198,7 +199,7 @@ pub async fn serve<D: Driver>(
                 forward_host: lcfg.forward_host,
                 upgrade: ws.is_some(),
                 strip_cookie: strip,
-                extra_header: None,
+                extra_header: Some(info.header()),
             },
         );
         let ex = Exchange {
@@ -213,6 +214,7 @@ pub async fn serve<D: Driver>(
                 .header("expect")
                 .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue")),
             ws_key: ws,
+            info,
         };
         let head_len = req.head_len;
         buf.drain(..head_len);
@@ -449,6 +451,8 @@ async fn exchange<D: Driver>(
                 listener: &lcfg.name,
                 upstream: &up.cfg.name,
                 backend: table.name(conn.index).unwrap_or("-"),
+                backend_addr: table.addr(conn.index),
+                request: Some(&ex.info),
                 status: code,
                 started,
                 bytes_up: 0,
@@ -578,6 +582,8 @@ pub fn account_tunnel(
             listener: who.listener,
             upstream: who.upstream,
             backend: table.name(index).unwrap_or("-"),
+            backend_addr: table.addr(index),
+            request: None,
             status: who.status,
             started,
             bytes_up: moved.up,
