@@ -407,7 +407,6 @@ async fn exchange<D: Driver>(
                 return Next::Close;
             }
             up.counters.upgrade(w.id, true);
-            crate::metrics::bump(&w.counters().handshakes, 1);
             return Next::Tunnel;
         }
 
@@ -444,6 +443,7 @@ async fn exchange<D: Driver>(
             Ok(n) => n,
             Err(e) => return body_failed::<D>(w, client, e, false).await,
         };
+        up.counters.response(w.id, started);
         access::log(
             &cfg.log,
             access::Entry {
