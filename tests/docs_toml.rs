@@ -73,3 +73,49 @@ fn the_extractor_finds_blocks_and_their_lines() {
         vec![(3, "a = 1\n".to_string()), (9, "c = 2\n".to_string())]
     );
 }
+
+/// Every `ringway_*` / `process_*` metric name the docs, the README and the Grafana dashboard
+/// mention is one the gateway exports (after a family is merged away, nothing still shows it).
+#[test]
+fn every_metric_named_in_docs_and_dashboard_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut known = std::collections::HashSet::new();
+    for def in ringway::admin::names::ALL {
+        let s = def.sample();
+        for suffix in ["", "_bucket", "_count", "_sum"] {
+            known.insert(format!("{s}{suffix}"));
+        }
+    }
+    let mut files = docs();
+    files.push(root.join("deploy/kubernetes/grafana/ringway-dashboard.json"));
+    let mut unknown = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let bytes = text.as_bytes();
+        for prefix in ["ringway_", "process_"] {
+            for (i, _) in text.match_indices(prefix) {
+                if i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_') {
+                    continue;
+                }
+                let end = text[i..]
+                    .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                    .map_or(text.len(), |n| i + n);
+                let name = &text[i..end];
+                // Not metric names: Rust paths, the crate name in a log target, file names.
+                let prose = name.ends_with('_')
+                    || text[end..].starts_with("::")
+                    || text[end..].starts_with('.');
+                if !prose && !known.contains(name) {
+                    unknown.push(format!("{}: {name}", file.display()));
+                }
+            }
+        }
+    }
+    unknown.sort();
+    unknown.dedup();
+    assert!(
+        unknown.is_empty(),
+        "unknown metric names:\n{}",
+        unknown.join("\n")
+    );
+}
