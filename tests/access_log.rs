@@ -53,6 +53,11 @@ async fn requests_and_tunnels_get_one_line_each() {
         .find(|v| v["status"] == 101)
         .expect("a tunnel line");
     assert_eq!(tunnel["end"], "closed");
+    // The tunnel's line names the upgrade request it started from, with its request id.
+    assert_eq!(tunnel["method"], "GET", "{tunnel}");
+    assert_ne!(tunnel["path"], "-", "{tunnel}");
+    assert_eq!(tunnel["request_id"].as_str().unwrap().len(), 32, "{tunnel}");
+    assert_ne!(tunnel["request_id"], request["request_id"], "{tunnel}");
     assert!(tunnel["bytes_up"].as_u64().unwrap() >= 5, "{tunnel}");
     assert!(tunnel["bytes_down"].as_u64().unwrap() >= 5, "{tunnel}");
     assert_eq!(gw.stop(), Some(0));

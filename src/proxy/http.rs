@@ -248,6 +248,7 @@ pub async fn serve<D: Driver>(
                 let w = w.clone();
                 let gen = gen.clone();
                 let listener = lcfg.name.clone();
+                let info = ex.info;
                 rio::spawn_local(async move {
                     let up = &gen.upstreams[ui];
                     let drain = up.cfg.dns.drain_timeout.is_some();
@@ -262,6 +263,7 @@ pub async fn serve<D: Driver>(
                         listener: &listener,
                         upstream: &up.cfg.name,
                         status: 101,
+                        request: Some(&info),
                     };
                     account_tunnel(&w, &table, conn.index, end, moved, started, &who);
                     drop(life);
@@ -562,6 +564,8 @@ pub struct Who<'a> {
     pub upstream: &'a str,
     /// 101 for an upgraded tunnel, 0 in tcp mode.
     pub status: u16,
+    /// The upgrade request (http mode), for the access log.
+    pub request: Option<&'a access::RequestInfo>,
 }
 
 /// Metrics for a finished tunnel: bytes per backend, lifetime, how it ended.
@@ -583,7 +587,7 @@ pub fn account_tunnel(
             upstream: who.upstream,
             backend: table.name(index).unwrap_or("-"),
             backend_addr: table.addr(index),
-            request: None,
+            request: who.request,
             status: who.status,
             started,
             bytes_up: moved.up,

@@ -74,6 +74,7 @@ pub async fn serve<D: Driver>(
         listener: &lcfg.name,
         upstream: &up.cfg.name,
         status: 0,
+        request: None,
     };
     super::http::account_tunnel(w, &table, backend.index, end, moved, started, &who);
 }
