@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
@@ -38,8 +39,9 @@ enum Command {
 
 #[derive(clap::Args, Debug, Default)]
 pub struct RunArgs {
-    /// Config file (TOML); the quick-form flags below are then not allowed.
-    #[arg(long, short, conflicts_with_all = ["listen", "backend", "dns_backend"])]
+    /// Config file (TOML). The quick-form flags (marked "Quick form") are then refused (exit
+    /// 64); --workers, --io, --admin and the log flags override the file.
+    #[arg(long, short)]
     pub config: Option<PathBuf>,
     /// Quick form: address to listen on.
     #[arg(long)]
@@ -53,9 +55,9 @@ pub struct RunArgs {
     /// Quick form: DNS server ADDR:PORT for --dns-backend (default: /etc/resolv.conf).
     #[arg(long)]
     pub resolver: Option<String>,
-    /// Quick form: http or tcp.
-    #[arg(long, default_value = "http")]
-    pub mode: String,
+    /// Quick form: http (default) or tcp.
+    #[arg(long)]
+    pub mode: Option<String>,
     /// Quick form: balancing policy (round-robin, least-conn, hash:ip, cookie, ...).
     #[arg(long)]
     pub balance: Option<String>,
@@ -77,16 +79,20 @@ pub struct RunArgs {
     /// One log line per request and per tunnel close (target `ringway::access`).
     #[arg(long = "access-log")]
     pub access_log: bool,
-    /// Accept the PROXY protocol on the quick-form listener.
+    /// Log level or filter (trace, debug, info, warn, error, or e.g. "info,ringway::access=off");
+    /// overrides `log.level`. RUST_LOG, when set, overrides both.
+    #[arg(long = "log-level")]
+    pub log_level: Option<String>,
+    /// Quick form: accept the PROXY protocol on the listener.
     #[arg(long)]
     pub proxy_protocol: bool,
-    /// tcp mode: send a PROXY header (v1 or v2) to backends.
+    /// Quick form, tcp mode: send a PROXY header (v1 or v2) to backends.
     #[arg(long)]
     pub send_proxy: Option<String>,
-    /// Tunnel idle timeout (e.g. "300s"; default off).
+    /// Quick form: tunnel idle timeout (e.g. "300s"; default off).
     #[arg(long)]
     pub tunnel_idle: Option<String>,
-    /// Drain time on SIGTERM (e.g. "30s").
+    /// Quick form: drain time on SIGTERM (e.g. "30s").
     #[arg(long)]
     pub drain: Option<String>,
 }
@@ -115,7 +121,9 @@ pub fn main() -> i32 {
                     return EXIT_CONFIG;
                 }
             };
-            crate::control::run(config, path, *args)
+            let args: Arc<RunArgs> = Arc::from(args);
+            let overrides: crate::control::Overrides = Arc::new(move |c| apply_overrides(c, &args));
+            crate::control::run(config, path, overrides)
         }
     }
 }
@@ -125,7 +133,18 @@ pub fn main() -> i32 {
 pub fn load_run_config(args: &RunArgs) -> Result<(Config, Option<PathBuf>), ConfigErrors> {
     let mut config = match &args.config {
         Some(path) => {
-            return apply_overrides(Config::load(path)?, args).map(|c| (c, Some(path.clone())))
+            let quick = quick_flags_given(args);
+            if !quick.is_empty() {
+                return Err(one_error(
+                    "--config",
+                    format!(
+                        "quick-form flag(s) {} cannot be combined with --config (they would be ignored): set them in {}, or drop --config",
+                        quick.join(", "),
+                        path.display()
+                    ),
+                ));
+            }
+            return apply_overrides(Config::load(path)?, args).map(|c| (c, Some(path.clone())));
         }
         None => quick_config(args)?,
     };
@@ -133,7 +152,28 @@ pub fn load_run_config(args: &RunArgs) -> Result<(Config, Option<PathBuf>), Conf
     Ok((config, None))
 }
 
-fn apply_overrides(mut c: Config, args: &RunArgs) -> Result<Config, ConfigErrors> {
+/// The quick-form flags present on the command line, spelled as typed. With `--config` they
+/// would be ignored, which is worse than refusing them.
+fn quick_flags_given(args: &RunArgs) -> Vec<&'static str> {
+    let given = [
+        ("--listen", args.listen.is_some()),
+        ("--backend", !args.backend.is_empty()),
+        ("--dns-backend", !args.dns_backend.is_empty()),
+        ("--resolver", args.resolver.is_some()),
+        ("--mode", args.mode.is_some()),
+        ("--balance", args.balance.is_some()),
+        ("--cookie-secret", args.cookie_secret.is_some()),
+        ("--proxy-protocol", args.proxy_protocol),
+        ("--send-proxy", args.send_proxy.is_some()),
+        ("--tunnel-idle", args.tunnel_idle.is_some()),
+        ("--drain", args.drain.is_some()),
+    ];
+    given.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect()
+}
+
+/// The flags that override a config (file or quick form); applied again to the file on every
+/// reload, so a SIGHUP keeps `--access-log`, `--log-level` and the rest.
+pub fn apply_overrides(mut c: Config, args: &RunArgs) -> Result<Config, ConfigErrors> {
     if let Some(w) = args.workers {
         c.workers = w;
     }
@@ -162,6 +202,10 @@ fn apply_overrides(mut c: Config, args: &RunArgs) -> Result<Config, ConfigErrors
     }
     if args.access_log {
         c.log.access = true;
+    }
+    if let Some(level) = &args.log_level {
+        crate::config::check_log_level(level).map_err(|m| one_error("--log-level", m))?;
+        c.log.level = level.clone();
     }
     if let Some(f) = &args.log_format {
         c.log.format = match f.as_str() {
@@ -197,7 +241,7 @@ fn quick_config(args: &RunArgs) -> Result<Config, ConfigErrors> {
     r.listener.push(raw::RawListener {
         name: Some("main".into()),
         bind: Some(listen.clone()),
-        mode: Some(args.mode.clone()),
+        mode: Some(args.mode.clone().unwrap_or_else(|| "http".into())),
         upstream: Some("main".into()),
         proxy_protocol: Some(args.proxy_protocol),
         ..Default::default()

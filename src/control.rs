@@ -1,4 +1,4 @@
-//! The control plane, on the main thread: logging, the data plane's start and stop, signals
+//! The control plane, on the main thread: the data plane's start and stop, signals
 //! (SIGTERM/SIGINT drain, SIGHUP reload). Admin and discovery run on this thread's runtime too,
 //! never on a worker.
 
@@ -8,27 +8,18 @@ use std::sync::Arc;
 
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::RunArgs;
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, ConfigErrors};
 use crate::runtime::{self, DataPlane};
 use crate::state::{Phase, Shared, WorkerCmd};
 
-pub fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
+/// Re-applies the command line's overrides to a config read from the file (at reload), so a
+/// SIGHUP keeps `--access-log`, `--log-level` and the rest. Built by `cli`; `control` never
+/// sees the flags themselves.
+pub type Overrides = Arc<dyn Fn(Config) -> Result<Config, ConfigErrors> + Send + Sync>;
 
 /// Runs until SIGTERM/SIGINT and the drain that follows. Returns the exit status.
-pub fn run(mut config: Config, path: Option<PathBuf>, _args: RunArgs) -> i32 {
-    init_logging(config.log.format, &config.log.level);
+pub fn run(mut config: Config, path: Option<PathBuf>, overrides: Overrides) -> i32 {
+    crate::logging::init(config.log.format, &config.log.level);
     runtime::resolve_workers(&mut config);
     if let Err(e) = runtime::check_kernel_fd_limit(config.workers) {
         tracing::error!("{e:#}");
@@ -56,8 +47,8 @@ pub fn run(mut config: Config, path: Option<PathBuf>, _args: RunArgs) -> i32 {
     let outcome = rt.block_on(async {
         crate::discovery::spawn(shared.clone());
         if let Some(addr) = shared.gen.load().config.admin {
-            let (s, p) = (shared.clone(), path.clone());
-            let reloader: crate::admin::Reloader = Arc::new(move || reload(&s, p.as_deref()));
+            let (s, p, o) = (shared.clone(), path.clone(), overrides.clone());
+            let reloader: crate::admin::Reloader = Arc::new(move || reload(&s, p.as_deref(), &o));
             match crate::admin::spawn(shared.clone(), addr, reloader).await {
                 Ok(bound) => tracing::info!(addr = %bound, "admin listening"),
                 Err(e) => {
@@ -66,7 +57,7 @@ pub fn run(mut config: Config, path: Option<PathBuf>, _args: RunArgs) -> i32 {
                 }
             }
         }
-        control_loop(shared, path).await;
+        control_loop(shared, path, overrides).await;
         // Keep this runtime (admin, discovery) serving while the workers drain: /readyz must
         // keep answering 503 and /metrics keep counting until the process exits.
         let _ = tokio::task::spawn_blocking(move || plane.stop()).await;
@@ -92,7 +83,7 @@ fn warn_about_kernel() {
     }
 }
 
-async fn control_loop(shared: Arc<Shared>, path: Option<PathBuf>) {
+async fn control_loop(shared: Arc<Shared>, path: Option<PathBuf>, overrides: Overrides) {
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -105,7 +96,7 @@ async fn control_loop(shared: Arc<Shared>, path: Option<PathBuf>) {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => { reload(&shared, path.as_deref()); }
+            _ = hup.recv() => { reload(&shared, path.as_deref(), &overrides); }
         }
     }
     let delay = shared.gen.load().config.timeouts.accept_delay;
@@ -118,16 +109,17 @@ async fn control_loop(shared: Arc<Shared>, path: Option<PathBuf>) {
     shared.phase.send_replace(Phase::StopAccepting);
 }
 
-/// Re-reads and validates the config file; on success swaps routes, upstreams, policies and
-/// timeouts, on failure keeps the old config running and logs every error.
-pub fn reload(shared: &Shared, path: Option<&std::path::Path>) -> bool {
+/// Re-reads and validates the config file, re-applies the command line's overrides; on success
+/// swaps routes, upstreams, policies and timeouts, on failure keeps the old config running and
+/// logs every error.
+pub fn reload(shared: &Shared, path: Option<&std::path::Path>, overrides: &Overrides) -> bool {
     let c = &shared.metrics.control;
     let Some(path) = path else {
         tracing::warn!("reload requested but ringway runs from the quick form (no file)");
         c.reloads_failed.fetch_add(1, Ordering::Relaxed);
         return false;
     };
-    let mut config = match Config::load(path) {
+    let mut config = match Config::load(path).and_then(|c| overrides(c)) {
         Ok(c) => c,
         Err(errs) => {
             for e in &errs.0 {

@@ -16,7 +16,7 @@ const CLIENTS: usize = 6;
 const POLLS: usize = 3;
 
 pub fn run() -> i32 {
-    crate::control::init_logging(crate::config::LogFormat::Text, "warn");
+    crate::logging::init(crate::config::LogFormat::Text, "warn");
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -1,8 +1,9 @@
 //! ringway: a gateway for long-lived connections (WebSocket, socket.io, raw TCP) in front of
 //! Kubernetes pods. See docs/architecture.md for how a connection flows through these modules.
 //!
-//! Dependencies flow one way: `cli/control → {admin, discovery, proxy} → balance → {proto, sys,
-//! config, error}`. The proxy reads table snapshots; it never calls discovery.
+//! Dependencies flow one way: `cli → {control, demo} → {admin, discovery, proxy} → balance →
+//! {proto, sys, config, error}`; `logging` is used by `control` and `demo`. The proxy reads
+//! table snapshots; it never calls discovery.
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -15,6 +16,7 @@ pub mod demo;
 pub mod discovery;
 pub mod error;
 pub mod io;
+pub mod logging;
 pub mod metrics;
 pub mod proto;
 pub mod proxy;

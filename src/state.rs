@@ -33,6 +33,16 @@ pub struct UpstreamRt {
     pub cookie: Option<CookieRt>,
 }
 
+impl UpstreamRt {
+    /// Some backend can take a new connection now (active in the table, not down by health).
+    pub fn has_backend_up(&self) -> bool {
+        let now = crate::balance::now_ms();
+        self.lb.load().backends().iter().any(|b| {
+            b.state() == crate::balance::BackendState::Active && b.stats().is_available(now)
+        })
+    }
+}
+
 pub struct CookieRt {
     pub name: String,
     pub attrs: CookieAttrs,
@@ -123,7 +133,11 @@ impl Shared {
         *self.phase.borrow()
     }
 
-    /// Ready = listeners bound, not draining, and every upstream has a backend it can use.
+    /// Ready = config loaded (there is a generation), listeners bound, not draining. That is
+    /// what a DaemonSet's readiness means: this node can take connections. Upstream health is
+    /// reported by `/backends` and `ringway_upstream_up`, not here, so one empty upstream does
+    /// not take every edge node out of the load balancer in front; an upstream with
+    /// `required_for_ready = true` opts back in.
     pub fn ready(&self) -> (bool, String) {
         if !self.listeners_bound.load(Ordering::Acquire) {
             return (false, "listeners not bound yet".into());
@@ -132,14 +146,15 @@ impl Shared {
             return (false, "draining".into());
         }
         let gen = self.gen.load();
-        let now = crate::balance::now_ms();
-        for u in &gen.upstreams {
-            let table = u.lb.load();
-            let up = table.backends().iter().any(|b| {
-                b.state() == crate::balance::BackendState::Active && b.stats().is_available(now)
-            });
-            if !up {
-                return (false, format!("upstream {} has no backend up", u.cfg.name));
+        for u in gen.upstreams.iter().filter(|u| u.cfg.required_for_ready) {
+            if !u.has_backend_up() {
+                return (
+                    false,
+                    format!(
+                        "upstream {} has no backend up (required_for_ready)",
+                        u.cfg.name
+                    ),
+                );
             }
         }
         (true, "ready".into())

@@ -73,7 +73,6 @@ async fn metrics_follow_open_tunnels_and_count_their_bytes() {
         ),
         N as f64
     );
-    assert_eq!(s.sum("ringway_handshakes_total", &[]), N as f64);
     assert_eq!(
         s.sum("ringway_io_backend", &[]),
         1.0,
@@ -182,11 +181,17 @@ async fn errors_are_counted_by_kind_and_side() {
         v["upstreams"][0]["backends"][0]["reason"], "down-passive",
         "{body}"
     );
-    let (status, _, body) = http_get(gw.admin, "/readyz").await.unwrap();
+    assert_eq!(v["upstreams"][0]["up"], false, "{body}");
     assert_eq!(
-        (status, body.trim()),
-        (503, "upstream main has no backend up")
+        s.sum("ringway_upstream_up", &[("upstream", "main")]),
+        0.0,
+        "{}",
+        s.text
     );
+    // An upstream with nothing up is reported above, not by readiness (issue 11 item 7): the
+    // node can still take connections.
+    let (status, _, body) = http_get(gw.admin, "/readyz").await.unwrap();
+    assert_eq!((status, body.trim()), (200, "ready"));
 }
 
 /// Waits until the upstream holds no live connection, so bounded load can't move the next key.
@@ -351,4 +356,85 @@ async fn probes_backends_view_and_bad_requests() {
         s.sum("ringway_config_reloads_total", &[("result", "failed")]),
         1.0
     );
+}
+
+/// Issue 11 item 10: process figures from /proc at scrape time, one family per meaning
+/// (upgrades and requests, no duplicates), and per-upstream response-time histograms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_metrics_merged_families_and_response_times() {
+    let (_b, list) = backends(1).await;
+    let gw = Gateway::quick(&list, &["--workers", "2"]);
+    const N: usize = 3;
+    for _ in 0..N {
+        assert_eq!(http_get_with(gw.listen, &[]).await.unwrap().0, 200);
+    }
+    let mut ws = Ws::connect(gw.listen, &[]).await.unwrap();
+    assert_eq!(ws.status, 101);
+    let s = gw
+        .metrics_until("three responses timed", |s| {
+            s.sum(
+                "ringway_upstream_response_seconds_count",
+                &[("upstream", "main")],
+            ) == N as f64
+        })
+        .await;
+
+    // What the test can see of the gateway process itself.
+    let pid = gw.pid();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as f64;
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let max: f64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let open = s.sum("process_open_fds", &[]);
+    // Both counts see the open tunnel's sockets; the gateway may have opened or closed an fd
+    // for the scrape itself in between.
+    assert!(
+        (open - fds).abs() <= 2.0,
+        "open {open} vs /proc {fds}\n{}",
+        s.text
+    );
+    assert_eq!(s.sum("process_max_fds", &[]), max, "{}", s.text);
+    assert!(
+        s.sum("process_resident_memory_bytes", &[]) > 1e6,
+        "{}",
+        s.text
+    );
+    assert!(s.has("process_cpu_seconds_total"), "{}", s.text);
+
+    // One family per meaning: upgrades by result, responses by backend and class.
+    assert!(!s.has("ringway_handshakes_total"), "{}", s.text);
+    assert!(!s.has("ringway_http_requests_total"), "{}", s.text);
+    assert_eq!(
+        s.sum(
+            "ringway_upgrades_total",
+            &[("upstream", "main"), ("result", "ok")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        s.sum(
+            "ringway_requests_total",
+            &[("upstream", "main"), ("code", "2xx")]
+        ),
+        N as f64
+    );
+    // The histogram's +Inf bucket holds every response; the 101 is not a timed response.
+    assert_eq!(
+        s.sum(
+            "ringway_upstream_response_seconds_bucket",
+            &[("upstream", "main"), ("le", "+Inf")]
+        ),
+        N as f64,
+        "{}",
+        s.text
+    );
+    ws.echo(b"still open").await.unwrap();
+    ws.finish().await.unwrap();
 }

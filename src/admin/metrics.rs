@@ -16,6 +16,7 @@ use super::names::{self, Def};
 use crate::balance::{now_ms, Backend};
 use crate::error::Kind;
 use crate::io::IoKind;
+use crate::metrics::process::ProcessStats;
 use crate::metrics::{Histogram, HistogramSnapshot};
 use crate::state::Shared;
 
@@ -200,6 +201,11 @@ impl Collector for Scrape {
                 )
             })
         })?;
+        family(&mut enc, &names::UPSTREAM_UP, |m| {
+            gen.upstreams
+                .iter()
+                .try_for_each(|u| gauge(m, [("upstream", &u.cfg.name)], u.has_backend_up() as i64))
+        })?;
         family(&mut enc, &names::UPGRADES, |m| {
             gen.upstreams.iter().try_for_each(|u| {
                 let (ok, failed) = u.counters.upgrades();
@@ -240,17 +246,36 @@ impl Collector for Scrape {
         family(&mut enc, &names::BUILD, |m| {
             m.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])
         })?;
-        let sum =
-            |f: &dyn Fn(&crate::metrics::CoreCounters) -> u64| cores.iter().map(f).sum::<u64>();
         family(&mut enc, &names::PIPES_IN_USE, |m| {
             let lent: i64 = cores.iter().map(|c| c.pipes_lent.load(Relaxed)).sum();
             gauge(m, [], lent)
         })?;
-        family(&mut enc, &names::HANDSHAKES, |m| {
-            counter(m, [], sum(&|c| c.handshakes.load(Relaxed)))
+        family(&mut enc, &names::UPSTREAM_RESPONSE, |m| {
+            gen.upstreams.iter().try_for_each(|u| {
+                let labels = [("upstream", &*u.cfg.name)];
+                let mut h = m.encode_family(&labels)?;
+                histogram(&mut h, u.counters.response_times())
+            })
         })?;
-        family(&mut enc, &names::HTTP_REQUESTS, |m| {
-            counter(m, [], sum(&|c| c.requests.load(Relaxed)))
-        })
+        encode_process(&mut enc, &ProcessStats::read())
     }
+}
+
+/// The `process_*` families; a figure `/proc` did not give has no sample.
+pub fn encode_process(enc: &mut DescriptorEncoder, p: &ProcessStats) -> fmt::Result {
+    let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
+    family(enc, &names::PROCESS_OPEN_FDS, |m| {
+        p.open_fds.map_or(Ok(()), |v| gauge(m, [], clamp(v)))
+    })?;
+    family(enc, &names::PROCESS_MAX_FDS, |m| {
+        p.max_fds.map_or(Ok(()), |v| gauge(m, [], clamp(v)))
+    })?;
+    family(enc, &names::PROCESS_RESIDENT_MEMORY, |m| {
+        p.resident_bytes.map_or(Ok(()), |v| gauge(m, [], clamp(v)))
+    })?;
+    family(enc, &names::PROCESS_CPU, |m| {
+        p.cpu_seconds.map_or(Ok(()), |v| {
+            m.encode_counter::<NoLabelSet, f64, u64>(&v, None)
+        })
+    })
 }

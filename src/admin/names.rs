@@ -15,23 +15,27 @@ pub struct Def {
     pub family: &'static str,
     pub help: &'static str,
     pub kind: MetricType,
-    /// Only histograms of durations have one (seconds).
-    pub seconds: bool,
+    /// Histograms of durations and `process_*` families have one (seconds, bytes); it is part
+    /// of the exposed name (`process_cpu_seconds_total`).
+    pub unit: Option<Unit>,
 }
 
 impl Def {
     /// The name of the samples as scraped (`_total` for counters, `_info` for info).
     pub fn sample(&self) -> String {
+        let base = match &self.unit {
+            Some(u) => format!("{}_{}", self.family, u.as_str()),
+            None => self.family.to_string(),
+        };
         match self.kind {
-            MetricType::Counter => format!("{}_total", self.family),
-            MetricType::Info => format!("{}_info", self.family),
-            _ if self.seconds => format!("{}_seconds", self.family),
-            _ => self.family.to_string(),
+            MetricType::Counter => format!("{base}_total"),
+            MetricType::Info => format!("{base}_info"),
+            _ => base,
         }
     }
 
     pub fn unit(&self) -> Option<Unit> {
-        self.seconds.then_some(Unit::Seconds)
+        self.unit.clone()
     }
 }
 
@@ -40,7 +44,7 @@ const fn counter(family: &'static str, help: &'static str) -> Def {
         family,
         help,
         kind: MetricType::Counter,
-        seconds: false,
+        unit: None,
     }
 }
 
@@ -49,7 +53,7 @@ const fn gauge(family: &'static str, help: &'static str) -> Def {
         family,
         help,
         kind: MetricType::Gauge,
-        seconds: false,
+        unit: None,
     }
 }
 
@@ -58,7 +62,7 @@ const fn seconds_histogram(family: &'static str, help: &'static str) -> Def {
         family,
         help,
         kind: MetricType::Histogram,
-        seconds: true,
+        unit: Some(Unit::Seconds),
     }
 }
 
@@ -104,6 +108,10 @@ pub const TUNNEL_DURATION: Def = seconds_histogram(
     "ringway_tunnel_duration",
     "Lifetime of finished tunnels (WebSocket after 101, tcp mode).",
 );
+pub const UPSTREAM_UP: Def = gauge(
+    "ringway_upstream_up",
+    "1 when some backend of the upstream can take a new connection, else 0 (/readyz ignores it unless required_for_ready).",
+);
 pub const BACKEND_UP: Def = gauge(
     "ringway_backend_up",
     "1 when a backend may take new connections by health (active probe up, not passively down), else 0.",
@@ -124,20 +132,36 @@ pub const BUILD: Def = Def {
     family: "ringway_build",
     help: "The running ringway version.",
     kind: MetricType::Info,
-    seconds: false,
+    unit: None,
 };
 pub const PIPES_IN_USE: Def = gauge(
     "ringway_pipes_in_use",
     "Splice pipes lent to open tunnels now (each holds two fds).",
 );
-pub const HANDSHAKES: Def = counter(
-    "ringway_handshakes",
-    "WebSocket handshakes completed (101 relayed to the client), all upstreams.",
+pub const UPSTREAM_RESPONSE: Def = seconds_histogram(
+    "ringway_upstream_response",
+    "Plain HTTP exchanges per upstream: request head sent to the backend until the response is relayed (tunnels are in ringway_tunnel_duration).",
 );
-pub const HTTP_REQUESTS: Def = counter(
-    "ringway_http_requests",
-    "Request heads parsed on http listeners, whatever became of them.",
+pub const PROCESS_OPEN_FDS: Def = gauge(
+    "process_open_fds",
+    "Open file descriptors of the process (/proc/self/fd at scrape time).",
 );
+pub const PROCESS_MAX_FDS: Def = gauge(
+    "process_max_fds",
+    "The process's soft limit on open file descriptors (RLIMIT_NOFILE).",
+);
+pub const PROCESS_RESIDENT_MEMORY: Def = Def {
+    family: "process_resident_memory",
+    help: "Resident memory of the process (VmRSS), in bytes.",
+    kind: MetricType::Gauge,
+    unit: Some(Unit::Bytes),
+};
+pub const PROCESS_CPU: Def = Def {
+    family: "process_cpu",
+    help: "User and system CPU time of the process, in seconds.",
+    kind: MetricType::Counter,
+    unit: Some(Unit::Seconds),
+};
 
 /// Every family, in exposition order.
 pub const ALL: &[&Def] = &[
@@ -153,11 +177,15 @@ pub const ALL: &[&Def] = &[
     &BACKEND_CONNECT,
     &TUNNEL_DURATION,
     &BACKEND_UP,
+    &UPSTREAM_UP,
     &DNS_UPDATES,
     &CONFIG_RELOADS,
     &IO_BACKEND,
     &BUILD,
     &PIPES_IN_USE,
-    &HANDSHAKES,
-    &HTTP_REQUESTS,
+    &UPSTREAM_RESPONSE,
+    &PROCESS_OPEN_FDS,
+    &PROCESS_MAX_FDS,
+    &PROCESS_RESIDENT_MEMORY,
+    &PROCESS_CPU,
 ];

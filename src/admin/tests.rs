@@ -56,10 +56,9 @@ fn every_defined_metric_is_exposed_under_its_sample_name() {
     assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
     for def in names::ALL {
         let sample = def.sample();
-        let typed = if def.seconds {
-            sample.clone()
-        } else {
-            def.family.to_string()
+        let typed = match &def.unit {
+            Some(u) => format!("{}_{}", def.family, u.as_str()),
+            None => def.family.to_string(),
         };
         assert!(
             text.contains(&format!("# TYPE {typed} ")),

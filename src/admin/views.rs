@@ -60,6 +60,8 @@ pub fn backends(shared: &Shared) -> Response {
                 "name": &*u.cfg.name,
                 "policy": table.policy().to_string(),
                 "live_connections": table.pool_live(),
+                "up": u.has_backend_up(),
+                "required_for_ready": u.cfg.required_for_ready,
                 "backends": table.backends().iter().map(|b| backend_json(b, now)).collect::<Vec<_>>(),
             })
         })

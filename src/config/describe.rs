@@ -79,6 +79,12 @@ pub fn describe(c: &Config) -> String {
             "upstream {}: balance={} load_factor={} send_proxy={:?}",
             u.name, u.balance, u.load_factor, u.send_proxy
         );
+        if u.required_for_ready {
+            let _ = writeln!(
+                o,
+                "  required_for_ready: /readyz is 503 while no backend is up"
+            );
+        }
         match &u.discovery {
             Discovery::Static(list) => {
                 for b in list {

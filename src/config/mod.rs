@@ -18,6 +18,7 @@ use std::time::Duration;
 pub use describe::describe;
 pub use duration::{format_duration, parse_duration};
 pub use raw::RawConfig;
+pub use validate::check_log_level;
 
 /// Validates a `RawConfig` built in code (the CLI's quick form goes through the same checks).
 pub fn validate_raw(raw: RawConfig) -> Result<Config, ConfigErrors> {
@@ -186,6 +187,9 @@ pub struct UpstreamConfig {
     pub discovery: Discovery,
     pub dns: DnsOptions,
     pub health: HealthConfig,
+    /// `/readyz` is 503 while this upstream has no backend that can take a connection. Off by
+    /// default: one empty upstream must not take every edge node out of the load balancer.
+    pub required_for_ready: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

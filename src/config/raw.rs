@@ -98,6 +98,7 @@ pub struct RawUpstream {
     pub srv: Option<String>,
     pub discovery: Option<RawDns>,
     pub health: Option<RawHealth>,
+    pub required_for_ready: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

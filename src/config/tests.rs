@@ -567,3 +567,46 @@ backends = []
             && shown.contains("listener[0].bind")
     );
 }
+
+#[test]
+fn log_level_is_a_level_or_a_filter() {
+    for ok in [
+        "info",
+        "DEBUG",
+        "warn,ringway::access=info",
+        "ringway=trace",
+        "off",
+    ] {
+        let c = Config::from_toml(&format!("{BASE}\n[log]\nlevel = \"{ok}\"\n"))
+            .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        assert_eq!(c.log.level, ok);
+    }
+    for bad in ["inof", "loud", "info,verbose", "ringway=[", "ringway=loud"] {
+        assert_error(
+            &format!("{BASE}\n[log]\nlevel = \"{bad}\"\n"),
+            "log.level",
+            "not a log level",
+        );
+    }
+    assert!(check_log_level("info,ringway::proxy=debug").is_ok());
+}
+
+#[test]
+fn required_for_ready_defaults_off() {
+    let c = Config::from_toml(BASE).unwrap();
+    assert!(!c.upstreams[0].required_for_ready);
+    let c = Config::from_toml(&with_upstream(
+        "required_for_ready = true\nbackends = [{ address = \"127.0.0.1:1\" }]",
+    ))
+    .unwrap();
+    assert!(c.upstreams[0].required_for_ready);
+    let errs = errors(&with_upstream(
+        "required_for_ready = \"yes\"\nbackends = [{ address = \"127.0.0.1:1\" }]",
+    ));
+    // A type error is serde's: it names the line (the line of `required_for_ready`).
+    assert!(
+        errs.iter()
+            .any(|e| e.line == Some(9) && e.message.contains("expected a boolean")),
+        "{errs:#?}"
+    );
+}

@@ -157,6 +157,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     if !(0.0..=1.0).contains(&access_sample) {
         e.push("log.access_sample", "must be between 0.0 and 1.0");
     }
+    if let Some(level) = &lg.level {
+        if let Err(m) = check_log_level(level) {
+            e.push("log.level", m);
+        }
+    }
     let log = LogConfig {
         format: e.choice(
             "log.format",
@@ -652,6 +657,7 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
         discovery,
         dns,
         health,
+        required_for_ready: u.required_for_ready.unwrap_or(false),
     })
 }
 
@@ -727,4 +733,22 @@ fn valid_name(n: &str) -> bool {
 
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// `log.level` / `--log-level`: an `EnvFilter` directive list whose bare words are level names
+/// (`info`, `warn,ringway::access=info`). A bare word that is not a level would be read as a
+/// target name and silently log nothing of ringway (`inof`), so it is refused.
+pub fn check_log_level(level: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let bare_ok = level
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !d.contains('='))
+        .all(|d| LEVELS.iter().any(|l| d.eq_ignore_ascii_case(l)));
+    if !bare_ok || tracing_subscriber::EnvFilter::try_new(level).is_err() {
+        return Err(format!(
+            "`{level}` is not a log level (trace | debug | info | warn | error | off) or a filter like \"info,ringway::access=warn\""
+        ));
+    }
+    Ok(())
 }

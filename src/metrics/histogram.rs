@@ -11,6 +11,12 @@ pub const PARSE_BUCKETS: &[u64] = &[1, 2, 5, 10, 25, 50, 100, 250, 1000];
 pub const CONNECT_BUCKETS: &[u64] = &[
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000, 1_000_000, 5_000_000,
 ];
+/// Response time of a plain HTTP exchange (request head sent to response relayed): a
+/// millisecond to a minute, like the default buckets of most HTTP servers' histograms.
+pub const RESPONSE_BUCKETS: &[u64] = &[
+    1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000, 60_000_000,
+];
 /// Tunnel lifetime: a second to a day.
 pub const LIFETIME_BUCKETS: &[u64] = &[
     1_000_000,

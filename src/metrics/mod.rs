@@ -4,12 +4,14 @@
 //! message). Metric names are defined once, in `admin::names`.
 
 mod histogram;
+pub mod process;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 pub use histogram::{
     Histogram, HistogramSnapshot, CONNECT_BUCKETS, LIFETIME_BUCKETS, PARSE_BUCKETS,
+    RESPONSE_BUCKETS,
 };
 
 use crate::error::Kind;
@@ -29,8 +31,6 @@ pub fn bump_signed(c: &AtomicI64, n: i64) {
 #[repr(align(128))]
 pub struct CoreCounters {
     pub errors: [AtomicU64; Kind::COUNT],
-    pub handshakes: AtomicU64,
-    pub requests: AtomicU64,
     pub head_parse: Histogram,
     pub connect: Histogram,
     pub tunnel_lifetime: Histogram,
@@ -41,8 +41,6 @@ impl Default for CoreCounters {
     fn default() -> Self {
         CoreCounters {
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
-            handshakes: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
             head_parse: Histogram::new(PARSE_BUCKETS),
             connect: Histogram::new(CONNECT_BUCKETS),
             tunnel_lifetime: Histogram::new(LIFETIME_BUCKETS),
@@ -119,10 +117,21 @@ pub struct UpstreamCounters {
 }
 
 #[repr(align(128))]
-#[derive(Default)]
 struct UpstreamSlot {
     upgrades_ok: AtomicU64,
     upgrades_failed: AtomicU64,
+    /// Plain HTTP exchanges of this upstream, request sent to response relayed.
+    response: Histogram,
+}
+
+impl Default for UpstreamSlot {
+    fn default() -> Self {
+        UpstreamSlot {
+            upgrades_ok: AtomicU64::new(0),
+            upgrades_failed: AtomicU64::new(0),
+            response: Histogram::new(RESPONSE_BUCKETS),
+        }
+    }
 }
 
 impl UpstreamCounters {
@@ -145,6 +154,18 @@ impl UpstreamCounters {
             },
             1,
         );
+    }
+
+    /// One relayed response of a plain HTTP exchange that started at `started`.
+    #[inline]
+    pub fn response(&self, worker: usize, started: std::time::Instant) {
+        let s = &self.slots[worker % self.slots.len()];
+        s.response.observe_us(started.elapsed().as_micros() as u64);
+    }
+
+    /// The response-time histogram summed over the workers (at scrape time).
+    pub fn response_times(&self) -> Option<HistogramSnapshot> {
+        Histogram::sum(self.slots.iter().map(|s| &s.response))
     }
 
     pub fn upgrades(&self) -> (u64, u64) {

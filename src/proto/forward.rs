@@ -41,7 +41,8 @@ pub struct ForwardOpts<'a> {
     /// header left empty is dropped.
     pub strip_cookie: Option<&'a str>,
     /// One extra header to add (e.g. a request id); the caller guarantees a
-    /// token name and a value without CR/LF.
+    /// token name and a value without CR/LF. Any header of that name the
+    /// client sent is dropped, so the backend sees exactly ours.
     pub extra_header: Option<(&'a str, &'a [u8])>,
 }
 
@@ -119,7 +120,10 @@ pub fn write_request_head(req: &Request<'_, '_>, out: &mut Vec<u8>, opts: &Forwa
             || (opts.real_ip && eq_ic(name, b"x-real-ip"))
             || (opts.forward_proto && eq_ic(name, b"x-forwarded-proto"))
             || (opts.forward_host && eq_ic(name, b"x-forwarded-host"))
-            || is_expect_continue(name, h.value);
+            || is_expect_continue(name, h.value)
+            || opts
+                .extra_header
+                .is_some_and(|(n, _)| eq_ic(name, n.as_bytes()));
         if drop {
             continue;
         }

@@ -352,6 +352,21 @@ fn forward_upgrade_absolute_form_and_extra() {
         "{out}"
     );
     assert_eq!(out.matches("pgrade: ").count(), 1, "{out}");
+    // The client's own copies of the extra header are replaced by ours (any case, any count).
+    let o = ForwardOpts {
+        extra_header: Some(("X-Request-Id", b"ours")),
+        ..opts()
+    };
+    let out = forward(
+        "GET / HTTP/1.1\r\nHost: h\r\nx-request-id: theirs\r\nX-Request-ID: again\r\n\r\n",
+        &o,
+    );
+    assert_eq!(
+        out.to_ascii_lowercase().matches("x-request-id").count(),
+        1,
+        "{out}"
+    );
+    assert!(out.contains("X-Request-Id: ours\r\n"), "{out}");
     let out = forward("GET / HTTP/1.0\r\nHost: h\r\n\r\n", &opts());
     assert!(out.starts_with("GET / HTTP/1.1\r\nHost: h\r\n"));
     let mut out = Vec::new();

@@ -25,6 +25,8 @@ pub struct Who<'a> {
     pub upstream: usize,
     /// 101 for an upgraded tunnel, 0 in tcp mode.
     pub status: u16,
+    /// The upgrade request, for the access log (none in tcp mode).
+    pub request: Option<&'a access::RequestInfo>,
 }
 
 /// Runs the tunnel between `client` and `backend` to its end, then accounts for it.
@@ -50,6 +52,8 @@ pub async fn run<D: Driver>(
             listener: who.listener,
             upstream: &up.cfg.name,
             backend: table.name(backend.index).unwrap_or("-"),
+            backend_addr: table.addr(backend.index),
+            request: who.request,
             status: who.status,
             started,
             bytes_up: moved.up,
@@ -77,6 +81,7 @@ pub struct Upgraded<D: Driver> {
     pub table: Arc<Table>,
     pub upstream: usize,
     pub peer: SocketAddr,
+    pub request: access::RequestInfo,
     pub life: super::ConnLife,
 }
 
@@ -98,6 +103,7 @@ pub fn spawn<D: Driver>(
             listener: &listener,
             upstream: u.upstream,
             status: 101,
+            request: Some(&u.request),
         };
         run::<D>(&w, &gen, &u.table, &u.client, &u.backend, &who).await;
         drop(u.life);

@@ -64,6 +64,7 @@ pub async fn serve<D: Driver>(
         listener: &lcfg.name,
         upstream: up_index,
         status: 0,
+        request: None,
     };
     handoff::run::<D>(w, gen, &table, &client, &backend, &who).await;
 }

@@ -36,7 +36,7 @@ use crate::state::Generation;
 use super::body::Framing;
 use super::connect::Connected;
 use super::head_reader::{self, HeadRead};
-use super::{handoff, ConnLife, Worker};
+use super::{access, handoff, ConnLife, Worker};
 
 use failure::Failure;
 
@@ -61,7 +61,6 @@ impl WsKey {
 }
 
 /// What the exchange needs from a request head once the head's bytes are gone.
-#[derive(Debug, Clone, Copy)]
 struct Plan {
     body: Framing,
     keep_alive: bool,
@@ -69,6 +68,8 @@ struct Plan {
     http11: bool,
     expect_continue: bool,
     ws_key: Option<WsKey>,
+    /// Method, host, path and request id, for the access log and `X-Request-Id`.
+    info: access::RequestInfo,
 }
 
 /// Per-request facts the failure path needs, whatever phase failed.
@@ -90,7 +91,7 @@ enum Step<D: Driver> {
     /// Close after the response (the client asked, or a side cannot be reused).
     Close,
     /// A verified 101: both sockets become a tunnel.
-    Tunnel(Backend<D>),
+    Tunnel(Backend<D>, access::RequestInfo),
 }
 
 /// One client connection in http mode.
@@ -139,7 +140,7 @@ pub async fn serve<D: Driver>(
             Ok(Step::Next) => {}
             Ok(Step::Gone) => return,
             Ok(Step::Close) => return rio::linger_close::<D>(&c.client).await,
-            Ok(Step::Tunnel(b)) => return c.into_tunnel(b, life),
+            Ok(Step::Tunnel(b, request)) => return c.into_tunnel(b, request, life),
             Err(f) => return c.fail(f).await,
         }
     }
@@ -153,7 +154,7 @@ impl<D: Driver> Conn<'_, D> {
         }
         let (plan, backend) = self.prepare().await?;
         let sent = self.forward_request(&plan, &backend).await?;
-        self.relay_response(&plan, backend, sent).await
+        self.relay_response(plan, backend, sent).await
     }
 
     /// Phase 1: `Ok(false)` when the client closed (or idled out) between requests.
@@ -169,13 +170,14 @@ impl<D: Driver> Conn<'_, D> {
         }
     }
 
-    fn into_tunnel(self, backend: Backend<D>, life: ConnLife) {
+    fn into_tunnel(self, backend: Backend<D>, request: access::RequestInfo, life: ConnLife) {
         let u = handoff::Upgraded {
             client: self.client,
             backend: backend.conn,
             table: backend.table,
             upstream: backend.upstream,
             peer: self.peer,
+            request,
             life,
         };
         handoff::spawn(self.w, self.gen, self.lcfg.name.clone(), u);

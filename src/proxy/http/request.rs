@@ -14,7 +14,7 @@ use crate::proto::{self, BodyKind, Upgrade};
 use crate::state::UpstreamRt;
 
 use super::super::body::Framing;
-use super::super::{connect, route, Worker};
+use super::super::{access, connect, route, Worker};
 use super::{Backend, Conn, Failure, Plan, ReqKey, WsKey};
 
 /// httparse needs one slot per header; `limits.max_headers` is capped by this.
@@ -46,7 +46,7 @@ impl<D: Driver> Conn<'_, D> {
         w.counters()
             .head_parse
             .observe_us(parse_started.elapsed().as_micros() as u64);
-        crate::metrics::bump(&w.counters().requests, 1);
+        let info = access::RequestInfo::capture(&cfg.log, &req);
 
         let key = ReqKey {
             req: &req,
@@ -66,6 +66,7 @@ impl<D: Driver> Conn<'_, D> {
             self.lcfg,
             self.peer,
             ws_key.is_some(),
+            Some(info.header()),
         );
 
         let plan = Plan {
@@ -80,6 +81,7 @@ impl<D: Driver> Conn<'_, D> {
                 .header("expect")
                 .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue")),
             ws_key,
+            info,
         };
         let head_len = req.head_len;
         self.buf.drain(..head_len);
@@ -143,6 +145,7 @@ fn write_head(
     l: &ListenerConfig,
     peer: SocketAddr,
     upgrade: bool,
+    extra_header: Option<(&str, &[u8])>,
 ) {
     let strip = up
         .cookie
@@ -162,7 +165,7 @@ fn write_head(
             forward_host: l.forward_host,
             upgrade,
             strip_cookie: strip,
-            extra_header: None,
+            extra_header,
         },
     );
 }

@@ -28,13 +28,13 @@ struct Shaped {
 impl<D: Driver> Conn<'_, D> {
     pub(super) async fn relay_response(
         &mut self,
-        plan: &Plan,
+        plan: Plan,
         backend: Backend<D>,
         sent: Sent,
     ) -> Result<Step<D>, Failure> {
         self.rbuf.clear();
         let started = std::time::Instant::now();
-        self.skip_interims(plan, &backend).await?;
+        self.skip_interims(&plan, &backend).await?;
         let cookie = self.set_cookie(&backend);
         let shaped = {
             let mut headers = [httparse::EMPTY_HEADER; HEADER_SLOTS];
@@ -44,15 +44,15 @@ impl<D: Driver> Conn<'_, D> {
             };
             count_response(&backend, resp.code);
             let cookie = (!cookie.is_empty()).then_some(cookie.as_slice());
-            shape(&resp, plan, sent, cookie, &mut self.out)?
+            shape(&resp, &plan, sent, cookie, &mut self.out)?
         };
         if shaped.body.is_none() {
-            return self.switch_protocols(shaped, backend).await;
+            return self.switch_protocols(shaped, backend, plan.info).await;
         }
         if let Some(ui) = self.cur.upgrade.take() {
             self.gen.upstreams[ui].counters.upgrade(self.w.id, false); // declined
         }
-        self.relay_final(shaped, backend, started).await
+        self.relay_final(shaped, backend, started, &plan.info).await
     }
 
     /// Relays 1xx responses (not 101) to HTTP/1.1 clients, drops them for HTTP/1.0 ones, until
@@ -94,6 +94,7 @@ impl<D: Driver> Conn<'_, D> {
         &mut self,
         s: Shaped,
         backend: Backend<D>,
+        info: access::RequestInfo,
     ) -> Result<Step<D>, Failure> {
         let client_gone = Failure::quiet(Kind::ClientReset);
         rio::write_all::<D>(&self.client, &self.out)
@@ -111,8 +112,7 @@ impl<D: Driver> Conn<'_, D> {
         if let Some(ui) = self.cur.upgrade.take() {
             self.gen.upstreams[ui].counters.upgrade(self.w.id, true);
         }
-        crate::metrics::bump(&self.w.counters().handshakes, 1);
-        Ok(Step::Tunnel(backend))
+        Ok(Step::Tunnel(backend, info))
     }
 
     async fn relay_final(
@@ -120,6 +120,7 @@ impl<D: Driver> Conn<'_, D> {
         s: Shaped,
         backend: Backend<D>,
         started: std::time::Instant,
+        info: &access::RequestInfo,
     ) -> Result<Step<D>, Failure> {
         if rio::write_all::<D>(&self.client, &self.out).await.is_err() {
             return Err(Failure::quiet(Kind::ClientReset));
@@ -136,7 +137,7 @@ impl<D: Driver> Conn<'_, D> {
         let down = body::forward::<D>(stream, &self.client, &mut self.rbuf, framing, stalls)
             .await
             .map_err(response_body_failed)?;
-        self.log_response(&backend, s.code, started, down);
+        self.log_response(&backend, s.code, started, down, info);
         // A backend that sent more than it framed is broken: never reuse it.
         if s.backend_keep && self.rbuf.is_empty() {
             self.kept = Some(backend);
@@ -175,8 +176,10 @@ impl<D: Driver> Conn<'_, D> {
         status: u16,
         started: std::time::Instant,
         down: u64,
+        info: &access::RequestInfo,
     ) {
         let up = &self.gen.upstreams[backend.upstream];
+        up.counters.response(self.w.id, started);
         access::log(
             &self.gen.config.log,
             access::Entry {
@@ -184,6 +187,8 @@ impl<D: Driver> Conn<'_, D> {
                 listener: &self.lcfg.name,
                 upstream: &up.cfg.name,
                 backend: backend.table.name(backend.conn.index).unwrap_or("-"),
+                backend_addr: backend.table.addr(backend.conn.index),
+                request: Some(info),
                 status,
                 started,
                 bytes_up: 0,
