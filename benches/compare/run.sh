@@ -58,6 +58,8 @@ run pingpong-100x64 http --scenario pingpong --conns 100 --size 64 --duration "$
 run pingpong-1000x1k http --scenario pingpong --conns 1000 --size 1024 --duration "$DURATION"
 run pingpong-r20k-100x64 http --scenario pingpong --conns 100 --size 64 --rate 20000 --duration "$DURATION"
 run pingpong-r20k-100x1k http --scenario pingpong --conns 100 --size 1024 --rate 20000 --duration "$DURATION"
+# The same at a quarter of the rate: a shared machine cannot always carry 20,000/s unsaturated.
+run pingpong-r5k-100x64 http --scenario pingpong --conns 100 --size 64 --rate 5000 --duration "$DURATION"
 run idle-9000 http --scenario idle --conns 9000 --hold "$DURATION"
 run bulk-8x64k http --scenario bulk --conns 8 --frame 65536 --duration "$DURATION"
 run tcp-pingpong-100x64 tcp --scenario pingpong --proto tcp --conns 100 --size 64 --duration "$DURATION"
