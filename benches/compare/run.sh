@@ -1,32 +1,48 @@
 #!/usr/bin/env bash
-# Reproduces docs/benchmarks.md: `loadgen compare` for each scenario of issue 3, direct vs
-# ringway (io_uring and epoll) vs HAProxy vs nginx, RUNS times each, JSON per run into OUT.
-# Then `python3 benches/compare/summarize.py OUT` prints the tables (medians and spread).
+# Reproduces docs/benchmarks.md: `loadgen compare` for each scenario of issues 3 and 14,
+# direct vs ringway (io_uring and epoll) vs HAProxy vs HAProxy with splice-auto vs nginx,
+# RUNS times each, JSON per run into OUT. Then
+# `python3 benches/compare/summarize.py OUT --goals` prints the tables (medians and spread).
 #
 #   bash benches/compare/run.sh [OUT=target/compare] [RUNS=3] [DURATION=5s]
+#   ONLY="rate-c32 storm-5000" bash benches/compare/run.sh ...   # a subset of scenarios
 #
-# Needs: cargo build --release --workspace; apt-get install haproxy nginx (peers are skipped,
-# and say so, when missing). Every gateway gets the same cores as the load generator: on a
-# 2-core machine they compete, so CPU per message is the comparable figure, not msgs/s.
+# Needs: cargo build --release --workspace. Installs haproxy, nginx and nginx's stream module
+# with apt-get when they are missing and it can (root); peers that are still missing are
+# skipped, and the JSON says so. Every gateway gets the same cores as the load generator: on
+# a 2-core machine they compete, so CPU per message is the comparable figure, not msgs/s.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-target/compare}
 RUNS=${2:-3}
 DURATION=${3:-5s}
+ONLY=${ONLY:-}
 mkdir -p "$OUT"
 RW=target/release/ringway
 LG=target/release/loadgen
 [ -x "$RW" ] && [ -x "$LG" ] || { echo "build first: cargo build --release --workspace" >&2; exit 2; }
 
+if ! [ -x /usr/sbin/haproxy ] || ! [ -x /usr/sbin/nginx ] \
+    || ! ls /usr/lib/nginx/modules/ngx_stream_module.so >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "== installing haproxy nginx libnginx-mod-stream" >&2
+        apt-get install -y haproxy nginx libnginx-mod-stream >&2 \
+            || echo "apt-get failed: missing peers will be skipped" >&2
+    else
+        echo "haproxy/nginx missing and not root: missing peers will be skipped" >&2
+    fi
+fi
+
 # One worker per core for every gateway (ringway, haproxy nbthread, nginx worker_processes).
 gateways=(
     --gateway-cmd "$RW run --admin '' --io uring --listen {LISTEN} --backend {BACKENDS} --mode MODE" --name ringway-uring
     --gateway-cmd "$RW run --admin '' --io epoll --listen {LISTEN} --backend {BACKENDS} --mode MODE" --name ringway-epoll
-    --peer haproxy --peer nginx
+    --peer haproxy --peer haproxy-splice --peer nginx
 )
 
 run() { # name, mode, scenario args...
     local name=$1 mode=$2; shift 2
+    if [ -n "$ONLY" ] && ! [[ " $ONLY " == *" $name "* ]]; then return; fi
     local args=()
     for a in "${gateways[@]}"; do args+=("${a//MODE/$mode}"); done
     for i in $(seq 1 "$RUNS"); do
@@ -35,10 +51,16 @@ run() { # name, mode, scenario args...
     done
 }
 
+run rate-c32 http --scenario rate --concurrency 32 --duration "$DURATION"
+# 5,000 clients at once: the gateway holds 10,000 fds, loadgen (clients + echo backends) as many.
+run storm-5000 http --scenario storm --conns 5000 --duration 20s --hold 1s
 run pingpong-100x64 http --scenario pingpong --conns 100 --size 64 --duration "$DURATION"
 run pingpong-1000x1k http --scenario pingpong --conns 1000 --size 1024 --duration "$DURATION"
-run rate-c32 http --scenario rate --concurrency 32 --duration "$DURATION"
+run pingpong-r20k-100x64 http --scenario pingpong --conns 100 --size 64 --rate 20000 --duration "$DURATION"
+run pingpong-r20k-100x1k http --scenario pingpong --conns 100 --size 1024 --rate 20000 --duration "$DURATION"
+# The same at a quarter of the rate: a shared machine cannot always carry 20,000/s unsaturated.
+run pingpong-r5k-100x64 http --scenario pingpong --conns 100 --size 64 --rate 5000 --duration "$DURATION"
 run idle-9000 http --scenario idle --conns 9000 --hold "$DURATION"
 run bulk-8x64k http --scenario bulk --conns 8 --frame 65536 --duration "$DURATION"
 run tcp-pingpong-100x64 tcp --scenario pingpong --proto tcp --conns 100 --size 64 --duration "$DURATION"
-python3 benches/compare/summarize.py "$OUT"
+python3 benches/compare/summarize.py "$OUT" --goals

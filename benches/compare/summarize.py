@@ -1,6 +1,14 @@
 #!/usr/bin/env python3
-"""Summarizes `loadgen compare --json` runs (benches/compare/run.sh) into markdown tables:
-per scenario and target, the median of each figure over the runs and its spread (min-max)."""
+"""Summarizes `loadgen compare --json` runs (benches/compare/run.sh) into markdown tables.
+
+    python3 benches/compare/summarize.py OUT            # one table per scenario
+    python3 benches/compare/summarize.py OUT --goals    # plus issue 14's goals table
+
+Per scenario and target: the median of each figure over the runs and its spread (min-max).
+Figures against direct (throughput ratio, added p50 latency) and between gateways (CPU
+ratios) are taken within each run first, then their median: both sides of a ratio were
+measured in the same run, minutes apart at most, so the load of a shared machine cancels
+out better than in a ratio of two medians."""
 import glob
 import json
 import os
@@ -9,22 +17,40 @@ import sys
 from collections import defaultdict
 
 
-def fig(report, cost, scenario):
+def kind_of(scenario):
+    return scenario.split("-")[0]
+
+
+def thr(report, scenario):
+    k = kind_of(scenario)
+    if k == "bulk":
+        return (report.get("mb_per_s_up") or 0) + (report.get("mb_per_s_down") or 0)
+    if k == "rate":
+        return report.get("handshakes_per_s") or 0
+    if k == "idle":
+        return report.get("survived") or 0
+    if k == "storm":
+        return report.get("conns_per_s")
+    return report.get("msgs_per_s") or 0
+
+
+def fig(report, cost, scenario, direct):
     lat = report.get("latency") or {}
-    if scenario.startswith("bulk"):
-        thr = (report.get("mb_per_s_up") or 0) + (report.get("mb_per_s_down") or 0)
-    elif scenario.startswith("rate"):
-        thr = report.get("handshakes_per_s") or 0
-    elif scenario.startswith("idle"):
-        thr = report.get("survived") or 0
-    else:
-        thr = report.get("msgs_per_s") or 0
+    dlat = (direct or {}).get("latency") or {}
+    t = thr(report, scenario)
+    dt = thr(direct, scenario) if direct else None
+    p50, dp50 = lat.get("p50_us"), dlat.get("p50_us")
     return {
-        "throughput": thr,
-        "p50": lat.get("p50_us"),
+        "throughput": t,
+        "thr_ratio": t / dt if t is not None and dt else None,
+        "p50": p50,
+        "added_p50": p50 - dp50 if p50 is not None and dp50 is not None else None,
         "p99": lat.get("p99_us"),
         "cpu": cost.get("cpu_us_per_unit") if cost else None,
         "rss": cost.get("rss_per_conn_bytes") if cost else None,
+        "established": report.get("established"),
+        "established_s": report.get("established_s"),
+        "errors": report.get("errors", 0),
     }
 
 
@@ -43,8 +69,10 @@ def fmt(m, lo, hi, digits=1):
     return f"{m:.{digits}f} ({lo:.{digits}f}–{hi:.{digits}f})"
 
 
-def main(out):
+def load(out):
+    """{scenario: {target: [fig per run]}}, {scenario: [{target: fig} per run]}, machine."""
     runs = defaultdict(lambda: defaultdict(list))
+    per_run = defaultdict(list)
     machine = None
     for path in sorted(glob.glob(os.path.join(out, "*.json"))):
         scenario = os.path.basename(path).rsplit(".", 2)[0]
@@ -53,30 +81,116 @@ def main(out):
         except (OSError, ValueError):
             continue  # a run still being written, or one that failed
         machine = machine or d.get("machine")
+        direct = next((t["report"] for t in d["targets"] if t["kind"] == "direct"), None)
+        this = {}
         for t in d["targets"]:
-            runs[scenario][t["name"]].append(fig(t["report"], t.get("gateway"), scenario))
+            f = fig(t["report"], t.get("gateway"), scenario, direct)
+            runs[scenario][t["name"]].append(f)
+            this[t["name"]] = f
+        per_run[scenario].append(this)
         for s in d.get("skipped", []):
             runs[scenario].setdefault(f"(skipped: {s})", [])
-    if machine:
-        print(f"Machine: {machine.get('nproc')} CPUs ({machine.get('cpu_model')}), kernel {machine.get('kernel')}\n")
+    return runs, per_run, machine
+
+
+def tables(runs):
     for scenario, targets in runs.items():
-        unit = {"bulk": "MB/s (up+down)", "rate": "handshakes/s", "idle": "survived"}.get(
-            scenario.split("-")[0], "msgs/s")
-        cpu_unit = {"bulk": "CPU µs/MB", "rate": "CPU µs/handshake", "idle": "CPU µs/conn"}.get(
-            scenario.split("-")[0], "CPU µs/msg")
+        k = kind_of(scenario)
+        unit = {"bulk": "MB/s (up+down)", "rate": "handshakes/s", "idle": "survived",
+                "storm": "conns/s"}.get(k, "msgs/s")
+        cpu_unit = {"bulk": "CPU µs/MB", "rate": "CPU µs/handshake", "idle": "CPU µs/conn",
+                    "storm": "CPU µs/conn"}.get(k, "CPU µs/msg")
+        extra = " all established, s | errors |" if k == "storm" else ""
         print(f"### {scenario}\n")
-        print(f"| target | {unit} | p50 µs | p99 µs | gateway {cpu_unit} | RSS/conn (idle) |")
-        print("|---|---|---|---|---|---|")
+        print(f"| target | {unit} | ÷ direct | p50 µs | added p50 µs | p99 µs | gateway {cpu_unit} "
+              f"| RSS/conn (idle) |{extra}")
+        print("|---|---|---|---|---|---|---|---|" + ("---|---|" if extra else ""))
         for name, figs in targets.items():
             if not figs:
-                print(f"| {name} | | | | | |")
+                print(f"| {name} |" + " |" * (9 if extra else 7))
                 continue
-            cols = [med([f[k] for f in figs]) for k in ("throughput", "p50", "p99", "cpu", "rss")]
-            rss = cols[4]
+            col = lambda key: med([f[key] for f in figs])
+            rss = col("rss")
             rss_s = "-" if rss[0] is None else fmt(rss[0] / 1024, rss[1] / 1024, rss[2] / 1024) + " KiB"
-            print(f"| {name} | {fmt(*cols[0], 0)} | {fmt(*cols[1], 0)} | {fmt(*cols[2], 0)} | {fmt(*cols[3], 2)} | {rss_s} |")
-        print(f"\n({len(next(iter(targets.values())))} runs; median, min–max in parentheses)\n")
+            row = (f"| {name} | {fmt(*col('throughput'), 0)} | {fmt(*col('thr_ratio'), 2)} "
+                   f"| {fmt(*col('p50'), 0)} | {fmt(*col('added_p50'), 0)} | {fmt(*col('p99'), 0)} "
+                   f"| {fmt(*col('cpu'), 2)} | {rss_s} |")
+            if extra:
+                row += f" {fmt(*col('established_s'), 3)} | {fmt(*col('errors'), 0)} |"
+            print(row)
+        n = max(len(f) for f in targets.values())
+        print(f"\n({n} runs; median, min–max in parentheses; ratios and added latency "
+              "against direct taken within each run)\n")
+
+
+# Issue 14's goals table: (label, scenario, figure, scale, digits).
+GOAL_ROWS = [
+    ("CPU µs per handshake (rate, 32 parallel)", "rate-c32", "cpu", 1, 1),
+    ("CPU µs per connection (storm, 5,000 at once)", "storm-5000", "cpu", 1, 1),
+    ("storm: s until all 5,000 established", "storm-5000", "established_s", 1, 3),
+    ("CPU µs/msg, pingpong 100 × 64 B, closed loop", "pingpong-100x64", "cpu", 1, 2),
+    ("CPU µs/msg, pingpong 1000 × 1 KiB, closed loop", "pingpong-1000x1k", "cpu", 1, 2),
+    ("CPU µs/msg, 64 B at 20,000 msg/s open loop (100 conns)", "pingpong-r20k-100x64", "cpu", 1, 2),
+    ("CPU µs/msg, 1 KiB at 20,000 msg/s open loop (100 conns)", "pingpong-r20k-100x1k", "cpu", 1, 2),
+    ("added p50 µs at 20,000 msg/s, 64 B (over direct)", "pingpong-r20k-100x64", "added_p50", 1, 0),
+    ("CPU µs/msg, 64 B at 5,000 msg/s open loop (100 conns)", "pingpong-r5k-100x64", "cpu", 1, 2),
+    ("added p50 µs at 5,000 msg/s, 64 B (over direct)", "pingpong-r5k-100x64", "added_p50", 1, 0),
+    ("bulk 8 × 64 KiB, CPU µs/MB", "bulk-8x64k", "cpu", 1, 0),
+    ("bulk throughput, % of direct", "bulk-8x64k", "thr_ratio", 100, 0),
+    ("user-space RSS per idle WebSocket (9,000 held), B", "idle-9000", "rss", 1, 0),
+]
+GOAL_TARGETS = ["ringway-uring", "ringway-epoll", "haproxy", "haproxy-splice", "nginx"]
+# The goals as ratios of ringway io_uring to a peer, taken within each run.
+GOAL_RATIOS = [
+    ("haproxy", "÷ HAProxy"),
+    ("nginx", "÷ nginx"),
+    ("ringway-epoll", "÷ ringway epoll"),
+    ("haproxy-splice", "÷ HAProxy splice"),
+]
+
+
+def goals(runs, per_run):
+    print("### Issue 14's measures\n")
+    print("| measure | " + " | ".join(GOAL_TARGETS) + " |")
+    print("|---|" + "---|" * len(GOAL_TARGETS))
+    for label, scenario, key, scale, digits in GOAL_ROWS:
+        cells = []
+        for t in GOAL_TARGETS:
+            m = med([None if f[key] is None else f[key] * scale
+                     for f in runs.get(scenario, {}).get(t, [])])
+            cells.append(fmt(*m, digits))
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print("\n### ringway io_uring against each, ratio within each run\n")
+    print("| measure | " + " | ".join(h for _, h in GOAL_RATIOS) + " |")
+    print("|---|" + "---|" * len(GOAL_RATIOS))
+    for label, scenario, key, _, _ in GOAL_ROWS:
+        if key in ("thr_ratio", "established_s"):
+            continue
+        cells = []
+        for peer, _ in GOAL_RATIOS:
+            vals = []
+            for r in per_run.get(scenario, []):
+                a = (r.get("ringway-uring") or {}).get(key)
+                b = (r.get(peer) or {}).get(key)
+                # A ratio of added latencies means nothing once one is at or below direct.
+                if a is not None and b and (key != "added_p50" or (a > 0 and b > 0)):
+                    vals.append(a / b)
+            cells.append(fmt(*med(vals), 2))
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print()
+
+
+def main(argv):
+    args = [a for a in argv if not a.startswith("--")]
+    out = args[0] if args else "target/compare"
+    runs, per_run, machine = load(out)
+    if machine:
+        print(f"Machine: {machine.get('nproc')} CPUs ({machine.get('cpu_model')}), "
+              f"kernel {machine.get('kernel')}\n")
+    if "--goals" in argv:
+        goals(runs, per_run)
+    tables(runs)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "target/compare")
+    main(sys.argv[1:])

@@ -64,9 +64,26 @@ impl Drop for Backend {
     }
 }
 
+/// The accept queue asked for; the kernel caps it at `net.core.somaxconn` (4096 here).
+/// tokio's `TcpListener::bind` asks for 1024, which a storm of 5,000 simultaneous connects
+/// overflows, so the direct run would measure SYN retransmits instead of the backend.
+pub const BACKLOG: u32 = 65_535;
+
+/// A listening socket on `addr` with SO_REUSEADDR and a [`BACKLOG`] accept queue.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(BACKLOG)
+}
+
 /// Binds `127.0.0.1:0` and serves on the current runtime.
 pub async fn spawn_backend(mode: Mode, name: &str) -> std::io::Result<Backend> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(run_backend(listener, mode, name.to_string()));
     Ok(Backend {

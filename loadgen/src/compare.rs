@@ -36,9 +36,12 @@ pub struct GatewaySpec {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Peer {
     Haproxy,
+    /// HAProxy with `option splice-auto`: the kernel splices a direction once HAProxy sees
+    /// that its buffers fill (the peer closest to ringway's adaptive tunnel).
+    HaproxySplice,
     Nginx,
 }
 
@@ -46,13 +49,21 @@ impl Peer {
     pub fn name(self) -> &'static str {
         match self {
             Peer::Haproxy => "haproxy",
+            Peer::HaproxySplice => "haproxy-splice",
             Peer::Nginx => "nginx",
         }
     }
     pub fn binary(self) -> &'static str {
         match self {
-            Peer::Haproxy => "/usr/sbin/haproxy",
+            Peer::Haproxy | Peer::HaproxySplice => "/usr/sbin/haproxy",
             Peer::Nginx => "/usr/sbin/nginx",
+        }
+    }
+    /// The Debian package that provides it.
+    pub fn package(self) -> &'static str {
+        match self {
+            Peer::Haproxy | Peer::HaproxySplice => "haproxy",
+            Peer::Nginx => "nginx",
         }
     }
 }
@@ -155,6 +166,7 @@ pub fn throughput(kind: Kind, r: &Report) -> Option<f64> {
         Kind::Rate => r.handshakes_per_s,
         Kind::Bulk => r.mb_per_s_down,
         Kind::Idle => r.survived.map(|v| v as f64),
+        Kind::Storm => r.conns_per_s,
     }
 }
 
@@ -164,6 +176,7 @@ fn throughput_label(kind: Kind) -> &'static str {
         Kind::Rate => "hs/s",
         Kind::Bulk => "MB/s",
         Kind::Idle => "survived",
+        Kind::Storm => "conns/s",
     }
 }
 
@@ -177,6 +190,7 @@ fn units(kind: Kind, r: &Report) -> (&'static str, f64) {
             (r.bytes_sent.unwrap_or(0) + r.bytes_received.unwrap_or(0)) as f64 / 1e6,
         ),
         Kind::Idle => ("connection", r.opened.unwrap_or(0) as f64),
+        Kind::Storm => ("connection", r.established.unwrap_or(0) as f64),
     }
 }
 
@@ -308,14 +322,28 @@ impl Drop for TempDir {
     }
 }
 
+/// Pipes HAProxy may keep for splicing (`maxpipes`, with splice only). HAProxy's default
+/// is maxconn / 4, and it refuses to start when 2 × maxconn + 2 × maxpipes fds exceed the
+/// hard limit it may raise to; a pipe is only held while a direction has bytes in flight,
+/// so 512 is plenty for the bulk runs and leaves room for 9,000 idle connections.
+pub const HAPROXY_MAXPIPES: u64 = 512;
+
+/// HAProxy's `maxconn` for an fd hard limit: two fds per proxied connection (and two per
+/// pipe with splice) plus 100 spare must fit.
+pub fn haproxy_maxconn(nofile_hard: u64, splice: bool) -> u64 {
+    let pipes = if splice { 2 * HAPROXY_MAXPIPES } else { 0 };
+    (nofile_hard.saturating_sub(100 + pipes) / 2).max(1000)
+}
+
 /// HAProxy configuration for the Debian package: one thread per core, no logging, long
-/// tunnel timeouts, round robin over the backends.
+/// tunnel timeouts, round robin over the backends; with `splice`, `option splice-auto`.
 pub fn haproxy_config(
     proto: Proto,
     listen: &str,
     backends: &[String],
     threads: usize,
     maxconn: u64,
+    splice: bool,
 ) -> String {
     let mode = match proto {
         Proto::Ws => "http",
@@ -330,6 +358,13 @@ pub fn haproxy_config(
     );
     if proto == Proto::Tcp {
         s = s.replace("    no option http-server-close\n", "");
+    }
+    if splice {
+        s = s.replace(
+            &format!("    maxconn {maxconn}\n"),
+            &format!("    maxconn {maxconn}\n    maxpipes {HAPROXY_MAXPIPES}\n"),
+        );
+        s = s.replace("    no log\n", "    no log\n    option splice-auto\n");
     }
     for (i, b) in backends.iter().enumerate() {
         let _ = writeln!(s, "    server b{i} {b}");
@@ -359,7 +394,11 @@ pub fn nginx_config(
             }
         }
     }
-    let workers_conns = (nofile / 2).clamp(1024, 65536);
+    // worker_connections counts both sides of a proxied connection and applies per worker;
+    // nginx does not spread accepts evenly over its workers, so each worker may need room
+    // for all of them (with nofile / 2, 9,000 idle clients lost 5-20% to "worker_connections
+    // are not enough").
+    let workers_conns = nofile.saturating_sub(100).clamp(1024, 65536);
     let _ = write!(
         s,
         "worker_processes auto;\ndaemon off;\nmaster_process on;\npid {d}/nginx.pid;\n\
@@ -471,10 +510,10 @@ pub async fn run_compare(cfg: &CompareConfig, note: &dyn Fn(&str)) -> Result<Com
         machine: Machine::detect(),
         scenario: cfg.kind,
         proto: cfg.run.proto,
-        conns: if cfg.kind == Kind::Rate {
-            cfg.run.concurrency
-        } else {
-            cfg.run.conns
+        conns: match cfg.kind {
+            Kind::Rate => cfg.run.concurrency,
+            Kind::Storm => cfg.run.conns.min(scenario::storm::MAX_STORM_CONNS),
+            _ => cfg.run.conns,
         },
         size: if cfg.kind == Kind::Bulk {
             cfg.run.frame
@@ -521,7 +560,7 @@ pub async fn run_compare(cfg: &CompareConfig, note: &dyn Fn(&str)) -> Result<Com
             let msg = format!(
                 "{} is not installed (apt-get install {})",
                 p.name(),
-                p.name()
+                p.package()
             );
             note(&msg);
             result.skipped.push(msg);
@@ -535,13 +574,21 @@ pub async fn run_compare(cfg: &CompareConfig, note: &dyn Fn(&str)) -> Result<Com
         let dir = TempDir::new(&spec.name)?;
         let cmd = match peer {
             None => render(&spec.cmd, &listen, &backends_arg),
-            Some(Peer::Haproxy) => {
+            Some(p @ (Peer::Haproxy | Peer::HaproxySplice)) => {
                 let threads = result.machine.nproc;
-                let maxconn = (result.machine.nofile_hard.saturating_sub(100) / 2).max(1000);
+                let splice = p == Peer::HaproxySplice;
+                let maxconn = haproxy_maxconn(result.machine.nofile_hard, splice);
                 let cfgp = dir.0.join("haproxy.cfg");
                 std::fs::write(
                     &cfgp,
-                    haproxy_config(cfg.run.proto, &listen, &backend_addrs, threads, maxconn),
+                    haproxy_config(
+                        cfg.run.proto,
+                        &listen,
+                        &backend_addrs,
+                        threads,
+                        maxconn,
+                        splice,
+                    ),
                 )?;
                 format!("exec {} -f {} -db", Peer::Haproxy.binary(), cfgp.display())
             }
@@ -685,7 +732,7 @@ pub fn human(r: &CompareResult) -> String {
         Kind::Pingpong => "CPU µs/msg",
         Kind::Rate => "CPU µs/hs",
         Kind::Bulk => "CPU µs/MB",
-        Kind::Idle => "CPU µs/conn",
+        Kind::Idle | Kind::Storm => "CPU µs/conn",
     };
     let ref_col = if r.scenario == Kind::Idle {
         "RSS÷ringway"
@@ -694,7 +741,7 @@ pub fn human(r: &CompareResult) -> String {
     };
     let _ = writeln!(
         s,
-        "{:<10} {:>10} {:>9} {:>9} {:>9} {:>12} {:>10} {:>9} {:>9} {:>11} {:>7}",
+        "{:<14} {:>10} {:>9} {:>9} {:>9} {:>12} {:>10} {:>9} {:>9} {:>11} {:>7}",
         "target",
         throughput_label(r.scenario),
         "p50 µs",
@@ -712,7 +759,7 @@ pub fn human(r: &CompareResult) -> String {
         let g = t.gateway.as_ref();
         let _ = writeln!(
             s,
-            "{:<10} {:>10} {:>9} {:>9} {:>9} {:>12} {:>10} {:>9} {:>9} {:>11} {:>7}",
+            "{:<14} {:>10} {:>9} {:>9} {:>9} {:>12} {:>10} {:>9} {:>9} {:>11} {:>7}",
             t.name,
             opt(throughput(r.scenario, &t.report), |v| format!("{v:.1}")),
             opt(l.map(|l| l.p50_us), fmt_us),
@@ -740,6 +787,17 @@ pub fn human(r: &CompareResult) -> String {
                 .map(|(k, n)| format!("{k}={n}"))
                 .collect();
             let _ = writeln!(s, "errors ({}): {}", t.name, kinds.join(", "));
+        }
+    }
+    for t in &r.targets {
+        if let Some(e) = t.report.established {
+            let _ = writeln!(
+                s,
+                "storm ({}): {e} of {} established, the last after {}",
+                t.name,
+                t.report.conns,
+                opt(t.report.established_s, |v| format!("{v:.3} s"))
+            );
         }
     }
     for k in &r.skipped {
@@ -786,7 +844,7 @@ mod tests {
     #[test]
     fn peer_configs_have_the_required_settings() {
         let b = vec!["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()];
-        let h = haproxy_config(Proto::Ws, "127.0.0.1:9", &b, 4, 9000);
+        let h = haproxy_config(Proto::Ws, "127.0.0.1:9", &b, 4, 9000, false);
         for needle in [
             "nbthread 4",
             "mode http",
@@ -798,7 +856,25 @@ mod tests {
             assert!(h.contains(needle), "haproxy config lacks {needle}:\n{h}");
         }
         assert!(!h.contains("\nlog") && !h.contains("    log "));
-        assert!(haproxy_config(Proto::Tcp, "x", &b, 1, 1).contains("mode tcp"));
+        assert!(!h.contains("splice"));
+        assert!(haproxy_config(Proto::Tcp, "x", &b, 1, 1, false).contains("mode tcp"));
+        for proto in [Proto::Ws, Proto::Tcp] {
+            let s = haproxy_config(proto, "127.0.0.1:9", &b, 2, 9000, true);
+            let defaults = s.split("frontend").next().unwrap();
+            assert!(
+                defaults.contains("    option splice-auto\n"),
+                "splice-auto belongs in defaults:\n{s}"
+            );
+            assert!(defaults.contains("    maxpipes 512\n"), "{s}");
+        }
+        // HAProxy refuses to start when its fds would exceed the hard limit (it asked for
+        // 24,891 of 20,000 with splice and maxconn 9,950); 9,000 idle must still fit.
+        for splice in [false, true] {
+            let m = haproxy_maxconn(20_000, splice);
+            let pipes = if splice { HAPROXY_MAXPIPES } else { 0 };
+            assert!(2 * m + 2 * pipes + 50 <= 20_000, "maxconn {m}");
+            assert!(m >= 9_000, "maxconn {m}");
+        }
         let n = nginx_config(Proto::Ws, "127.0.0.1:9", &b, Path::new("/tmp/x"), 20000);
         for needle in [
             "worker_processes auto;",
@@ -815,6 +891,7 @@ mod tests {
         ] {
             assert!(n.contains(needle), "nginx config lacks {needle}:\n{n}");
         }
+        assert!(n.contains("worker_connections 19900;"), "{n}");
         let t = nginx_config(Proto::Tcp, "127.0.0.1:9", &b, Path::new("/tmp/x"), 20000);
         assert!(t.contains("stream {") && !t.contains("http {"));
     }

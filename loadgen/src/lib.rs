@@ -24,5 +24,6 @@ pub async fn run_scenario(kind: Kind, cfg: &RunConfig) -> Report {
         Kind::Rate => scenario::rate::run(cfg).await,
         Kind::Idle => scenario::idle::run(cfg).await,
         Kind::Bulk => scenario::bulk::run(cfg).await,
+        Kind::Storm => scenario::storm::run(cfg).await,
     }
 }

@@ -37,6 +37,8 @@ enum Cmd {
     Idle(ScenarioArgs),
     /// Stream big frames both ways; MB/s.
     Bulk(ScenarioArgs),
+    /// N clients (default 5,000) connect and upgrade at the same instant, hold, close.
+    Storm(ScenarioArgs),
     /// An echo backend (WebSocket + plain HTTP, or raw TCP).
     Backend(BackendArgs),
     /// Run a scenario direct and through each gateway; report the gateway's cost.
@@ -53,7 +55,7 @@ struct ScenarioArgs {
     /// Request path of the WebSocket upgrade.
     #[arg(long, default_value = "/")]
     path: String,
-    /// Connections (pingpong default 10, idle 1000, bulk 4).
+    /// Connections (pingpong default 10, idle 1000, bulk 4, storm 5000; storm at most 9000).
     #[arg(long)]
     conns: Option<usize>,
     /// Message size in bytes (pingpong, rate, idle checks).
@@ -62,13 +64,14 @@ struct ScenarioArgs {
     /// Open-loop rate in messages/s over all connections (pingpong).
     #[arg(long)]
     rate: Option<f64>,
-    /// Run time, e.g. 5s, 500ms, 1m (capped at 1h).
+    /// Run time, e.g. 5s, 500ms, 1m (capped at 1h). Storm: how long every client has to be
+    /// established.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     duration: Duration,
     /// Parallel connect loops (rate).
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    /// How long idle connections are held (default: --duration).
+    /// How long idle connections are held (default: --duration; storm: 1s).
     #[arg(long, value_parser = parse_duration)]
     hold: Option<Duration>,
     /// Frame / write size in bytes (bulk).
@@ -106,7 +109,7 @@ struct CompareArgs {
     /// Names for the gateway commands, in order.
     #[arg(long)]
     name: Vec<String>,
-    /// Also measure a packaged peer (haproxy, nginx); repeatable.
+    /// Also measure a packaged peer (haproxy, haproxy-splice, nginx); repeatable.
     #[arg(long, value_enum)]
     peer: Vec<Peer>,
     /// Echo backends to start.
@@ -152,12 +155,16 @@ fn run_config(a: &ScenarioArgs, kind: Kind, target: SocketAddr, live: Arc<Live>)
         Kind::Idle => 1000,
         Kind::Bulk => 4,
         Kind::Rate => a.concurrency,
+        Kind::Storm => loadgen::scenario::storm::DEFAULT_STORM_CONNS,
     });
     c.size = a.size;
     c.rate = a.rate.filter(|r| *r > 0.0);
     c.duration = a.duration;
     c.concurrency = a.concurrency;
-    c.hold = a.hold.unwrap_or(a.duration);
+    c.hold = a.hold.unwrap_or(match kind {
+        Kind::Storm => Duration::from_secs(1),
+        _ => a.duration,
+    });
     c.frame = a.frame;
     c.connect_timeout = a.connect_timeout;
     c.live = live;
@@ -224,6 +231,7 @@ async fn scenario_cmd(kind: Kind, a: ScenarioArgs) -> Result<()> {
     let cfg = run_config(&a, kind, target, live.clone());
     let expected = match kind {
         Kind::Idle => cfg.hold + cfg.duration.min(Duration::from_secs(1)),
+        Kind::Storm => cfg.hold + cfg.duration,
         _ => cfg.duration,
     };
     let bar = progress(kind, expected, live);
@@ -262,9 +270,9 @@ fn print_report(report: &Report, json: bool) -> Result<()> {
 
 async fn backend_cmd(a: BackendArgs) -> Result<()> {
     loadgen::limits::raise_nofile().ok();
-    let listener = tokio::net::TcpListener::bind(&a.listen)
-        .await
-        .with_context(|| format!("binding {}", a.listen))?;
+    let addr = resolve(&a.listen).await?;
+    let listener =
+        loadgen::backend::listen(addr).with_context(|| format!("binding {}", a.listen))?;
     eprintln!(
         "echo backend {} ({:?}) on {}",
         a.name,
@@ -347,6 +355,7 @@ fn main() -> Result<()> {
             Cmd::Rate(a) => scenario_cmd(Kind::Rate, a).await,
             Cmd::Idle(a) => scenario_cmd(Kind::Idle, a).await,
             Cmd::Bulk(a) => scenario_cmd(Kind::Bulk, a).await,
+            Cmd::Storm(a) => scenario_cmd(Kind::Storm, a).await,
             Cmd::Backend(a) => backend_cmd(a).await,
             Cmd::Compare(a) => compare_cmd(a).await,
         }
@@ -393,5 +402,32 @@ mod tests {
         assert_eq!(a.peer, vec![Peer::Haproxy, Peer::Nginx]);
         assert_eq!(a.scenario_args.conns, Some(100));
         assert!(a.scenario_args.json);
+    }
+
+    #[test]
+    fn cli_parses_storm_with_haproxy_splice() {
+        let c = Cli::try_parse_from([
+            "loadgen",
+            "compare",
+            "--scenario",
+            "storm",
+            "--peer",
+            "haproxy-splice",
+        ])
+        .unwrap();
+        let Cmd::Compare(a) = c.cmd else { panic!() };
+        assert_eq!(a.scenario, Kind::Storm);
+        assert_eq!(a.peer, vec![Peer::HaproxySplice]);
+        let rc = run_config(
+            &a.scenario_args,
+            Kind::Storm,
+            "127.0.0.1:1".parse().unwrap(),
+            Arc::default(),
+        );
+        assert_eq!(rc.conns, 5000);
+        assert_eq!(rc.hold, Duration::from_secs(1));
+        let c = Cli::try_parse_from(["loadgen", "storm", "--conns", "7"]).unwrap();
+        let Cmd::Storm(a) = c.cmd else { panic!() };
+        assert_eq!(a.conns, Some(7));
     }
 }

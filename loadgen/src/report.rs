@@ -145,6 +145,15 @@ pub struct Report {
     pub opened: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub survived: Option<u64>,
+    /// Clients connected, upgraded and echoed once (storm).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub established: Option<u64>,
+    /// Seconds from the storm's start until the last client was established (storm).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub established_s: Option<f64>,
+    /// Established clients ÷ `established_s` (storm).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conns_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_sent: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -153,8 +162,8 @@ pub struct Report {
     pub mb_per_s_up: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mb_per_s_down: Option<f64>,
-    /// Round-trip latency (pingpong; from the intended send time in open loop), or
-    /// connect + handshake latency (rate).
+    /// Round-trip latency (pingpong; from the intended send time in open loop), connect +
+    /// handshake latency (rate), or time from the start to established (storm).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<LatencySummary>,
     pub errors: u64,
@@ -202,6 +211,13 @@ impl Report {
         }
         if let (Some(h), Some(r)) = (self.handshakes, self.handshakes_per_s) {
             let _ = writeln!(s, "  handshakes: {h} ({r:.0}/s)");
+        }
+        if let Some(e) = self.established {
+            let _ = write!(s, "  storm: {e} of {} established", self.conns);
+            if let (Some(t), Some(r)) = (self.established_s, self.conns_per_s) {
+                let _ = write!(s, ", the last after {:.3} s ({r:.0} conns/s)", t);
+            }
+            let _ = writeln!(s);
         }
         if let (Some(o), Some(v)) = (self.opened, self.survived) {
             let _ = writeln!(s, "  opened {o} of {}, survived {v}", self.conns);

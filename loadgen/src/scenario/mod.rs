@@ -17,6 +17,7 @@ pub mod bulk;
 pub mod idle;
 pub mod pingpong;
 pub mod rate;
+pub mod storm;
 pub mod timer;
 
 /// Hard caps so that no run can be unbounded, whatever the flags say.
@@ -50,6 +51,8 @@ pub enum Kind {
     Rate,
     Idle,
     Bulk,
+    /// N clients connect and upgrade at the same instant, hold, close.
+    Storm,
 }
 
 /// Counters the progress line reads while a run goes on.
@@ -83,7 +86,7 @@ pub struct RunConfig {
     pub duration: Duration,
     /// Parallel connect loops (rate).
     pub concurrency: usize,
-    /// How long idle connections are held.
+    /// How long idle (and storm) connections are held.
     pub hold: Duration,
     /// Frame / write size (bulk).
     pub frame: usize,
