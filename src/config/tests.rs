@@ -263,6 +263,28 @@ fn routes() {
         "route[0].path_prefix",
         "start with",
     );
+    // Requests are routed on their normalised path; a prefix must be written that way.
+    for (prefix, want) in [
+        ("/a/../b/", "write `/b/`"),
+        ("/a/./", "write `/a/`"),
+        ("/%41pi/", "write `/Api/`"),
+        ("/a%2fb", "write `/a%2Fb`"),
+        ("/ws?x=1", "write `/ws`"),
+        ("/a%zz", "two hex digits"),
+    ] {
+        assert_error(
+            &r(&format!("upstream = \"app\"\npath_prefix = \"{prefix}\"")),
+            "route[0].path_prefix",
+            want,
+        );
+    }
+    for prefix in ["/", "/socket.io/", "/a%2Fb/", "/a..b/", "/~u/"] {
+        let c = Config::from_toml(&r(&format!(
+            "upstream = \"app\"\npath_prefix = \"{prefix}\""
+        )))
+        .unwrap();
+        assert_eq!(c.routes[0].path_prefix, prefix);
+    }
     assert_error(
         &r("upstream = \"app\"\nhost = \"a b\""),
         "route[0].host",

@@ -296,6 +296,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
         if !path_prefix.starts_with('/') {
             e.push(format!("{field}.path_prefix"), "must start with `/`");
+        } else {
+            check_path_prefix(&mut e, &format!("{field}.path_prefix"), &path_prefix);
         }
         match r.upstream.as_deref() {
             None => e.push(format!("{field}.upstream"), "missing"),
@@ -653,6 +655,25 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
         dns,
         health,
     })
+}
+
+/// Requests are routed on their normalised path (`proto::path`), so a prefix that is not
+/// normalised itself could never match, or would match other than it reads.
+fn check_path_prefix(e: &mut Errors, field: &str, prefix: &str) {
+    match crate::proto::normalize_path(prefix) {
+        Ok(n) if n == prefix => {}
+        Ok(n) => e.push(
+            field,
+            format!(
+                "`{prefix}` is matched against normalised paths (no query, no `.`/`..` \
+                 segments, unreserved characters unescaped, escapes in upper case); write `{n}`"
+            ),
+        ),
+        Err(_) => e.push(
+            field,
+            format!("`{prefix}` has a `%` not followed by two hex digits"),
+        ),
+    }
 }
 
 /// Checks a policy string; the balancer owns the grammar.

@@ -158,6 +158,27 @@ fn request_target_forms() {
     );
 }
 
+/// Routing normalises the path, so a path it could not read is refused before routing; the
+/// query is not checked, and what is accepted is kept exactly as sent.
+#[test]
+fn malformed_path_escapes_are_400() {
+    for target in [
+        "/c/%zz",
+        "/c/%4",
+        "/c/%",
+        "/%G0/x?y",
+        "http://h/a%2",
+        "/a%%41",
+    ] {
+        let head = format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert_eq!(status(&head), 400, "{target:?}");
+    }
+    for target in ["/c/%41/../x", "/c/%2e%2E/x", "/q?x=%zz&y=%", "/a%2fb"] {
+        let head = format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n");
+        with_req(&head, |r| assert_eq!((r.target, r.path), (target, target)));
+    }
+}
+
 #[test]
 fn versions() {
     assert_eq!(status("GET / HTTP/2.0\r\nHost: h\r\n\r\n"), 505);
