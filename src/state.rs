@@ -43,7 +43,7 @@ pub struct CookieRt {
 
 impl CookieRt {
     pub fn from_config(u: &UpstreamConfig) -> Option<CookieRt> {
-        if u.balance != "cookie" {
+        if !matches!(u.policy, balance::Policy::Cookie { .. }) {
             return None;
         }
         let c = &u.cookie;

@@ -65,7 +65,7 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.listeners[0].mode, Mode::Http);
     assert!(c.listeners[0].forward_for);
     let u = &c.upstreams[0];
-    assert_eq!(u.balance, "round-robin");
+    assert_eq!(u.policy, Policy::RoundRobin);
     assert_eq!(u.load_factor, 1.25);
     assert_eq!(u.health.max_fails, 3);
     assert_eq!(u.health.fail_timeout, Duration::from_secs(10));
@@ -563,6 +563,46 @@ fn cookie() {
         "upstream[app].cookie",
         "only used with",
     );
+}
+
+/// The policy is parsed once, at validation, into the type the balancer uses: load factor
+/// applied, the cookie policy carrying its name, secret and (typed) fallback.
+#[test]
+fn policy_is_typed_at_validation() {
+    use crate::balance::HashKey;
+    let policy = |extra: &str| {
+        let c = Config::from_toml(&with_upstream(&format!(
+            "{extra}\nbackends = [{{ address = \"127.0.0.1:1\" }}]"
+        )))
+        .unwrap();
+        c.upstreams[0].policy.clone()
+    };
+    assert_eq!(policy(""), Policy::RoundRobin);
+    assert_eq!(policy("balance = \"least-conn\""), Policy::LeastConn);
+    assert_eq!(
+        policy("balance = \"hash:header:X-Device\"\nload_factor = 2.0"),
+        Policy::Hash {
+            key: HashKey::Header("X-Device".into()),
+            load_factor: 2.0
+        }
+    );
+    let c = Config::from_toml(&with_upstream(
+        "balance = \"cookie\"\nload_factor = 1.5\nbackends = [{ address = \"127.0.0.1:1\" }]\n\
+         [upstream.cookie]\nsecret = \"s3\"\nname = \"sid\"\nfallback = \"hash:ip\"",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.upstreams[0].policy,
+        Policy::Cookie {
+            fallback: Box::new(Policy::Hash {
+                key: HashKey::Ip,
+                load_factor: 1.5
+            }),
+            secret: b"s3".to_vec(),
+            name: "sid".into(),
+        }
+    );
+    assert!(describe(&c).contains("cookie: name=sid fallback=hash:ip"));
 }
 
 #[test]
