@@ -605,6 +605,44 @@ fn policy_is_typed_at_validation() {
     assert!(describe(&c).contains("cookie: name=sid fallback=hash:ip"));
 }
 
+/// A tcp listener has no request to hash a header, cookie or query of, and no response to
+/// set a cookie on: an upstream it uses with such a policy is an error naming the field.
+#[test]
+fn tcp_listeners_refuse_policies_that_need_a_request() {
+    let tcp = |balance: &str, cookie: &str| {
+        format!(
+            "[[listener]]\nname = \"devices\"\nbind = \"127.0.0.1:7000\"\nmode = \"tcp\"\n\
+             upstream = \"dev\"\n[[upstream]]\nname = \"dev\"\nbalance = \"{balance}\"\n\
+             backends = [{{ address = \"127.0.0.1:1\" }}]\n{cookie}"
+        )
+    };
+    for balance in ["hash:header:X-Device", "hash:cookie:sid", "hash:query:id"] {
+        assert_error(
+            &tcp(balance, ""),
+            "upstream[dev].balance",
+            &format!("balance {balance} needs an HTTP request"),
+        );
+        assert_error(
+            &tcp(balance, ""),
+            "upstream[dev].balance",
+            "tcp listener `devices` (listener[0])",
+        );
+    }
+    let cookie = tcp("cookie", "[upstream.cookie]\nsecret = \"s\"");
+    assert_error(&cookie, "upstream[dev].balance", "balance cookie needs");
+    assert_error(
+        &cookie,
+        "upstream[dev].balance",
+        "tcp listeners accept round-robin | least-conn | hash:ip",
+    );
+    for balance in ["round-robin", "least-conn", "hash:ip"] {
+        Config::from_toml(&tcp(balance, "")).unwrap();
+    }
+    // The same upstream behind an http listener is fine.
+    let http = tcp("hash:header:X-Device", "").replace("mode = \"tcp\"", "mode = \"http\"");
+    Config::from_toml(&http).unwrap();
+}
+
 #[test]
 fn all_errors_are_reported_at_once() {
     let text = r#"

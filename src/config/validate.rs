@@ -247,6 +247,20 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                 "a tcp listener needs an upstream",
             );
         }
+        if let (Mode::Tcp, Some(ui)) = (mode, upstream) {
+            // A tcp connection has no request to take a header, cookie or query from, and
+            // no response to set a cookie on: such a policy would silently not stick.
+            let u = &upstreams[ui];
+            if let Err(why) = u.policy.works_in_tcp_mode() {
+                e.push(
+                    format!("upstream[{}].balance", u.name),
+                    format!(
+                        "{why}, but tcp listener `{name}` ({field}) uses this upstream: \
+                         change `balance`, or give the tcp listener an upstream of its own"
+                    ),
+                );
+            }
+        }
         if let Some(b) = bind {
             if !binds.insert(b) {
                 e.push(
