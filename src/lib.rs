@@ -15,6 +15,7 @@ pub mod demo;
 pub mod discovery;
 pub mod error;
 pub mod io;
+pub mod limits;
 pub mod metrics;
 pub mod proto;
 pub mod proxy;

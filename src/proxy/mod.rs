@@ -11,7 +11,6 @@ mod body;
 pub mod connect;
 mod head_reader;
 pub mod http;
-pub mod limits;
 mod proxy_header;
 pub mod route;
 pub mod tcp;
@@ -110,7 +109,7 @@ struct OpenGuard {
 /// moves with the connection when an upgraded connection continues in its own tunnel task.
 pub struct ConnLife {
     _open: OpenGuard,
-    _admission: limits::Admission,
+    _admission: crate::limits::Admission,
 }
 
 impl Drop for OpenGuard {
