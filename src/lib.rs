@@ -16,6 +16,7 @@ pub mod demo;
 pub mod discovery;
 pub mod error;
 pub mod io;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod proto;

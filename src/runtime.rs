@@ -43,19 +43,9 @@ pub fn choose_io(mode: IoMode) -> anyhow::Result<IoKind> {
     }
 }
 
-/// Builds the policy an upstream's config asks for.
+/// The policy an upstream's config asks for (built once, at validation).
 pub fn policy_for(u: &UpstreamConfig) -> Result<Policy, String> {
-    let p = if u.balance == "cookie" {
-        Policy::cookie(
-            &u.cookie.name,
-            u.cookie.secret.as_bytes(),
-            &u.cookie.fallback,
-        )?
-    } else {
-        Policy::parse(&u.balance)?
-    };
-    // Passes round robin and least-conn through, and reaches a cookie policy's hash fallback.
-    p.with_load_factor(u.load_factor)
+    Ok(u.policy.clone())
 }
 
 pub fn passive_for(u: &UpstreamConfig) -> PassiveHealth {

@@ -53,7 +53,7 @@ pub struct CookieRt {
 
 impl CookieRt {
     pub fn from_config(u: &UpstreamConfig) -> Option<CookieRt> {
-        if u.balance != "cookie" {
+        if !matches!(u.policy, balance::Policy::Cookie { .. }) {
             return None;
         }
         let c = &u.cookie;
@@ -88,7 +88,7 @@ pub struct Shared {
     /// Every worker has bound every listener.
     pub listeners_bound: AtomicBool,
     pub io_kind: std::sync::OnceLock<crate::io::IoKind>,
-    pub limits: crate::proxy::limits::Limiter,
+    pub limits: crate::limits::Limiter,
     /// Bumped after every generation swap, so accept loops notice a removed listener.
     pub generation: watch::Sender<u64>,
     /// One command channel per worker (index = worker id), for sockets of listeners added by a
@@ -109,7 +109,7 @@ pub enum WorkerCmd {
 
 impl Shared {
     pub fn new(gen: Generation, workers: usize) -> Arc<Shared> {
-        let limits = crate::proxy::limits::Limiter::new(&gen.config.limits);
+        let limits = crate::limits::Limiter::new(&gen.config.limits);
         Arc::new(Shared {
             gen: ArcSwap::from_pointee(gen),
             metrics: Metrics::new(workers),

@@ -77,7 +77,7 @@ pub fn describe(c: &Config) -> String {
         let _ = writeln!(
             o,
             "upstream {}: balance={} load_factor={} send_proxy={:?}",
-            u.name, u.balance, u.load_factor, u.send_proxy
+            u.name, u.policy, u.load_factor, u.send_proxy
         );
         if u.required_for_ready {
             let _ = writeln!(
@@ -129,13 +129,13 @@ pub fn describe(c: &Config) -> String {
             h.fall,
             if h.start_up { "up" } else { "down" }
         );
-        if u.balance == "cookie" {
+        if let Policy::Cookie { fallback, .. } = &u.policy {
             let k = &u.cookie;
             let _ = writeln!(
                 o,
                 "  cookie: name={} fallback={} path={} http_only={} same_site={} secure={:?} strip={} secret=<{} bytes>",
                 k.name,
-                k.fallback,
+                fallback,
                 k.path,
                 k.http_only,
                 k.same_site.as_deref().unwrap_or("-"),

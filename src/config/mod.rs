@@ -20,6 +20,8 @@ pub use duration::{format_duration, parse_duration};
 pub use raw::RawConfig;
 pub use validate::check_log_level;
 
+use crate::balance::Policy;
+
 /// Validates a `RawConfig` built in code (the CLI's quick form goes through the same checks).
 pub fn validate_raw(raw: RawConfig) -> Result<Config, ConfigErrors> {
     validate::validate(raw)
@@ -179,8 +181,10 @@ pub enum HostMatch {
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub name: Arc<str>,
-    /// The policy as written (`hash:header:X-Device-Id`); parsed by `balance::Policy::parse`.
-    pub balance: String,
+    /// How backends are picked, parsed once at validation (`balance`, the cookie's name, secret
+    /// and fallback, and `load_factor` are all in it), so nothing re-reads a policy string.
+    pub policy: Policy,
+    /// `load_factor` as configured; already applied to [`UpstreamConfig::policy`].
     pub load_factor: f64,
     pub send_proxy: SendProxy,
     pub cookie: CookieConfig,
@@ -192,11 +196,12 @@ pub struct UpstreamConfig {
     pub required_for_ready: bool,
 }
 
+/// The route cookie's attributes (`balance = "cookie"`). Its fallback policy lives in
+/// [`UpstreamConfig::policy`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct CookieConfig {
     pub name: String,
     pub secret: String,
-    pub fallback: String,
     pub path: String,
     pub http_only: bool,
     pub same_site: Option<String>,

@@ -65,7 +65,7 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.listeners[0].mode, Mode::Http);
     assert!(c.listeners[0].forward_for);
     let u = &c.upstreams[0];
-    assert_eq!(u.balance, "round-robin");
+    assert_eq!(u.policy, Policy::RoundRobin);
     assert_eq!(u.load_factor, 1.25);
     assert_eq!(u.health.max_fails, 3);
     assert_eq!(u.health.fail_timeout, Duration::from_secs(10));
@@ -263,6 +263,28 @@ fn routes() {
         "route[0].path_prefix",
         "start with",
     );
+    // Requests are routed on their normalised path; a prefix must be written that way.
+    for (prefix, want) in [
+        ("/a/../b/", "write `/b/`"),
+        ("/a/./", "write `/a/`"),
+        ("/%41pi/", "write `/Api/`"),
+        ("/a%2fb", "write `/a%2Fb`"),
+        ("/ws?x=1", "write `/ws`"),
+        ("/a%zz", "two hex digits"),
+    ] {
+        assert_error(
+            &r(&format!("upstream = \"app\"\npath_prefix = \"{prefix}\"")),
+            "route[0].path_prefix",
+            want,
+        );
+    }
+    for prefix in ["/", "/socket.io/", "/a%2Fb/", "/a..b/", "/~u/"] {
+        let c = Config::from_toml(&r(&format!(
+            "upstream = \"app\"\npath_prefix = \"{prefix}\""
+        )))
+        .unwrap();
+        assert_eq!(c.routes[0].path_prefix, prefix);
+    }
     assert_error(
         &r("upstream = \"app\"\nhost = \"a b\""),
         "route[0].host",
@@ -541,6 +563,84 @@ fn cookie() {
         "upstream[app].cookie",
         "only used with",
     );
+}
+
+/// The policy is parsed once, at validation, into the type the balancer uses: load factor
+/// applied, the cookie policy carrying its name, secret and (typed) fallback.
+#[test]
+fn policy_is_typed_at_validation() {
+    use crate::balance::HashKey;
+    let policy = |extra: &str| {
+        let c = Config::from_toml(&with_upstream(&format!(
+            "{extra}\nbackends = [{{ address = \"127.0.0.1:1\" }}]"
+        )))
+        .unwrap();
+        c.upstreams[0].policy.clone()
+    };
+    assert_eq!(policy(""), Policy::RoundRobin);
+    assert_eq!(policy("balance = \"least-conn\""), Policy::LeastConn);
+    assert_eq!(
+        policy("balance = \"hash:header:X-Device\"\nload_factor = 2.0"),
+        Policy::Hash {
+            key: HashKey::Header("X-Device".into()),
+            load_factor: 2.0
+        }
+    );
+    let c = Config::from_toml(&with_upstream(
+        "balance = \"cookie\"\nload_factor = 1.5\nbackends = [{ address = \"127.0.0.1:1\" }]\n\
+         [upstream.cookie]\nsecret = \"s3\"\nname = \"sid\"\nfallback = \"hash:ip\"",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.upstreams[0].policy,
+        Policy::Cookie {
+            fallback: Box::new(Policy::Hash {
+                key: HashKey::Ip,
+                load_factor: 1.5
+            }),
+            secret: b"s3".to_vec(),
+            name: "sid".into(),
+        }
+    );
+    assert!(describe(&c).contains("cookie: name=sid fallback=hash:ip"));
+}
+
+/// A tcp listener has no request to hash a header, cookie or query of, and no response to
+/// set a cookie on: an upstream it uses with such a policy is an error naming the field.
+#[test]
+fn tcp_listeners_refuse_policies_that_need_a_request() {
+    let tcp = |balance: &str, cookie: &str| {
+        format!(
+            "[[listener]]\nname = \"devices\"\nbind = \"127.0.0.1:7000\"\nmode = \"tcp\"\n\
+             upstream = \"dev\"\n[[upstream]]\nname = \"dev\"\nbalance = \"{balance}\"\n\
+             backends = [{{ address = \"127.0.0.1:1\" }}]\n{cookie}"
+        )
+    };
+    for balance in ["hash:header:X-Device", "hash:cookie:sid", "hash:query:id"] {
+        assert_error(
+            &tcp(balance, ""),
+            "upstream[dev].balance",
+            &format!("balance {balance} needs an HTTP request"),
+        );
+        assert_error(
+            &tcp(balance, ""),
+            "upstream[dev].balance",
+            "tcp listener `devices` (listener[0])",
+        );
+    }
+    let cookie = tcp("cookie", "[upstream.cookie]\nsecret = \"s\"");
+    assert_error(&cookie, "upstream[dev].balance", "balance cookie needs");
+    assert_error(
+        &cookie,
+        "upstream[dev].balance",
+        "tcp listeners accept round-robin | least-conn | hash:ip",
+    );
+    for balance in ["round-robin", "least-conn", "hash:ip"] {
+        Config::from_toml(&tcp(balance, "")).unwrap();
+    }
+    // The same upstream behind an http listener is fine.
+    let http = tcp("hash:header:X-Device", "").replace("mode = \"tcp\"", "mode = \"http\"");
+    Config::from_toml(&http).unwrap();
 }
 
 #[test]

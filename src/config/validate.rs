@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::raw::*;
 use super::*;
+use crate::balance::Policy;
 
 struct Errors(Vec<ConfigError>);
 
@@ -251,6 +252,20 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                 "a tcp listener needs an upstream",
             );
         }
+        if let (Mode::Tcp, Some(ui)) = (mode, upstream) {
+            // A tcp connection has no request to take a header, cookie or query from, and
+            // no response to set a cookie on: such a policy would silently not stick.
+            let u = &upstreams[ui];
+            if let Err(why) = u.policy.works_in_tcp_mode() {
+                e.push(
+                    format!("upstream[{}].balance", u.name),
+                    format!(
+                        "{why}, but tcp listener `{name}` ({field}) uses this upstream: \
+                         change `balance`, or give the tcp listener an upstream of its own"
+                    ),
+                );
+            }
+        }
         if let Some(b) = bind {
             if !binds.insert(b) {
                 e.push(
@@ -301,6 +316,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
         if !path_prefix.starts_with('/') {
             e.push(format!("{field}.path_prefix"), "must start with `/`");
+        } else {
+            check_path_prefix(&mut e, &format!("{field}.path_prefix"), &path_prefix);
         }
         match r.upstream.as_deref() {
             None => e.push(format!("{field}.upstream"), "missing"),
@@ -366,10 +383,12 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
             return None;
         }
     };
-    let balance = u.balance.clone().unwrap_or_else(|| "round-robin".into());
-    if let Err(msg) = check_policy(&balance) {
-        e.push(format!("{field}.balance"), msg);
-    }
+    let errors_before = e.0.len();
+    let balance = u.balance.as_deref().unwrap_or("round-robin");
+    let parsed = Policy::parse(balance)
+        .map_err(|msg| e.push(format!("{field}.balance"), msg))
+        .ok();
+    let is_cookie = matches!(parsed, Some(Policy::Cookie { .. }));
     let load_factor = u.load_factor.unwrap_or(1.25);
     if !(load_factor.is_finite() && load_factor >= 1.0) {
         e.push(
@@ -389,7 +408,7 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
     );
 
     let rc = u.cookie.as_ref();
-    if rc.is_some() && balance != "cookie" {
+    if rc.is_some() && !is_cookie {
         e.push(
             format!("{field}.cookie"),
             "only used with balance = \"cookie\"",
@@ -404,14 +423,14 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
             "must be a non-empty cookie token",
         );
     }
-    let fallback = rc.fallback.clone().unwrap_or_else(|| "least-conn".into());
-    if fallback == "cookie" {
-        e.push(
+    let fallback = rc.fallback.as_deref().unwrap_or("least-conn");
+    match Policy::parse(fallback) {
+        Ok(Policy::Cookie { .. }) => e.push(
             format!("{field}.cookie.fallback"),
             "cannot be `cookie` itself",
-        );
-    } else if let Err(msg) = check_policy(&fallback) {
-        e.push(format!("{field}.cookie.fallback"), msg);
+        ),
+        Ok(_) => {}
+        Err(msg) => e.push(format!("{field}.cookie.fallback"), msg),
     }
     let path = rc.path.clone().unwrap_or_else(|| "/".into());
     if !path.starts_with('/') || path.bytes().any(|b| b == b';' || b.is_ascii_control()) {
@@ -438,7 +457,7 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
         },
     };
     let secret = rc.secret.clone().unwrap_or_default();
-    if balance == "cookie" && secret.is_empty() {
+    if is_cookie && secret.is_empty() {
         e.push(
             format!("{field}.cookie.secret"),
             "set a secret (the same on every replica) so cookie values stay opaque",
@@ -450,10 +469,18 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
         Duration::ZERO,
     ))
     .filter(|d| !d.is_zero());
+    let policy =
+        build_policy(parsed, &cookie_name, &secret, fallback, load_factor).unwrap_or_else(|msg| {
+            // Every way this can fail was reported above, field by field; say it here only
+            // if not, so no error goes missing.
+            if e.0.len() == errors_before {
+                e.push(format!("{field}.balance"), msg);
+            }
+            Policy::RoundRobin
+        });
     let cookie = CookieConfig {
         name: cookie_name,
         secret,
-        fallback,
         path,
         http_only: rc.http_only.unwrap_or(true),
         same_site,
@@ -650,7 +677,7 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
 
     Some(UpstreamConfig {
         name,
-        balance,
+        policy,
         load_factor,
         send_proxy,
         cookie,
@@ -661,9 +688,40 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
     })
 }
 
-/// Checks a policy string; the balancer owns the grammar.
-fn check_policy(s: &str) -> Result<(), String> {
-    crate::balance::Policy::parse(s).map(|_| ())
+/// Requests are routed on their normalised path (`proto::path`), so a prefix that is not
+/// normalised itself could never match, or would match other than it reads.
+fn check_path_prefix(e: &mut Errors, field: &str, prefix: &str) {
+    match crate::proto::normalize_path(prefix) {
+        Ok(n) if n == prefix => {}
+        Ok(n) => e.push(
+            field,
+            format!(
+                "`{prefix}` is matched against normalised paths (no query, no `.`/`..` \
+                 segments, unreserved characters unescaped, escapes in upper case); write `{n}`"
+            ),
+        ),
+        Err(_) => e.push(
+            field,
+            format!("`{prefix}` has a `%` not followed by two hex digits"),
+        ),
+    }
+}
+
+/// The typed policy of an upstream: the balancer owns the grammar and the cookie policy's
+/// rules; this only hands it the fields. `parsed` is `None` when `balance` did not parse.
+fn build_policy(
+    parsed: Option<Policy>,
+    cookie_name: &str,
+    secret: &str,
+    fallback: &str,
+    load_factor: f64,
+) -> Result<Policy, String> {
+    let policy = match parsed {
+        None => return Err("invalid balance policy".into()),
+        Some(Policy::Cookie { .. }) => Policy::cookie(cookie_name, secret.as_bytes(), fallback)?,
+        Some(p) => p,
+    };
+    policy.with_load_factor(load_factor)
 }
 
 fn parse_addr(e: &mut Errors, field: &str, s: &str) -> Option<SocketAddr> {

@@ -3,8 +3,10 @@
 //! The body is never touched (it is forwarded verbatim), so only the head is
 //! rewritten: hop-by-hop headers belong to one connection and are dropped
 //! (RFC 9110 §7.6.1), the forwarding headers the backend relies on are set
-//! by us rather than trusted from the client, and our own `Connection`
-//! header says what *this* hop does.
+//! by us rather than trusted from the client, our own `Connection`
+//! header says what *this* hop does, and the request's framing is restated as
+//! the one value we framed it by (equal duplicate Content-Lengths collapse
+//! into one header).
 //!
 //! Output goes into a caller-owned `Vec<u8>` that is reused for every
 //! request; the functions only append (`extend_from_slice`, `write!` of
@@ -15,8 +17,9 @@ use std::io::Write;
 use std::net::IpAddr;
 
 use super::cookie::write_cookie_without;
+use super::head::{BodyKind, Request};
 use super::response::{RespBody, Response};
-use super::{eq_ic, head::Request, list_items};
+use super::{eq_ic, list_items};
 
 /// How to rewrite a request head for the backend. One per listener/route;
 /// `client_ip` and `https` change per connection.
@@ -98,7 +101,8 @@ fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Appends the request head to send to the backend (request line, headers,
-/// final empty line). Always `HTTP/1.1` and origin-form; `Host` is written
+/// final empty line). Always `HTTP/1.1` and origin-form; at most one
+/// `Content-Length`, with the single value the parser accepted; `Host` is written
 /// first from [`Request::host`] (empty if the 1.0 client sent none), so an
 /// absolute-form target's authority reaches the backend as Host
 /// (RFC 9112 §3.2.2).
@@ -111,8 +115,22 @@ pub fn write_request_head(req: &Request<'_, '_>, out: &mut Vec<u8>, opts: &Forwa
     // when there is no authority (RFC 9112 §3.2).
     put(out, b"Host", req.host.unwrap_or("").as_bytes());
     let has_connection = req.header("connection").is_some();
+    let mut length_written = false;
     for h in req.headers {
         let name = h.name.as_bytes();
+        if eq_ic(name, b"content-length") {
+            // The parser accepted only equal values (`3, 3`, or several `3` lines:
+            // RFC 9110 §8.6 lets a recipient replace them with one), so the backend gets
+            // exactly one, in canonical form, where the first one stood. Passing the list
+            // on would leave the backend to choose between rejecting it and reading it its
+            // own way.
+            if let (BodyKind::Length(n), false) = (req.body, length_written) {
+                length_written = true;
+                // Writing into a Vec cannot fail.
+                let _ = write!(out, "Content-Length: {n}\r\n");
+            }
+            continue;
+        }
         let drop = eq_ic(name, b"host")
             || is_hop_by_hop(name)
             || (has_connection && named_by_connection(req.headers, name))

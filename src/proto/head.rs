@@ -9,6 +9,7 @@
 //! with 400 rather than guessed at; a gateway that guesses differently from
 //! its backend is the vulnerability.
 
+use super::path::check_escapes;
 use super::{eq_ic, has_forbidden_byte, list_items, parse_decimal, Reject};
 
 /// Bounds on a request head that the parser enforces itself.
@@ -61,8 +62,10 @@ pub struct Request<'h, 'b> {
     pub method: &'b str,
     /// The request-target exactly as sent (origin-, absolute- or asterisk-form).
     pub target: &'b str,
-    /// The origin-form path (`/p?q`) to route on and send on; for an
+    /// The origin-form path (`/p?q`) to send on, as received; for an
     /// absolute-form target `http://h/p` this is `/p`, for `*` it is `*`.
+    /// Its escapes are well-formed (checked here); routing matches on its
+    /// normalised form ([`super::path::normalize`]).
     pub path: &'b str,
     /// `0` for HTTP/1.0, `1` for HTTP/1.1; nothing else gets this far.
     pub minor_version: u8,
@@ -143,6 +146,8 @@ pub fn parse_request<'h, 'b>(
     }
 
     let (path, authority) = split_target(method, target)?;
+    // Routing normalises the path (`proto::path`); one it could not read is refused here.
+    check_escapes(path)?;
     let s = scan_headers(headers)?;
 
     if s.host_count > 1 {

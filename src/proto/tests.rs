@@ -158,6 +158,27 @@ fn request_target_forms() {
     );
 }
 
+/// Routing normalises the path, so a path it could not read is refused before routing; the
+/// query is not checked, and what is accepted is kept exactly as sent.
+#[test]
+fn malformed_path_escapes_are_400() {
+    for target in [
+        "/c/%zz",
+        "/c/%4",
+        "/c/%",
+        "/%G0/x?y",
+        "http://h/a%2",
+        "/a%%41",
+    ] {
+        let head = format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert_eq!(status(&head), 400, "{target:?}");
+    }
+    for target in ["/c/%41/../x", "/c/%2e%2E/x", "/q?x=%zz&y=%", "/a%2fb"] {
+        let head = format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n");
+        with_req(&head, |r| assert_eq!((r.target, r.path), (target, target)));
+    }
+}
+
 #[test]
 fn versions() {
     assert_eq!(status("GET / HTTP/2.0\r\nHost: h\r\n\r\n"), 505);
@@ -282,6 +303,48 @@ fn forward_never_drops_framing_named_by_connection() {
     );
     assert!(out.contains("\r\nContent-Length: 3\r\n"), "{out}");
     assert!(out.contains("\r\nHost: example.com\r\n"), "{out}");
+}
+
+/// Equal duplicate Content-Lengths (RFC 9110 §8.6) reach the backend as exactly one header,
+/// where the first one stood, in canonical form; differing ones never get this far.
+#[test]
+fn forward_sends_exactly_one_content_length() {
+    for extra in [
+        "Content-Length: 3, 3\r\nX-After: 1\r\n",
+        "Content-Length: 3\r\nContent-Length: 3\r\nX-After: 1\r\n",
+        "content-length: 3\r\nX-After: 1\r\nCONTENT-LENGTH: 3,3\r\n",
+        "Content-Length: 003\r\nX-After: 1\r\n",
+        "Content-Length:  3 , 3 \r\nContent-Length: 3\r\nX-After: 1\r\n",
+    ] {
+        let out = forward(&get(extra), &opts());
+        assert_eq!(
+            out.to_ascii_lowercase().matches("content-length").count(),
+            1,
+            "{extra:?} -> {out}"
+        );
+        assert!(
+            out.starts_with(
+                "GET /p?q=1 HTTP/1.1\r\nHost: example.com\r\nContent-Length: 3\r\nX-After: 1\r\n"
+            ),
+            "{extra:?} -> {out}"
+        );
+    }
+    // No body, no Content-Length invented; a zero length is kept.
+    assert!(!forward(&get(""), &opts()).contains("Content-Length"));
+    assert!(
+        forward(&get("Content-Length: 0, 0\r\n"), &opts()).contains("\r\nContent-Length: 0\r\n")
+    );
+    // Chunked framing is untouched.
+    let out = forward(&get("Transfer-Encoding: chunked\r\n"), &opts());
+    assert!(out.contains("\r\nTransfer-Encoding: chunked\r\n") && !out.contains("Content-Length"));
+    // Differing values stay a 400.
+    for extra in [
+        "Content-Length: 3, 4\r\n",
+        "Content-Length: 3\r\nContent-Length: 4\r\n",
+        "Content-Length: 3, 3\r\nContent-Length: 30\r\n",
+    ] {
+        assert_eq!(status(&get(extra)), 400, "{extra:?}");
+    }
 }
 
 #[test]
@@ -515,6 +578,7 @@ fn randomized_inputs_never_panic() {
           Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nCookie: rw=1; a=2\r\n\r\n",
         b"POST http://h/p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
         b"PUT /x HTTP/1.0\r\nContent-Length: 5, 5\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\n\r\nhello",
+        b"POST /c/%41/../b?x=%zz HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\ncontent-length: 2, 2\r\n\r\nhi",
         b"OPTIONS * HTTP/1.1\r\nHost: [::1]:80\r\n\r\n",
     ];
     let responses: &[&[u8]] = &[
@@ -565,12 +629,18 @@ fn randomized_inputs_never_panic() {
                 write_request_head(&req, &mut out, &opts());
                 let mut h2 = [httparse::EMPTY_HEADER; 32];
                 let again = parse_request(&out, &mut h2, &LIMITS);
-                assert!(
-                    matches!(again, Ok(Some(_))),
-                    "{:?} -> {:?}",
-                    String::from_utf8_lossy(&buf),
-                    again
+                let Ok(Some(again)) = again else {
+                    panic!("{:?} -> {:?}", String::from_utf8_lossy(&buf), again);
+                };
+                // ... that the backend frames and routes exactly as we did, with one
+                // Content-Length at most.
+                assert_eq!(
+                    (again.method, again.path, again.host, again.body),
+                    (req.method, req.path, req.host, req.body),
+                    "{:?}",
+                    String::from_utf8_lossy(&buf)
                 );
+                assert!(again.header_count("content-length") <= 1);
             }
         }
     }

@@ -12,7 +12,6 @@ pub mod connect;
 mod handoff;
 mod head_reader;
 pub mod http;
-pub mod limits;
 mod proxy_header;
 pub mod route;
 pub mod tcp;
@@ -111,7 +110,7 @@ struct OpenGuard {
 /// moves with the connection when an upgraded connection continues in its own tunnel task.
 pub struct ConnLife {
     _open: OpenGuard,
-    _admission: limits::Admission,
+    _admission: crate::limits::Admission,
 }
 
 impl Drop for OpenGuard {

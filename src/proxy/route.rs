@@ -1,16 +1,26 @@
 //! Picks the upstream for a request: routes in file order, first match wins, then the
 //! listener's default upstream. Hosts were lower-cased at load time; the request's Host is
 //! compared case-insensitively with its port stripped, without allocating.
+//!
+//! Path prefixes match the *normalised* path ([`proto::normalize_path`]: dot segments removed,
+//! escaped unreserved characters decoded, query dropped), so `/c/../x` and `/c/%2e%2e/x` are
+//! routed as `/x`, where the backend will serve them, and not by the `/c/` route they start
+//! with. The target is still forwarded as received. Normalising allocates only for a path with
+//! a `%` or a dot segment.
 
 use crate::config::{Config, HostMatch, ListenerConfig};
+use crate::proto;
 
-/// The upstream index for (`listener`, `host`, `path`), if any route matches.
+/// The upstream index for (`listener`, `host`, `path`), if any route matches. `path` is the
+/// request's path as received (query included); it is normalised here. A path with a malformed
+/// escape matches nothing (`proto::parse_request` refuses those with 400 before routing).
 pub fn route(
     config: &Config,
     listener: &ListenerConfig,
     host: Option<&str>,
     path: &str,
 ) -> Option<usize> {
+    let path = proto::normalize_path(path).ok()?;
     let host = host.map(strip_port);
     for r in &config.routes {
         if let Some(l) = &r.listener {
@@ -127,6 +137,47 @@ mod tests {
         );
         assert_eq!(route(&c, web, None, "/ws/1"), Some(idx("ws")));
         assert_eq!(route(&c, web, Some("x"), "/other"), Some(idx("default")));
+    }
+
+    /// Prefixes match the normalised path: a target that walks out of `/ws` with `..` (plain or
+    /// escaped) is routed where it lands, an escaped unreserved character matches its plain
+    /// form, and an escaped `/` is not a separator.
+    #[test]
+    fn prefixes_match_the_normalised_path() {
+        let c = config();
+        let web = &c.listeners[0];
+        let idx = |n: &str| c.upstream_index(n).unwrap();
+        let ws = Some(idx("ws"));
+        let default = Some(idx("default"));
+        for (path, want) in [
+            ("/ws/1", ws),
+            ("/ws/../x", default),
+            ("/ws/%2e%2e/x", default),
+            ("/ws/%2E%2E/x", default),
+            ("/ws/./../x", default),
+            ("/ws/.%2e", default),
+            ("/x/../ws/1", ws),
+            ("/x/%2e%2e/ws", ws),
+            ("/%77s/1", ws),
+            ("/%77%73", ws),
+            ("/./ws?x=/..", ws),
+            ("/w%2Fs", default),
+            ("/x?/ws", default),
+            // malformed escapes never match (parse_request answers 400 before this)
+            ("/ws/%zz", None),
+            ("/ws/%4", None),
+        ] {
+            assert_eq!(route(&c, web, Some("x"), path), want, "{path:?}");
+        }
+        // A host-scoped route sees the normalised path too.
+        assert_eq!(
+            route(&c, web, Some("chat.example.com"), "/socket.io/../ws"),
+            ws
+        );
+        assert_eq!(
+            route(&c, web, Some("chat.example.com"), "/a/../socket.io/"),
+            Some(idx("chat"))
+        );
     }
 
     #[test]

@@ -90,8 +90,9 @@ enum Step<D: Driver> {
     Gone,
     /// Close after the response (the client asked, or a side cannot be reused).
     Close,
-    /// A verified 101: both sockets become a tunnel.
-    Tunnel(Backend<D>, access::RequestInfo),
+    /// A verified 101: both sockets become a tunnel (boxed: it moves once per upgrade, and the
+    /// other steps stay small).
+    Tunnel(Box<(Backend<D>, access::RequestInfo)>),
 }
 
 /// One client connection in http mode.
@@ -140,7 +141,7 @@ pub async fn serve<D: Driver>(
             Ok(Step::Next) => {}
             Ok(Step::Gone) => return,
             Ok(Step::Close) => return rio::linger_close::<D>(&c.client).await,
-            Ok(Step::Tunnel(b, request)) => return c.into_tunnel(b, request, life),
+            Ok(Step::Tunnel(t)) => return c.into_tunnel(t.0, t.1, life),
             Err(f) => return c.fail(f).await,
         }
     }

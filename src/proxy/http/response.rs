@@ -112,7 +112,7 @@ impl<D: Driver> Conn<'_, D> {
         if let Some(ui) = self.cur.upgrade.take() {
             self.gen.upstreams[ui].counters.upgrade(self.w.id, true);
         }
-        Ok(Step::Tunnel(backend, info))
+        Ok(Step::Tunnel(Box::new((backend, info))))
     }
 
     async fn relay_final(

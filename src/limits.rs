@@ -1,6 +1,11 @@
 //! Admission limits, checked once per accepted connection (never per message): a global cap,
 //! a per-source cap and a per-source token bucket for new connections.
 //!
+//! It sits at the crate root, beside `state`, because the process owns it: `state::Shared`
+//! holds the one `Limiter` (its counts outlive any listener or reload) and the proxy's accept
+//! loop only asks it. Kept in `proxy`, it made `state` depend on `proxy` while `proxy` depends
+//! on `state`.
+//!
 //! Per-source state is sharded by a hash of the IP (64 shards, each a small mutex-guarded map
 //! held for a few hundred nanoseconds at accept and close), so cores rarely meet, and it is
 //! bounded: an entry lives while its source has open connections or a bucket still refilling;
