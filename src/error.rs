@@ -49,6 +49,7 @@ kinds! {
     HeadTimeout => "head_timeout", Client;
     BadHandshake => "bad_handshake", Client;
     ProxyProtocol => "proxy_protocol", Client;
+    BadClientHello => "bad_client_hello", Client;
     NoRoute => "no_route", Client;
     ClientReset => "client_reset", Client;
     ClientTimeout => "client_idle_timeout", Client;
@@ -81,9 +82,11 @@ impl Kind {
             Kind::ConnectRefused | Kind::BadResponse | Kind::BadAccept => 502,
             Kind::ConnectTimeout | Kind::ResponseTimeout | Kind::BackendTimeout => 504,
             Kind::Internal => 500,
-            Kind::ClientReset | Kind::ClientTimeout | Kind::BackendReset | Kind::Drained => {
-                return None
-            }
+            Kind::ClientReset
+            | Kind::ClientTimeout
+            | Kind::BackendReset
+            | Kind::Drained
+            | Kind::BadClientHello => return None,
         })
     }
 

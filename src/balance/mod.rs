@@ -80,6 +80,10 @@ pub trait KeySource {
     fn cookie(&self, name: &str) -> Option<&[u8]>;
     /// A query parameter's raw value.
     fn query(&self, name: &str) -> Option<&[u8]>;
+    /// The TLS server name (lower-cased), where the connection's ClientHello was read.
+    fn sni(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl KeySource for IpAddr {

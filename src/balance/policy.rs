@@ -10,7 +10,7 @@ pub const DEFAULT_LOAD_FACTOR: f64 = 1.25;
 pub const DEFAULT_COOKIE_NAME: &str = "ringway";
 
 /// What the accepted policy strings look like; quoted in every parse error.
-pub const ACCEPTED: &str = "round-robin | least-conn | hash:ip | hash:header:NAME | \
+pub const ACCEPTED: &str = "round-robin | least-conn | hash:ip | hash:sni | hash:header:NAME | \
                             hash:cookie:NAME | hash:query:NAME | cookie";
 
 /// Where a hash policy takes its key from.
@@ -24,12 +24,20 @@ pub enum HashKey {
     Cookie(String),
     /// A query parameter, by name.
     Query(String),
+    /// The server name of a TLS ClientHello, read by a `tls_passthrough` tcp listener without
+    /// terminating TLS (devices with end-to-end TLS, keyed by the name they dial).
+    Sni,
 }
 
 impl HashKey {
     /// Whether a tcp listener (no parsed request) can provide this key.
     pub fn works_in_tcp_mode(&self) -> bool {
-        matches!(self, HashKey::Ip)
+        matches!(self, HashKey::Ip | HashKey::Sni)
+    }
+
+    /// Whether an http listener can provide this key (it has no ClientHello).
+    pub fn works_in_http_mode(&self) -> bool {
+        !matches!(self, HashKey::Sni)
     }
 }
 
@@ -88,6 +96,9 @@ impl fmt::Display for Policy {
                 key: HashKey::Ip, ..
             } => f.write_str("hash:ip"),
             Policy::Hash {
+                key: HashKey::Sni, ..
+            } => f.write_str("hash:sni"),
+            Policy::Hash {
                 key: HashKey::Header(n),
                 ..
             } => write!(f, "hash:header:{n}"),
@@ -119,6 +130,7 @@ impl Policy {
             "round-robin" => return Ok(Policy::RoundRobin),
             "least-conn" => return Ok(Policy::LeastConn),
             "hash:ip" => return Ok(Policy::hash(HashKey::Ip)),
+            "hash:sni" => return Ok(Policy::hash(HashKey::Sni)),
             "cookie" => {
                 return Ok(Policy::Cookie {
                     fallback: Box::new(Policy::LeastConn),
@@ -214,6 +226,17 @@ impl Policy {
         }
     }
 
+    /// Usable on an http listener (no ClientHello to take a server name from).
+    pub fn works_in_http_mode(&self) -> Result<(), String> {
+        match self.effective() {
+            Policy::Hash { key, .. } if !key.works_in_http_mode() => Err(format!(
+                "balance {self} needs a TLS ClientHello; only tcp listeners with \
+                 `tls_passthrough = true` read one"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Usable on a tcp listener (no request to take a header, cookie or query from).
     pub fn works_in_tcp_mode(&self) -> Result<(), String> {
         match self {
@@ -221,7 +244,7 @@ impl Policy {
             Policy::Hash { key, .. } if key.works_in_tcp_mode() => Ok(()),
             p => Err(format!(
                 "balance {p} needs an HTTP request; tcp listeners accept round-robin | \
-                 least-conn | hash:ip"
+                 least-conn | hash:ip | hash:sni"
             )),
         }
     }

@@ -370,6 +370,7 @@ impl Table {
                     HashKey::Header(n) => req.header(n),
                     HashKey::Cookie(n) => req.cookie(n),
                     HashKey::Query(n) => req.query(n),
+                    HashKey::Sni => req.sni(),
                 };
                 match bytes {
                     Some(k) => self.bounded(

@@ -153,7 +153,12 @@ pub struct ListenerConfig {
     pub mode: Mode,
     pub proxy_protocol: bool,
     pub tls_terminated: bool,
-    /// tcp: the upstream (index into `Config::upstreams`); http: the default route, if any.
+    /// tcp only: read the TLS ClientHello (without terminating TLS), route by its server name
+    /// through the `[[route]]`s naming this listener, offer it as the `hash:sni` key, then
+    /// tunnel every byte untouched.
+    pub tls_passthrough: bool,
+    /// tcp: the upstream (index into `Config::upstreams`), for passthrough listeners the one
+    /// for names no route matches; http: the default route, if any.
     pub upstream: Option<usize>,
     pub forward_for: bool,
     pub real_ip: bool,
@@ -163,7 +168,8 @@ pub struct ListenerConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
-    /// `None` = every http listener.
+    /// `None` = every http listener. A route naming a `tls_passthrough` tcp listener matches
+    /// the ClientHello's server name against `host` (its `path_prefix` is `/`).
     pub listener: Option<Arc<str>>,
     pub host: Option<HostMatch>,
     pub path_prefix: String,

@@ -68,6 +68,7 @@ pub struct RawListener {
     pub mode: Option<String>,
     pub proxy_protocol: Option<bool>,
     pub tls_terminated: Option<bool>,
+    pub tls_passthrough: Option<bool>,
     pub upstream: Option<String>,
     pub forward_for: Option<bool>,
     pub real_ip: Option<bool>,

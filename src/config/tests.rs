@@ -625,7 +625,7 @@ fn tcp_listeners_refuse_policies_that_need_a_request() {
         assert_error(
             &tcp(balance, ""),
             "upstream[dev].balance",
-            "tcp listener `devices` (listener[0])",
+            "tcp listener `devices` uses this upstream",
         );
     }
     let cookie = tcp("cookie", "[upstream.cookie]\nsecret = \"s\"");
@@ -708,5 +708,78 @@ fn required_for_ready_defaults_off() {
         errs.iter()
             .any(|e| e.line == Some(9) && e.message.contains("expected a boolean")),
         "{errs:#?}"
+    );
+}
+
+#[test]
+fn tls_passthrough_routes_by_server_name() {
+    let ok = r#"
+[[listener]]
+name = "devices"
+bind = "127.0.0.1:7443"
+mode = "tcp"
+tls_passthrough = true
+upstream = "other"
+[[route]]
+listener = "devices"
+host = "*.fleet.example"
+upstream = "fleet"
+[[upstream]]
+name = "fleet"
+balance = "hash:sni"
+backends = [{ address = "127.0.0.1:1" }]
+[[upstream]]
+name = "other"
+backends = [{ address = "127.0.0.1:2" }]
+"#;
+    let c = Config::from_toml(ok).unwrap();
+    assert!(c.listeners[0].tls_passthrough);
+    assert_eq!(c.routes[0].listener.as_deref(), Some("devices"));
+    // routes alone are enough: names no route matches are closed
+    Config::from_toml(&ok.replace("upstream = \"other\"\n[[route]]", "[[route]]")).unwrap();
+
+    // an http listener has no ClientHello
+    let http = ok
+        .replace("mode = \"tcp\"\ntls_passthrough = true", "mode = \"http\"")
+        .replace("listener = \"devices\"\nhost", "host");
+    assert_error(&http, "upstream[fleet].balance", "needs a TLS ClientHello");
+    // neither has a tcp listener that does not pass TLS through
+    let plain = ok.replace("tls_passthrough = true\n", "");
+    assert_error(&plain, "route[0].listener", "tls_passthrough = true");
+    let plain_default = r#"
+[[listener]]
+bind = "127.0.0.1:7443"
+mode = "tcp"
+upstream = "fleet"
+[[upstream]]
+name = "fleet"
+balance = "hash:sni"
+backends = [{ address = "127.0.0.1:1" }]
+"#;
+    assert_error(
+        plain_default,
+        "upstream[fleet].balance",
+        "only a listener with",
+    );
+    // passthrough is for tcp listeners, and routes by name only
+    let on_http = ok.replace("mode = \"tcp\"", "mode = \"http\"");
+    assert_error(
+        &on_http,
+        "listener[0].tls_passthrough",
+        "only tcp listeners",
+    );
+    let with_path = ok.replace(
+        "host = \"*.fleet.example\"",
+        "host = \"*.fleet.example\"\npath_prefix = \"/x\"",
+    );
+    assert_error(
+        &with_path,
+        "route[0].path_prefix",
+        "routes by server name only",
+    );
+    assert_error(
+        &ok.replace("tls_passthrough = true", "tls_passthrough = \"yes\""),
+        "<file>",
+        "expected a boolean",
     );
 }

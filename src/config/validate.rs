@@ -246,25 +246,26 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                 }
             },
         };
-        if mode == Mode::Tcp && upstream.is_none() && l.upstream.is_none() {
+        let tls_passthrough = l.tls_passthrough.unwrap_or(false);
+        if tls_passthrough && mode != Mode::Tcp {
+            e.push(
+                format!("{field}.tls_passthrough"),
+                "only tcp listeners pass TLS through; an http listener needs plaintext",
+            );
+        }
+        let has_sni_routes = raw
+            .route
+            .iter()
+            .any(|r| r.listener.as_deref() == Some(&*name));
+        if mode == Mode::Tcp
+            && upstream.is_none()
+            && l.upstream.is_none()
+            && !(tls_passthrough && has_sni_routes)
+        {
             e.push(
                 format!("{field}.upstream"),
                 "a tcp listener needs an upstream",
             );
-        }
-        if let (Mode::Tcp, Some(ui)) = (mode, upstream) {
-            // A tcp connection has no request to take a header, cookie or query from, and
-            // no response to set a cookie on: such a policy would silently not stick.
-            let u = &upstreams[ui];
-            if let Err(why) = u.policy.works_in_tcp_mode() {
-                e.push(
-                    format!("upstream[{}].balance", u.name),
-                    format!(
-                        "{why}, but tcp listener `{name}` ({field}) uses this upstream: \
-                         change `balance`, or give the tcp listener an upstream of its own"
-                    ),
-                );
-            }
         }
         if let Some(b) = bind {
             if !binds.insert(b) {
@@ -279,6 +280,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                 mode,
                 proxy_protocol: l.proxy_protocol.unwrap_or(false),
                 tls_terminated: l.tls_terminated.unwrap_or(false),
+                tls_passthrough,
                 upstream,
                 forward_for: l.forward_for.unwrap_or(true),
                 real_ip: l.real_ip.unwrap_or(true),
@@ -302,10 +304,22 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                     format!("{field}.listener"),
                     format!("no [[listener]] named `{l}`"),
                 ),
-                Some(li) if raw.listener[li].mode.as_deref() == Some("tcp") => e.push(
-                    format!("{field}.listener"),
-                    format!("`{l}` is a tcp listener; routes apply to http listeners"),
-                ),
+                Some(li) if raw.listener[li].mode.as_deref() == Some("tcp") => {
+                    if raw.listener[li].tls_passthrough != Some(true) {
+                        e.push(
+                            format!("{field}.listener"),
+                            format!(
+                                "`{l}` is a tcp listener; routes apply to http listeners and to \
+                                 tcp listeners with `tls_passthrough = true` (by server name)"
+                            ),
+                        );
+                    } else if r.path_prefix.as_deref().is_some_and(|p| p != "/") {
+                        e.push(
+                            format!("{field}.path_prefix"),
+                            format!("`{l}` passes TLS through: it routes by server name only"),
+                        );
+                    }
+                }
                 Some(_) => {}
             }
         }
@@ -336,6 +350,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         }
     }
 
+    check_policies_fit(&mut e, &listeners, &routes, &upstreams);
     for l in &listeners {
         if l.mode == Mode::Http
             && l.upstream.is_none()
@@ -809,4 +824,59 @@ pub fn check_log_level(level: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Every upstream a listener can send to must be able to place its connections: a tcp
+/// connection has no request to take a header, cookie or query from (and no response to set a
+/// cookie on), and only a `tls_passthrough` listener reads a ClientHello for `hash:sni`; such a
+/// policy would silently not stick.
+fn check_policies_fit(
+    e: &mut Errors,
+    listeners: &[ListenerConfig],
+    routes: &[RouteConfig],
+    upstreams: &[Arc<UpstreamConfig>],
+) {
+    for l in listeners {
+        let via_routes = routes.iter().filter(|r| match &r.listener {
+            Some(n) => *n == l.name,
+            None => l.mode == Mode::Http,
+        });
+        let used = l.upstream.into_iter().chain(via_routes.map(|r| r.upstream));
+        let mut seen = std::collections::BTreeSet::new();
+        for ui in used.filter(|ui| seen.insert(*ui)) {
+            let u = &upstreams[ui];
+            let fits = match l.mode {
+                Mode::Http => u.policy.works_in_http_mode(),
+                Mode::Tcp => u.policy.works_in_tcp_mode().and_then(|()| {
+                    let sni = matches!(
+                        u.policy,
+                        Policy::Hash {
+                            key: crate::balance::HashKey::Sni,
+                            ..
+                        }
+                    );
+                    if sni && !l.tls_passthrough {
+                        Err(format!(
+                            "balance {} needs the ClientHello, which only a listener with \
+                             `tls_passthrough = true` reads",
+                            u.policy
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                }),
+            };
+            if let Err(why) = fits {
+                let kind = if l.mode == Mode::Tcp { "tcp" } else { "http" };
+                e.push(
+                    format!("upstream[{}].balance", u.name),
+                    format!(
+                        "{why}, but {kind} listener `{}` uses this upstream: change `balance`, \
+                         or give the listener an upstream of its own",
+                        l.name
+                    ),
+                );
+            }
+        }
+    }
 }

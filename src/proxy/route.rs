@@ -41,6 +41,24 @@ pub fn route(
     listener.upstream
 }
 
+/// The upstream for a connection on a `tls_passthrough` tcp listener: the routes naming this
+/// listener, in file order, matched on the ClientHello's server name (a route without `host`
+/// matches any connection, with or without a name); then the listener's default upstream.
+pub fn route_sni(config: &Config, listener: &ListenerConfig, sni: Option<&str>) -> Option<usize> {
+    let mine = config
+        .routes
+        .iter()
+        .filter(|r| r.listener.as_deref() == Some(&*listener.name));
+    for r in mine {
+        match (&r.host, sni) {
+            (None, _) => return Some(r.upstream),
+            (Some(m), Some(name)) if host_matches(m, name) => return Some(r.upstream),
+            _ => {}
+        }
+    }
+    listener.upstream
+}
+
 fn strip_port(host: &str) -> &str {
     let h = host.trim_end_matches('.');
     if h.starts_with('[') {

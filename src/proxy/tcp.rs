@@ -1,17 +1,44 @@
-//! tcp mode: no parsing. Pick a backend (only `hash:ip` can key on anything), connect with the
-//! retry rule, optionally send a PROXY header so the backend sees the device's address, then
-//! tunnel.
+//! tcp mode: no HTTP parsing. Pick a backend (by client IP, or on a `tls_passthrough` listener
+//! by the ClientHello's server name: routes and `hash:sni`), connect with the retry rule,
+//! optionally send a PROXY header so the backend sees the device's address, then tunnel every
+//! byte untouched (the ClientHello included).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
+use crate::balance::KeySource;
 use crate::config::{ListenerConfig, SendProxy};
 use crate::error::Kind;
 use crate::io::{self as rio, Driver, Ready, Stream};
+use crate::proto::client_hello::{self, ClientHello, HostName};
 use crate::proto::proxy_protocol;
 use crate::state::Generation;
 
-use super::{connect, handoff, Worker};
+use super::{connect, handoff, route, Worker};
+
+/// What a tcp connection can be keyed on.
+struct TcpKey {
+    ip: IpAddr,
+    sni: Option<HostName>,
+}
+
+impl KeySource for TcpKey {
+    fn client_ip(&self) -> IpAddr {
+        self.ip
+    }
+    fn header(&self, _: &str) -> Option<&[u8]> {
+        None
+    }
+    fn cookie(&self, _: &str) -> Option<&[u8]> {
+        None
+    }
+    fn query(&self, _: &str) -> Option<&[u8]> {
+        None
+    }
+    fn sni(&self) -> Option<&[u8]> {
+        self.sni.as_ref().map(|n| n.as_str().as_bytes())
+    }
+}
 
 pub async fn serve<D: Driver>(
     w: &Rc<Worker>,
@@ -19,21 +46,36 @@ pub async fn serve<D: Driver>(
     lcfg: &ListenerConfig,
     client: Stream<D>,
     peer: SocketAddr,
-    early: Vec<u8>,
+    mut early: Vec<u8>,
 ) {
-    let Some((up_index, up)) = lcfg
-        .upstream
-        .and_then(|i| gen.upstreams.get(i).map(|u| (i, u)))
-    else {
+    let cfg = &gen.config;
+    let mut key = TcpKey {
+        ip: peer.ip(),
+        sni: None,
+    };
+    let upstream = if lcfg.tls_passthrough {
+        match read_client_hello::<D>(&client, &mut early, cfg.timeouts.head).await {
+            Ok(hello) => {
+                key.sni = hello.sni;
+                route::route_sni(cfg, lcfg, key.sni.as_ref().map(HostName::as_str))
+            }
+            Err(kind) => {
+                w.error(kind);
+                return; // no TLS stack to send an alert with: the client sees the close
+            }
+        }
+    } else {
+        lcfg.upstream
+    };
+    let Some((up_index, up)) = upstream.and_then(|i| gen.upstreams.get(i).map(|u| (i, u))) else {
         w.error(Kind::NoRoute);
         return;
     };
-    let cfg = &gen.config;
     let table = up.lb.load_full();
     let backend = match connect::pick_and_connect::<D, _>(
         w,
         &table,
-        &peer.ip(), // the only key a raw TCP connection has
+        &key,
         cfg.limits.connect_retries,
         cfg.timeouts.connect,
     )
@@ -67,4 +109,35 @@ pub async fn serve<D: Driver>(
         request: None,
     };
     handoff::run::<D>(w, gen, &table, &client, &backend, &who).await;
+}
+
+/// Bytes a ClientHello may take on the wire: the largest handshake message plus the headers of
+/// the records it may be split into.
+const MAX_HELLO_BYTES: usize = client_hello::MAX_HELLO + 1024;
+
+/// Reads until `buf` (bytes already read: after a PROXY header, or nothing) holds a whole
+/// ClientHello, within `timeout` of accept. Not TLS, garbled or oversized → `BadClientHello`;
+/// too slow → `HeadTimeout`; a close before it is whole → `ClientReset`.
+async fn read_client_hello<D: Driver>(
+    client: &Stream<D>,
+    buf: &mut Vec<u8>,
+    timeout: std::time::Duration,
+) -> Result<ClientHello, Kind> {
+    let work = async {
+        loop {
+            match client_hello::parse_client_hello(buf) {
+                Ok(Some(hello)) => return Ok(hello),
+                Ok(None) if buf.len() < MAX_HELLO_BYTES => {}
+                Ok(None) | Err(_) => return Err(Kind::BadClientHello),
+            }
+            let want = (MAX_HELLO_BYTES - buf.len()).min(4096);
+            match rio::read_append::<D>(client, buf, want).await {
+                Ok(0) | Err(_) => return Err(Kind::ClientReset),
+                Ok(_) => {}
+            }
+        }
+    };
+    rio::timeout(timeout, work)
+        .await
+        .unwrap_or(Err(Kind::HeadTimeout))
 }
