@@ -35,7 +35,7 @@ const BAD_ESCAPE: Reject = Reject::bad_request("invalid percent-encoding in the 
 /// The path part of an origin-form target: everything before the first `?` or `#`.
 #[inline]
 pub fn path_part(target: &str) -> &str {
-    match target.find(['?', '#']) {
+    match target.bytes().position(|c| c == b'?' || c == b'#') {
         Some(end) => &target[..end],
         None => target,
     }
@@ -61,11 +61,11 @@ pub fn check_escapes(target: &str) -> Result<(), Reject> {
 /// A target that does not start with `/` (the `*` of `OPTIONS *`) is returned as it is, after
 /// the same escape check. `Err` only for a malformed escape.
 pub fn normalize(target: &str) -> Result<Cow<'_, str>, Reject> {
-    let path = path_part(target);
-    let b = path.as_bytes();
-    if !b.contains(&b'%') && !has_dot_segment(b) {
+    let (path, plain) = scan(target);
+    if plain {
         return Ok(Cow::Borrowed(path));
     }
+    let b = path.as_bytes();
     let decoded = decode_unreserved(b)?;
     let out = if decoded.first() == Some(&b'/') {
         remove_dot_segments(&decoded)
@@ -79,9 +79,33 @@ pub fn normalize(target: &str) -> Result<Cow<'_, str>, Reject> {
         .map_err(|_| BAD_ESCAPE)
 }
 
-/// True if some segment of `b` (between `/`s, or at either end) is `.` or `..`.
-fn has_dot_segment(b: &[u8]) -> bool {
-    b.split(|&c| c == b'/').any(|s| s == b"." || s == b"..")
+/// One pass over the target for the common case: its path part, and whether that path is
+/// already normal (no `%`, no dot segment), so [`normalize`] can return it borrowed.
+#[inline]
+fn scan(target: &str) -> (&str, bool) {
+    let b = target.as_bytes();
+    let mut plain = true;
+    let mut seg = 0;
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'?' | b'#' => {
+                let dot = is_dot_segment(&b[seg..i]);
+                return (&target[..i], plain && !dot);
+            }
+            b'%' => plain = false,
+            b'/' => {
+                plain &= !is_dot_segment(&b[seg..i]);
+                seg = i + 1;
+            }
+            _ => {}
+        }
+    }
+    (target, plain && !is_dot_segment(&b[seg..]))
+}
+
+#[inline]
+fn is_dot_segment(s: &[u8]) -> bool {
+    s == b"." || s == b".."
 }
 
 /// Copies `b`, decoding escapes of unreserved characters and upper-casing the hex of the rest.
@@ -157,6 +181,11 @@ fn remove_dot_segments(b: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// True if some segment of `b` (between `/`s, or at either end) is `.` or `..`.
+    fn has_dot_segment(b: &[u8]) -> bool {
+        b.split(|&c| c == b'/').any(is_dot_segment)
+    }
 
     /// (input target, normalised path). Borrowed results are checked separately.
     const CASES: &[(&str, &str)] = &[
@@ -262,7 +291,7 @@ mod tests {
     #[test]
     fn output_properties_on_random_paths() {
         const ALPHABET: &[&str] = &[
-            "/", ".", "..", "%2e", "%2E", "%2f", "%41", "a", "%", "?", "b/", "%4",
+            "/", ".", "..", "%2e", "%2E", "%2f", "%41", "a", "%", "?", "b/", "%4", "#",
         ];
         let mut x: u64 = 0x2545_F491_4F6C_DD1D;
         let mut ok = 0;
@@ -277,6 +306,13 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
+            let (part, plain) = scan(&p);
+            assert_eq!(part, path_part(&p));
+            assert_eq!(
+                plain,
+                !part.contains('%') && !has_dot_segment(part.as_bytes()),
+                "{p:?}"
+            );
             let Ok(n) = normalize(&p) else {
                 assert!(check_escapes(&p).is_err(), "{p:?}");
                 continue;
