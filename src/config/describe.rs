@@ -77,7 +77,11 @@ pub fn describe(c: &Config) -> String {
         let _ = writeln!(
             o,
             "upstream {}: balance={} load_factor={} send_proxy={:?}",
-            u.name, u.balance, u.load_factor, u.send_proxy
+            u.name,
+            u.balance,
+            u.load_factor
+                .map_or_else(|| "none (no load bound)".to_string(), |f| f.to_string()),
+            u.send_proxy
         );
         match &u.discovery {
             Discovery::Static(list) => {

@@ -179,7 +179,8 @@ pub struct UpstreamConfig {
     pub name: Arc<str>,
     /// The policy as written (`hash:header:X-Device-Id`); parsed by `balance::Policy::parse`.
     pub balance: String,
-    pub load_factor: f64,
+    /// `Some`: bounded-load hashing (opt-in; see `docs/config.md`). `None`: no bound.
+    pub load_factor: Option<f64>,
     pub send_proxy: SendProxy,
     pub cookie: CookieConfig,
     pub discovery: Discovery,

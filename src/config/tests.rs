@@ -66,7 +66,7 @@ fn minimal_config_gets_defaults() {
     assert!(c.listeners[0].forward_for);
     let u = &c.upstreams[0];
     assert_eq!(u.balance, "round-robin");
-    assert_eq!(u.load_factor, 1.25);
+    assert_eq!(u.load_factor, None, "bounded load is opt-in");
     assert_eq!(u.health.max_fails, 3);
     assert_eq!(u.health.fail_timeout, Duration::from_secs(10));
     assert_eq!(u.cookie.name, "ringway");
@@ -287,6 +287,11 @@ fn upstream_fields() {
         "upstream[app].balance",
         "",
     );
+    let c = Config::from_toml(&with_upstream(
+        "balance = \"hash:ip\"\nload_factor = 1.5\nbackends = [{ address = \"127.0.0.1:1\" }]",
+    ))
+    .unwrap();
+    assert_eq!(c.upstreams[0].load_factor, Some(1.5), "opt-in bounded load");
     assert_error(
         &with_upstream("load_factor = 0.5\nbackends = [{ address = \"127.0.0.1:1\" }]"),
         "upstream[app].load_factor",

@@ -365,11 +365,12 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
     if let Err(msg) = check_policy(&balance) {
         e.push(format!("{field}.balance"), msg);
     }
-    let load_factor = u.load_factor.unwrap_or(1.25);
-    if !(load_factor.is_finite() && load_factor >= 1.0) {
+    // Bounded load is opt-in: without `load_factor` a key stays where the table puts it.
+    let load_factor = u.load_factor;
+    if load_factor.is_some_and(|f| !(f.is_finite() && f >= 1.0)) {
         e.push(
             format!("{field}.load_factor"),
-            "must be >= 1.0 (1.25 is a good start)",
+            "must be >= 1.0 (1.25 is a good start), or left out for no load bound",
         );
     }
     let send_proxy = e.choice(
