@@ -41,6 +41,24 @@ fn shared() -> Arc<Shared> {
     Shared::new(gen, 2)
 }
 
+/// A request carrying only an `X-Device-Id` header.
+struct KeyReq(&'static [u8]);
+
+impl crate::balance::KeySource for KeyReq {
+    fn client_ip(&self) -> std::net::IpAddr {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        name.eq_ignore_ascii_case("x-device-id").then_some(self.0)
+    }
+    fn cookie(&self, _: &str) -> Option<&[u8]> {
+        None
+    }
+    fn query(&self, _: &str) -> Option<&[u8]> {
+        None
+    }
+}
+
 fn get(shared: &Arc<Shared>, target: &str) -> (u16, String) {
     let raw = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
     let (req, _, _) = parse(raw.as_bytes()).ok().flatten().expect("parses");
@@ -163,13 +181,60 @@ fn lookup_agrees_with_the_table_and_rejects_bad_queries() {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["backend"], expect, "{body}");
         assert_eq!(v["key"], key);
+        // Bounded load is off: the answer is the table's placement, the same on every replica.
+        assert_eq!(v["placement"], expect, "{body}");
+        assert_eq!(v["same_on_every_replica"], true, "{body}");
+        assert_eq!(v["bounded_load"], serde_json::Value::Null, "{body}");
+        assert_eq!(v["key_live_on"], serde_json::Value::Null, "{body}");
     }
+    // After a failover the key's live connection sits elsewhere: the answer says so.
+    let home = table.placement(b"dev-1").unwrap();
+    table.backends()[home].stats().set_health_up(false);
+    let p = table
+        .pick(&KeyReq(b"dev-1"), &[])
+        .expect("the other backend takes it");
+    let guard = table.guard_pick(&p).unwrap();
+    table.backends()[home].stats().set_health_up(true);
+    let (_, body) = get(&s, "/lookup?upstream=chat&key=dev-1");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["backend"], table.name(home).unwrap(), "{body}");
+    assert_eq!(v["key_live_on"], table.name(p.index).unwrap(), "{body}");
+    assert!(
+        v["note"].as_str().unwrap().contains("live connections"),
+        "{body}"
+    );
+    drop(guard);
     let sticky = gen.upstreams[1].lb.load_full();
     let cookie = sticky.cookie_value(0).unwrap().to_string();
     let (status, body) = get(&s, &format!("/lookup?upstream=sticky&cookie={cookie}"));
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"s-0\""));
-    assert_eq!(get(&s, "/lookup?upstream=sticky&cookie=forged").0, 404);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["cookie_state"], "valid", "{body}");
+    let (status, body) = get(&s, "/lookup?upstream=sticky&cookie=forged");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["cookie_state"], "invalid", "{body}");
+    assert_eq!(v["backend"], serde_json::Value::Null, "{body}");
+    assert_eq!(v["re_placed_by"], "least-conn", "{body}");
+    assert_eq!(v["re_placed_now_on"], "s-0", "{body}");
+    // A cookie whose backend is down is stale: named, and where it is re-placed.
+    sticky.backends()[0].stats().set_health_up(false);
+    let (_, body) = get(&s, &format!("/lookup?upstream=sticky&cookie={cookie}"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["cookie_state"], "stale", "{body}");
+    assert_eq!(v["names_backend"], "s-0", "{body}");
+    assert_eq!(v["names_backend_reason"], "down-health", "{body}");
+    assert_eq!(
+        v["re_placed_now_on"],
+        serde_json::Value::Null,
+        "nothing is up: {body}"
+    );
+    sticky.backends()[0].stats().set_health_up(true);
+    // `key` on a cookie upstream points at `cookie=`.
+    let (status, body) = get(&s, "/lookup?upstream=sticky&key=a");
+    assert_eq!(status, 400);
+    assert!(body.contains("cookie=VALUE"), "{body}");
     assert_eq!(get(&s, "/lookup?upstream=nope&key=a").0, 404);
     assert_eq!(get(&s, "/lookup?key=a").0, 400);
     assert_eq!(get(&s, "/lookup?upstream=chat").0, 400);
