@@ -97,6 +97,9 @@ pub fn main() -> i32 {
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
                 print!("{}", crate::config::describe(&c));
+                for w in &c.warnings {
+                    println!("warning: {w}");
+                }
                 println!("ok: {} is valid", config.display());
                 0
             }

@@ -29,6 +29,9 @@ pub fn init_logging(format: LogFormat, level: &str) {
 /// Runs until SIGTERM/SIGINT and the drain that follows. Returns the exit status.
 pub fn run(mut config: Config, path: Option<PathBuf>, _args: RunArgs) -> i32 {
     init_logging(config.log.format, &config.log.level);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     runtime::resolve_workers(&mut config);
     if let Err(e) = runtime::check_kernel_fd_limit(config.workers) {
         tracing::error!("{e:#}");

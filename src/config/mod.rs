@@ -2,6 +2,7 @@
 //! [`Config::validate`]). Validation collects *every* error before giving up, each naming the
 //! field it is about and saying how to fix it, so an operator fixes a file in one pass.
 
+mod cidr;
 mod describe;
 mod duration;
 pub mod raw;
@@ -15,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use cidr::Cidr;
 pub use describe::describe;
 pub use duration::{format_duration, parse_duration};
 pub use raw::RawConfig;
@@ -101,6 +103,9 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<Arc<UpstreamConfig>>,
+    /// Valid but risky settings (a PROXY listener that trusts every peer, a per-process
+    /// cookie secret, the example's secret): printed by `ringway check`, logged at start.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -132,6 +137,10 @@ pub struct Limits {
     pub source_rate: f64,
     pub source_burst: u32,
     pub connect_retries: usize,
+    /// Connections from one peer still waiting for their PROXY header (0 = no cap). Per-source
+    /// limits apply to the address the header carries, so this is what bounds a peer that
+    /// opens connections and sends half a header (with `timeouts.head`).
+    pub proxy_pending_per_peer: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -148,6 +157,10 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     pub mode: Mode,
     pub proxy_protocol: bool,
+    /// Peers allowed to send a PROXY header (`proxy_protocol_from`); `None` = every peer
+    /// (trusted blindly: warned about at start). A connection from elsewhere is a direct
+    /// client; if it starts with a PROXY header anyway it is refused.
+    pub proxy_protocol_from: Option<Vec<Cidr>>,
     pub tls_terminated: bool,
     /// tcp: the upstream (index into `Config::upstreams`); http: the default route, if any.
     pub upstream: Option<usize>,

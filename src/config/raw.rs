@@ -49,6 +49,7 @@ pub struct RawLimits {
     pub source_rate: Option<f64>,
     pub source_burst: Option<i64>,
     pub connect_retries: Option<i64>,
+    pub proxy_pending_per_peer: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +68,7 @@ pub struct RawListener {
     pub bind: Option<String>,
     pub mode: Option<String>,
     pub proxy_protocol: Option<bool>,
+    pub proxy_protocol_from: Option<Vec<String>>,
     pub tls_terminated: Option<bool>,
     pub upstream: Option<String>,
     pub forward_for: Option<bool>,

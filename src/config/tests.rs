@@ -572,3 +572,80 @@ backends = []
             && shown.contains("listener[0].bind")
     );
 }
+
+#[test]
+fn proxy_protocol_from() {
+    let l = |extra: &str| {
+        format!(
+            "[[listener]]\nbind = \"127.0.0.1:1\"\nupstream = \"app\"\n{extra}\n\
+             [[upstream]]\nname = \"app\"\nbackends = [{{ address = \"127.0.0.1:9001\" }}]\n"
+        )
+    };
+    let c = Config::from_toml(&l(
+        "proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\"]",
+    ))
+    .unwrap();
+    let from = c.listeners[0].proxy_protocol_from.as_ref().unwrap();
+    assert_eq!(from.len(), 3);
+    assert!(from[0].contains("10.2.3.4".parse().unwrap()));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert_error(
+        &l("proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\", \"10.0.0.0/33\"]"),
+        "listener[0].proxy_protocol_from[1]",
+        "0..=32",
+    );
+    assert_error(
+        &l("proxy_protocol = true\nproxy_protocol_from = [\"lb.internal\"]"),
+        "listener[0].proxy_protocol_from[0]",
+        "not an address range",
+    );
+    assert_error(
+        &l("proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.1/8\"]"),
+        "listener[0].proxy_protocol_from[0]",
+        "10.0.0.0/8",
+    );
+    assert_error(
+        &l("proxy_protocol = true\nproxy_protocol_from = []"),
+        "listener[0].proxy_protocol_from",
+        "empty",
+    );
+    assert_error(
+        &l("proxy_protocol_from = [\"10.0.0.0/8\"]"),
+        "listener[0].proxy_protocol_from",
+        "only used with proxy_protocol = true",
+    );
+    assert_error(
+        &l("proxy_protocol = true\nproxy_protocol_from = \"10.0.0.0/8\""),
+        "<file>",
+        "",
+    );
+    // Trusting every peer is allowed (today's behaviour), with a warning naming the listener.
+    let c = Config::from_toml(&l("name = \"edge\"\nproxy_protocol = true")).unwrap();
+    assert_eq!(c.listeners[0].proxy_protocol_from, None);
+    assert_eq!(c.warnings.len(), 1);
+    assert!(c.warnings[0].contains("`edge`") && c.warnings[0].contains("proxy_protocol_from"));
+    assert!(Config::from_toml(BASE).unwrap().warnings.is_empty());
+}
+
+#[test]
+fn proxy_pending_per_peer() {
+    assert_eq!(
+        Config::from_toml(BASE)
+            .unwrap()
+            .limits
+            .proxy_pending_per_peer,
+        256
+    );
+    assert_eq!(
+        Config::from_toml(&format!("[limits]\nproxy_pending_per_peer = 0\n{BASE}"))
+            .unwrap()
+            .limits
+            .proxy_pending_per_peer,
+        0
+    );
+    assert_error(
+        &format!("[limits]\nproxy_pending_per_peer = -1\n{BASE}"),
+        "limits.proxy_pending_per_peer",
+        "out of range",
+    );
+}

@@ -150,7 +150,15 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             1 << 30,
         ) as u32,
         connect_retries: e.count("limits.connect_retries", l.connect_retries, 2, 0, 16),
+        proxy_pending_per_peer: e.count(
+            "limits.proxy_pending_per_peer",
+            l.proxy_pending_per_peer,
+            256,
+            0,
+            1 << 20,
+        ),
     };
+    let mut warnings = Vec::new();
 
     let lg = &raw.log;
     let access_sample = lg.access_sample.unwrap_or(1.0);
@@ -246,6 +254,40 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                 "a tcp listener needs an upstream",
             );
         }
+        let proxy_protocol = l.proxy_protocol.unwrap_or(false);
+        let proxy_protocol_from = match &l.proxy_protocol_from {
+            None => None,
+            Some(list) => {
+                if !proxy_protocol {
+                    e.push(
+                        format!("{field}.proxy_protocol_from"),
+                        "only used with proxy_protocol = true",
+                    );
+                }
+                if list.is_empty() {
+                    e.push(
+                        format!("{field}.proxy_protocol_from"),
+                        "empty: list the load balancers' addresses (e.g. [\"10.0.0.0/8\"]), \
+                         or set proxy_protocol = false",
+                    );
+                }
+                let mut out = Vec::new();
+                for (j, c) in list.iter().enumerate() {
+                    match Cidr::parse(c) {
+                        Ok(c) => out.push(c),
+                        Err(m) => e.push(format!("{field}.proxy_protocol_from[{j}]"), m),
+                    }
+                }
+                Some(out)
+            }
+        };
+        if proxy_protocol && proxy_protocol_from.is_none() {
+            warnings.push(format!(
+                "listener `{name}`: proxy_protocol = true trusts a PROXY header from any peer, \
+                 so a client that reaches the port directly can claim any source address; \
+                 set proxy_protocol_from = [\"<load balancer CIDR>\", ...]"
+            ));
+        }
         if let Some(b) = bind {
             if !binds.insert(b) {
                 e.push(
@@ -257,7 +299,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                 name,
                 bind: b,
                 mode,
-                proxy_protocol: l.proxy_protocol.unwrap_or(false),
+                proxy_protocol,
+                proxy_protocol_from,
                 tls_terminated: l.tls_terminated.unwrap_or(false),
                 upstream,
                 forward_for: l.forward_for.unwrap_or(true),
@@ -340,6 +383,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             listeners,
             routes,
             upstreams,
+            warnings,
         })
     } else {
         Err(ConfigErrors(e.0))
