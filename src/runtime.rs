@@ -51,6 +51,7 @@ pub fn policy_for(u: &UpstreamConfig) -> Result<Policy, String> {
             u.cookie.secret.as_bytes(),
             &u.cookie.fallback,
         )?
+        .with_verify_secrets(&u.cookie.verify_secrets)
     } else {
         Policy::parse(&u.balance)?
     };

@@ -53,10 +53,12 @@ pub enum Policy {
     },
     /// Route-cookie stickiness: a valid cookie names the backend; anything else is balanced
     /// by `fallback` (never `Cookie` itself) and gets a new cookie. `secret` keys the opaque
-    /// cookie values and must be the same on every replica.
+    /// cookie values and must be the same on every replica. `verify` are retired secrets
+    /// (rotation): cookies they signed are still honoured, and re-issued under `secret`.
     Cookie {
         fallback: Box<Policy>,
         secret: Vec<u8>,
+        verify: Vec<Vec<u8>>,
         name: String,
     },
 }
@@ -75,11 +77,16 @@ impl fmt::Debug for Policy {
             Policy::Cookie {
                 fallback,
                 secret,
+                verify,
                 name,
             } => f
                 .debug_struct("Cookie")
                 .field("fallback", fallback)
                 .field("secret", &format_args!("<{} bytes>", secret.len()))
+                .field(
+                    "verify",
+                    &format_args!("<{} retired secrets>", verify.len()),
+                )
                 .field("name", name)
                 .finish(),
         }
@@ -131,6 +138,7 @@ impl Policy {
                 return Ok(Policy::Cookie {
                     fallback: Box::new(Policy::LeastConn),
                     secret: Vec::new(),
+                    verify: Vec::new(),
                     name: DEFAULT_COOKIE_NAME.to_owned(),
                 })
             }
@@ -182,10 +190,12 @@ impl Policy {
             Policy::Cookie {
                 fallback,
                 secret,
+                verify,
                 name,
             } => Policy::Cookie {
                 fallback: Box::new(fallback.with_load_factor(factor)?),
                 secret,
+                verify,
                 name,
             },
             other => other,
@@ -211,8 +221,28 @@ impl Policy {
         Ok(Policy::Cookie {
             fallback: Box::new(fallback),
             secret: secret.to_vec(),
+            verify: Vec::new(),
             name: name.to_owned(),
         })
+    }
+
+    /// Adds retired cookie secrets (rotation: the first secret signs, all verify). Other
+    /// policies are returned unchanged.
+    pub fn with_verify_secrets<S: AsRef<[u8]>>(self, retired: &[S]) -> Policy {
+        match self {
+            Policy::Cookie {
+                fallback,
+                secret,
+                name,
+                ..
+            } => Policy::Cookie {
+                fallback,
+                secret,
+                verify: retired.iter().map(|s| s.as_ref().to_vec()).collect(),
+                name,
+            },
+            other => other,
+        }
     }
 
     /// The policy that balances requests this policy cannot place by itself (a cookie

@@ -78,8 +78,11 @@ enum Structure {
 /// Cookie values of every backend and the reverse map.
 struct Cookies {
     name: String,
+    /// Under the signing (first) secret.
     values: Vec<Box<str>>,
-    by_mac: HashMap<[u8; COOKIE_MAC_LEN], usize, ahash::RandomState>,
+    /// MAC → (backend, signed by the current secret). Retired secrets' MACs map too, so their
+    /// cookies keep routing during a rotation (and are re-issued).
+    by_mac: HashMap<[u8; COOKIE_MAC_LEN], (usize, bool), ahash::RandomState>,
 }
 
 /// A shared cursor on its own cache line: round robin and least-conn tie rotation touch it
@@ -186,15 +189,31 @@ impl Table {
             Policy::LeastConn | Policy::Cookie { .. } => Structure::LeastConn,
         };
         let cookies = match policy {
-            Policy::Cookie { secret, name, .. } => {
+            Policy::Cookie {
+                secret,
+                verify,
+                name,
+                ..
+            } => {
                 let values: Vec<Box<str>> = backends
                     .iter()
                     .map(|b| cookie::encode(secret, b.name()).into_boxed_str())
                     .collect();
-                let mut by_mac = HashMap::with_capacity_and_hasher(values.len(), map_hasher());
+                let mut by_mac = HashMap::with_capacity_and_hasher(
+                    values.len() * (1 + verify.len()),
+                    map_hasher(),
+                );
                 for (i, v) in values.iter().enumerate() {
                     if let Some(mac) = cookie::decode(v.as_bytes()) {
-                        by_mac.entry(mac).or_insert(i);
+                        by_mac.entry(mac).or_insert((i, true));
+                    }
+                }
+                for old in verify {
+                    for (i, b) in backends.iter().enumerate() {
+                        let v = cookie::encode(old, b.name());
+                        if let Some(mac) = cookie::decode(v.as_bytes()) {
+                            by_mac.entry(mac).or_insert((i, false));
+                        }
                     }
                 }
                 Some(Cookies {
@@ -265,8 +284,15 @@ impl Table {
         self.cookies.as_ref()?.values.get(index).map(|v| &**v)
     }
 
-    /// Which backend a route cookie value names, if any (in any state). Allocation-free.
+    /// Which backend a route cookie value names, if any (in any state), under the current or
+    /// a retired secret. Allocation-free.
     pub fn lookup_cookie(&self, value: &[u8]) -> Option<usize> {
+        self.lookup_cookie_signed(value).map(|(i, _)| i)
+    }
+
+    /// [`Table::lookup_cookie`], and whether the current secret signed it (`false`: a retired
+    /// one, so the cookie is due for re-issue).
+    pub fn lookup_cookie_signed(&self, value: &[u8]) -> Option<(usize, bool)> {
         let cookies = self.cookies.as_ref()?;
         cookies.by_mac.get(&cookie::decode(value)?).copied()
     }
@@ -369,12 +395,13 @@ impl Table {
         if let Some(c) = &self.cookies {
             let sticky = req
                 .cookie(&c.name)
-                .and_then(|v| self.lookup_cookie(v))
-                .filter(|&i| self.eligible(i, exclude, now_ms));
-            if let Some(index) = sticky {
+                .and_then(|v| self.lookup_cookie_signed(v))
+                .filter(|&(i, _)| self.eligible(i, exclude, now_ms));
+            if let Some((index, current)) = sticky {
                 return Some(Pick {
                     index,
-                    set_cookie: false,
+                    // A retired secret's cookie still routes; re-issue it under the new one.
+                    set_cookie: !current,
                     key_hash: None,
                 });
             }

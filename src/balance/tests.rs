@@ -1211,3 +1211,47 @@ fn key_holders_survive_a_rebuild() {
         "siblings follow across rebuilds"
     );
 }
+
+#[test]
+fn retired_cookie_secrets_still_route_and_are_reissued() {
+    let reg = StatsRegistry::default();
+    let old = Table::build(
+        &Policy::cookie("rw", b"old-secret", "least-conn").unwrap(),
+        specs(&pods(3)),
+        &reg,
+    );
+    let rotated_policy = Policy::cookie("rw", b"new-secret", "least-conn")
+        .unwrap()
+        .with_verify_secrets(&[b"old-secret"]);
+    let t = Table::build(&rotated_policy, specs(&pods(3)), &reg);
+    for i in 0..3 {
+        let old_value = old.cookie_value(i).unwrap().as_bytes().to_vec();
+        let new_value = t.cookie_value(i).unwrap().as_bytes().to_vec();
+        assert_ne!(old_value, new_value, "the first secret signs");
+        let p = t.pick_at(&Req::cookie("rw", &old_value), &[], 0).unwrap();
+        assert_eq!(p.index, i, "a retired secret's cookie still routes");
+        assert!(p.set_cookie, "and is re-issued under the new secret");
+        let p = t.pick_at(&Req::cookie("rw", &new_value), &[], 0).unwrap();
+        assert_eq!((p.index, p.set_cookie), (i, false));
+        assert_eq!(t.lookup_cookie_signed(&old_value), Some((i, false)));
+        assert_eq!(t.lookup_cookie_signed(&new_value), Some((i, true)));
+    }
+    // Once the old secret is dropped, its cookies are unknown: rebalanced with a new cookie.
+    let t = Table::build(
+        &Policy::cookie("rw", b"new-secret", "least-conn").unwrap(),
+        specs(&pods(3)),
+        &reg,
+    );
+    let old_value = old.cookie_value(0).unwrap().as_bytes().to_vec();
+    assert_eq!(t.lookup_cookie(&old_value), None);
+    assert!(
+        t.pick_at(&Req::cookie("rw", &old_value), &[], 0)
+            .unwrap()
+            .set_cookie
+    );
+    let dbg = format!("{rotated_policy:?}");
+    assert!(
+        !dbg.contains("old-secret") && !dbg.contains("new-secret"),
+        "{dbg}"
+    );
+}

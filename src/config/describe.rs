@@ -141,6 +141,17 @@ pub fn describe(c: &Config) -> String {
                 k.strip,
                 k.secret.len()
             );
+            if !k.verify_secrets.is_empty() || k.secret_file.is_some() {
+                let _ = writeln!(
+                    o,
+                    "  cookie secrets: {} retired still verify{}",
+                    k.verify_secrets.len(),
+                    k.secret_file
+                        .as_ref()
+                        .map(|p| format!(", from {}", p.display()))
+                        .unwrap_or_default()
+                );
+            }
         }
     }
     o

@@ -204,7 +204,12 @@ pub struct UpstreamConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CookieConfig {
     pub name: String,
+    /// The secret that signs new cookies (the first of `secrets` / of `secret_file`'s lines).
     pub secret: String,
+    /// Retired secrets whose cookies are still honoured (rotation), in the order given.
+    pub verify_secrets: Vec<String>,
+    /// Where the secrets were read from (`secret_file`), re-read on every reload.
+    pub secret_file: Option<std::path::PathBuf>,
     pub fallback: String,
     pub path: String,
     pub http_only: bool,

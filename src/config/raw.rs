@@ -107,6 +107,8 @@ pub struct RawUpstream {
 pub struct RawCookie {
     pub name: Option<String>,
     pub secret: Option<String>,
+    pub secrets: Option<Vec<String>>,
+    pub secret_file: Option<String>,
     pub fallback: Option<String>,
     pub path: Option<String>,
     pub http_only: Option<bool>,

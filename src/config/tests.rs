@@ -649,3 +649,84 @@ fn proxy_pending_per_peer() {
         "out of range",
     );
 }
+
+#[test]
+fn cookie_secrets_rotation_file_and_warnings() {
+    let c = |cookie: &str| {
+        with_upstream(&format!(
+            "balance = \"cookie\"\nbackends = [{{ address = \"127.0.0.1:1\" }}]\n[upstream.cookie]\n{cookie}"
+        ))
+    };
+    let long = "0123456789abcdef0123";
+    // secrets = [new, old]: the first signs, the rest verify.
+    let cfg =
+        Config::from_toml(&c(&format!("secrets = [\"{long}-new\", \"{long}-old\"]"))).unwrap();
+    let k = &cfg.upstreams[0].cookie;
+    assert_eq!(k.secret, format!("{long}-new"));
+    assert_eq!(k.verify_secrets, vec![format!("{long}-old")]);
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    // secret_file: one per line, blank lines and comments skipped.
+    let dir = std::env::temp_dir().join(format!("ringway-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cookie-secret");
+    std::fs::write(
+        &file,
+        format!("# rotated 2026-11\n{long}-new\n\n  {long}-old  \n"),
+    )
+    .unwrap();
+    let cfg = Config::from_toml(&c(&format!("secret_file = \"{}\"", file.display()))).unwrap();
+    let k = &cfg.upstreams[0].cookie;
+    assert_eq!(k.secret, format!("{long}-new"));
+    assert_eq!(k.verify_secrets, vec![format!("{long}-old")]);
+    assert_eq!(k.secret_file.as_deref(), Some(file.as_path()));
+    // Errors name the field.
+    assert_error(
+        &c(&format!(
+            "secret_file = \"{}\"",
+            dir.join("missing").display()
+        )),
+        "upstream[app].cookie.secret_file",
+        "cannot read",
+    );
+    std::fs::write(dir.join("empty"), "# nothing\n\n").unwrap();
+    assert_error(
+        &c(&format!(
+            "secret_file = \"{}\"",
+            dir.join("empty").display()
+        )),
+        "upstream[app].cookie.secret_file",
+        "empty",
+    );
+    assert_error(&c("secrets = []"), "upstream[app].cookie.secrets", "empty");
+    assert_error(
+        &c("secrets = [\"a\", \"\"]"),
+        "upstream[app].cookie.secrets",
+        "empty",
+    );
+    assert_error(
+        &c("secret = \"x\"\nsecrets = [\"y\"]"),
+        "upstream[app].cookie",
+        "one of secret, secrets, secret_file",
+    );
+    assert_error(
+        &with_upstream(
+            "balance = \"cookie\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n[upstream.cookie]\nname = \"c\"",
+        ),
+        "upstream[app].cookie.secret",
+        "secret_file",
+    );
+    // The example's placeholder and short secrets are valid, with a warning.
+    let cfg = Config::from_toml(&c("secret = \"change-me-to-a-long-random-string\"")).unwrap();
+    assert_eq!(cfg.warnings.len(), 1);
+    assert!(
+        cfg.warnings[0].contains("upstream[app].cookie.secret")
+            && cfg.warnings[0].contains("placeholder")
+    );
+    let cfg = Config::from_toml(&c("secret = \"short\"")).unwrap();
+    assert!(
+        cfg.warnings[0].contains("shorter than 16"),
+        "{:?}",
+        cfg.warnings
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

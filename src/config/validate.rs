@@ -185,7 +185,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             Some(n) => format!("upstream[{n}]"),
             None => format!("upstream[{i}]"),
         };
-        if let Some(up) = validate_upstream(&mut e, &field, u) {
+        if let Some(up) = validate_upstream(&mut e, &mut warnings, &field, u) {
             if !upstream_names.insert(up.name.clone()) {
                 e.push(format!("{field}.name"), "duplicate upstream name");
             }
@@ -390,7 +390,98 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     }
 }
 
-fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<UpstreamConfig> {
+/// The placeholder secret of the shipped examples: a file that still has it is valid, but
+/// anyone who read the example can mint cookies for any backend.
+const EXAMPLE_SECRET: &str = "change-me";
+
+/// Shortest secret that is not warned about (HMAC-SHA1 keys below 16 bytes are guessable).
+const MIN_SECRET_LEN: usize = 16;
+
+/// A cookie policy's secrets from exactly one of `secret`, `secrets` (the first signs, all
+/// verify: rotation) or `secret_file` (a mounted Kubernetes Secret: one secret per line, the
+/// first signs; blank lines and `#` comments skipped; re-read on reload).
+fn cookie_secrets(
+    e: &mut Errors,
+    warnings: &mut Vec<String>,
+    field: &str,
+    rc: &RawCookie,
+    needed: bool,
+) -> (Vec<String>, Option<std::path::PathBuf>) {
+    let given = [
+        rc.secret.is_some(),
+        rc.secrets.is_some(),
+        rc.secret_file.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if given > 1 {
+        e.push(
+            format!("{field}.cookie"),
+            "give one of secret, secrets, secret_file",
+        );
+        return (Vec::new(), None);
+    }
+    let mut file = None;
+    let (list, where_) = if let Some(s) = &rc.secret {
+        (vec![s.clone()], format!("{field}.cookie.secret"))
+    } else if let Some(list) = &rc.secrets {
+        (list.clone(), format!("{field}.cookie.secrets"))
+    } else if let Some(path) = &rc.secret_file {
+        let f = format!("{field}.cookie.secret_file");
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                file = Some(std::path::PathBuf::from(path));
+                let lines = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned)
+                    .collect();
+                (lines, f)
+            }
+            Err(err) => {
+                e.push(f, format!("cannot read `{path}`: {err}"));
+                return (Vec::new(), None);
+            }
+        }
+    } else {
+        if needed {
+            e.push(
+                format!("{field}.cookie.secret"),
+                "set a secret (the same on every replica) so cookie values stay opaque: \
+                 secret, secrets = [new, old...] or secret_file (a mounted Secret)",
+            );
+        }
+        return (Vec::new(), None);
+    };
+    if list.is_empty() || list.iter().any(String::is_empty) {
+        e.push(where_, "empty: give at least one non-empty secret");
+        return (Vec::new(), None);
+    }
+    if needed {
+        if list.iter().any(|s| s.contains(EXAMPLE_SECRET)) {
+            warnings.push(format!(
+                "{where_}: still the example's placeholder (`{EXAMPLE_SECRET}...`): anyone who \
+                 read the example can mint a cookie for any backend; use a long random secret \
+                 (e.g. `openssl rand -hex 32`)"
+            ));
+        } else if list.iter().any(|s| s.len() < MIN_SECRET_LEN) {
+            warnings.push(format!(
+                "{where_}: a secret shorter than {MIN_SECRET_LEN} bytes can be guessed; use a \
+                 long random one (e.g. `openssl rand -hex 32`)"
+            ));
+        }
+    }
+    (list, file)
+}
+
+fn validate_upstream(
+    e: &mut Errors,
+    warnings: &mut Vec<String>,
+    field: &str,
+    u: &RawUpstream,
+) -> Option<UpstreamConfig> {
     let name: Arc<str> = match &u.name {
         Some(n) if valid_name(n) => n.as_str().into(),
         Some(n) => {
@@ -477,13 +568,10 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
             }
         },
     };
-    let secret = rc.secret.clone().unwrap_or_default();
-    if balance == "cookie" && secret.is_empty() {
-        e.push(
-            format!("{field}.cookie.secret"),
-            "set a secret (the same on every replica) so cookie values stay opaque",
-        );
-    }
+    let (secrets, secret_file) = cookie_secrets(e, warnings, field, rc, balance == "cookie");
+    let mut secrets = secrets.into_iter();
+    let secret = secrets.next().unwrap_or_default();
+    let verify_secrets: Vec<String> = secrets.collect();
     let max_age = Some(e.duration(
         &format!("{field}.cookie.max_age"),
         &rc.max_age,
@@ -493,6 +581,8 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
     let cookie = CookieConfig {
         name: cookie_name,
         secret,
+        verify_secrets,
+        secret_file,
         fallback,
         path,
         http_only: rc.http_only.unwrap_or(true),
