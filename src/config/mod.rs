@@ -89,6 +89,36 @@ pub enum SendProxy {
     V2,
 }
 
+/// The admin bearer token. `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub fn new(token: impl Into<String>) -> AdminToken {
+        AdminToken(token.into())
+    }
+
+    /// Whether an `Authorization` header value carries this token (`Bearer <token>`). Compares
+    /// in time independent of where the first difference is.
+    pub fn accepts(&self, authorization: Option<&str>) -> bool {
+        let Some(v) = authorization else { return false };
+        let Some((scheme, given)) = v.trim().split_once(' ') else {
+            return false;
+        };
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return false;
+        }
+        let (a, b) = (given.trim().as_bytes(), self.0.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdminToken(<{} bytes>)", self.0.len())
+    }
+}
+
 /// The validated configuration. Cheap to share (`Arc<Config>`); a reload builds a new one.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -96,6 +126,9 @@ pub struct Config {
     pub workers: usize,
     pub io: IoMode,
     pub admin: Option<SocketAddr>,
+    /// Bearer token for the admin port's revealing and mutating endpoints (`/reload`,
+    /// `/lookup`, `/backends`), read from `admin_token_file` at load and on every reload.
+    pub admin_token: Option<AdminToken>,
     pub pin_workers: bool,
     pub timeouts: Timeouts,
     pub limits: Limits,

@@ -10,6 +10,7 @@ pub struct RawConfig {
     pub workers: Option<i64>,
     pub io: Option<String>,
     pub admin: Option<String>,
+    pub admin_token_file: Option<String>,
     pub pin_workers: Option<bool>,
     #[serde(default)]
     pub timeouts: RawTimeouts,

@@ -730,3 +730,43 @@ fn cookie_secrets_rotation_file_and_warnings() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn admin_token_file() {
+    let dir = std::env::temp_dir().join(format!("ringway-admin-token-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good");
+    std::fs::write(&good, "\n  0123456789abcdef0123  \n").unwrap();
+    let c = Config::from_toml(&with_top(&format!(
+        "admin_token_file = \"{}\"",
+        good.display()
+    )))
+    .unwrap();
+    let token = c.admin_token.expect("a token");
+    assert!(token.accepts(Some("Bearer 0123456789abcdef0123")));
+    assert!(!token.accepts(Some("Bearer 0123456789abcdef012")));
+    assert!(!format!("{token:?}").contains("0123456789"));
+    assert_eq!(Config::from_toml(BASE).unwrap().admin_token, None);
+    for (name, content, says) in [
+        ("empty", "\n\n", "empty"),
+        ("short", "abc\n", "at least 16"),
+        ("spaces", "0123456789 abcdef0123\n", "at least 16 visible"),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, content).unwrap();
+        assert_error(
+            &with_top(&format!("admin_token_file = \"{}\"", p.display())),
+            "admin_token_file",
+            says,
+        );
+    }
+    assert_error(
+        &with_top(&format!(
+            "admin_token_file = \"{}\"",
+            dir.join("missing").display()
+        )),
+        "admin_token_file",
+        "cannot read",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -92,6 +92,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         Some("") => None,
         Some(s) => parse_addr(&mut e, "admin", s),
     };
+    let admin_token = raw
+        .admin_token_file
+        .as_deref()
+        .and_then(|path| admin_token(&mut e, path));
 
     let t = &raw.timeouts;
     let timeouts = Timeouts {
@@ -376,6 +380,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             workers,
             io,
             admin,
+            admin_token,
             pin_workers: raw.pin_workers.unwrap_or(true),
             timeouts,
             limits,
@@ -387,6 +392,38 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         })
     } else {
         Err(ConfigErrors(e.0))
+    }
+}
+
+/// The token in `admin_token_file`: its first non-blank line, trimmed (a mounted Secret often
+/// ends with a newline). At least 16 bytes: a short token is guessable over the network.
+fn admin_token(e: &mut Errors, path: &str) -> Option<AdminToken> {
+    let field = "admin_token_file";
+    match std::fs::read_to_string(path) {
+        Err(err) => {
+            e.push(field, format!("cannot read `{path}`: {err}"));
+            None
+        }
+        Ok(text) => match text.lines().map(str::trim).find(|l| !l.is_empty()) {
+            None => {
+                e.push(
+                    field,
+                    format!("`{path}` is empty; put a token in it (e.g. `openssl rand -hex 32`)"),
+                );
+                None
+            }
+            Some(t) if t.len() < MIN_SECRET_LEN || t.bytes().any(|b| !b.is_ascii_graphic()) => {
+                e.push(
+                    field,
+                    format!(
+                        "the token in `{path}` must be at least {MIN_SECRET_LEN} visible ASCII \
+                         characters (e.g. `openssl rand -hex 32`)"
+                    ),
+                );
+                None
+            }
+            Some(t) => Some(AdminToken::new(t)),
+        },
     }
 }
 
