@@ -81,10 +81,32 @@ async fn echo_backend() -> XffBackend {
     XffBackend { addr, accepts }
 }
 
-fn start(tag: &str, text: &str) -> Gateway {
-    let path = temp_dir(tag).join("ringway.toml");
+fn start(io: &str, tag: &str, text: &str) -> Gateway {
+    let path = temp_dir(&format!("{tag}-{io}")).join("ringway.toml");
     std::fs::write(&path, text).unwrap();
-    Gateway::start(&["--config", path.to_str().unwrap()])
+    Gateway::start(&["--config", path.to_str().unwrap(), "--io", io])
+}
+
+/// Runs each `async fn NAME(io)` on both io backends, as `uring::NAME` and `epoll::NAME`.
+macro_rules! both_io {
+    ($($name:ident),* $(,)?) => {
+        mod uring {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name("uring").await
+                }
+            )*
+        }
+        mod epoll {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name("epoll").await
+                }
+            )*
+        }
+    };
 }
 
 fn config(mode: &str, backend: SocketAddr, listener: &str, top: &str) -> String {
@@ -150,10 +172,10 @@ async fn read_to_close(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_proxy_header_is_believed_only_from_the_listed_peers() {
+async fn http_proxy_header_is_believed_only_from_the_listed_peers(io: &'static str) {
     let be = xff_backend().await;
     let gw = start(
+        io,
         "pp-http",
         &config(
             "http",
@@ -215,10 +237,10 @@ async fn http_proxy_header_is_believed_only_from_the_listed_peers() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_proxy_header_from_elsewhere_is_closed_and_direct_clients_are_served() {
+async fn tcp_proxy_header_from_elsewhere_is_closed_and_direct_clients_are_served(io: &'static str) {
     let be = echo_backend().await;
     let gw = start(
+        io,
         "pp-tcp",
         &config(
             "tcp",
@@ -263,10 +285,10 @@ async fn tcp_proxy_header_from_elsewhere_is_closed_and_direct_clients_are_served
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trusting_every_peer_warns_once_at_start() {
+async fn trusting_every_peer_warns_once_at_start(io: &'static str) {
     let be = xff_backend().await;
     let gw = start(
+        io,
         "pp-warn",
         &config("http", be.addr, "proxy_protocol = true", ""),
     );
@@ -285,10 +307,10 @@ async fn trusting_every_peer_warns_once_at_start() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn per_source_limits_count_the_carried_address_not_the_load_balancer() {
+async fn per_source_limits_count_the_carried_address_not_the_load_balancer(io: &'static str) {
     let be = xff_backend().await;
     let gw = start(
+        io,
         "pp-admit",
         &config(
             "http",
@@ -337,10 +359,10 @@ async fn per_source_limits_count_the_carried_address_not_the_load_balancer() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn half_sent_proxy_headers_hold_a_bounded_number_of_connections() {
+async fn half_sent_proxy_headers_hold_a_bounded_number_of_connections(io: &'static str) {
     let be = xff_backend().await;
     let gw = start(
+        io,
         "pp-pending",
         &config(
             "http",
@@ -402,9 +424,10 @@ async fn half_sent_proxy_headers_hold_a_bounded_number_of_connections() {
 
 /// A client over a limit that already sent its whole request (with a body) reads the status
 /// and a clean close, not a reset.
-async fn refused_after_a_whole_request(limits: &str, status: u16, names: &str) {
+async fn refused_after_a_whole_request(io: &str, limits: &str, status: u16, names: &str) {
     let be = xff_backend().await;
     let gw = start(
+        io,
         "refused",
         &config("http", be.addr, "", &format!("[limits]\n{limits}")),
     );
@@ -448,9 +471,9 @@ async fn refused_after_a_whole_request(limits: &str, status: u16, names: &str) {
     assert!(!text.contains("no backend"), "{text}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn per_source_count_refusal_is_a_readable_429() {
+async fn per_source_count_refusal_is_a_readable_429(io: &'static str) {
     refused_after_a_whole_request(
+        io,
         "max_connections_per_source = 1",
         429,
         "limits.max_connections_per_source",
@@ -458,17 +481,27 @@ async fn per_source_count_refusal_is_a_readable_429() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn global_refusal_is_a_readable_503() {
-    refused_after_a_whole_request("max_connections = 1", 503, "limits.max_connections").await;
+async fn global_refusal_is_a_readable_503(io: &'static str) {
+    refused_after_a_whole_request(io, "max_connections = 1", 503, "limits.max_connections").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_refusal_is_a_readable_429() {
+async fn rate_refusal_is_a_readable_429(io: &'static str) {
     refused_after_a_whole_request(
+        io,
         "source_rate = 0.01\nsource_burst = 1",
         429,
         "limits.source_rate",
     )
     .await;
 }
+
+both_io!(
+    http_proxy_header_is_believed_only_from_the_listed_peers,
+    tcp_proxy_header_from_elsewhere_is_closed_and_direct_clients_are_served,
+    trusting_every_peer_warns_once_at_start,
+    per_source_limits_count_the_carried_address_not_the_load_balancer,
+    half_sent_proxy_headers_hold_a_bounded_number_of_connections,
+    per_source_count_refusal_is_a_readable_429,
+    global_refusal_is_a_readable_503,
+    rate_refusal_is_a_readable_429,
+);

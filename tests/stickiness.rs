@@ -119,7 +119,7 @@ fn homes(devices: &[Device]) -> HashMap<IpAddr, HashSet<String>> {
     m
 }
 
-async fn scenario(tag: &str, load_factor: &str) {
+async fn scenario(io: &str, tag: &str, load_factor: &str) {
     let bounded = !load_factor.is_empty();
     let b = [
         Tagged::spawn("b0").await,
@@ -127,10 +127,10 @@ async fn scenario(tag: &str, load_factor: &str) {
         Tagged::spawn("b2").await,
     ];
     let all = [("b0", b[0].addr), ("b1", b[1].addr), ("b2", b[2].addr)];
-    let dir = temp_dir(tag);
+    let dir = temp_dir(&format!("{tag}-{io}"));
     let path = dir.join("ringway.toml");
     std::fs::write(&path, config(&all, load_factor)).unwrap();
-    let gw = Gateway::start(&["--config", path.to_str().unwrap()]);
+    let gw = Gateway::start(&["--config", path.to_str().unwrap(), "--io", io]);
 
     // 200 connections: 4 rounds of one connection per IP.
     let mut devices = Vec::new();
@@ -213,12 +213,37 @@ async fn scenario(tag: &str, load_factor: &str) {
     drop(alive);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hash_ip_is_sticky_by_default() {
-    scenario("sticky-unbounded", "").await;
+async fn hash_ip_is_sticky_by_default(io: &'static str) {
+    scenario(io, "sticky-unbounded", "").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hash_ip_with_bounded_load_keeps_siblings_together() {
-    scenario("sticky-bounded", "load_factor = 1.25").await;
+async fn hash_ip_with_bounded_load_keeps_siblings_together(io: &'static str) {
+    scenario(io, "sticky-bounded", "load_factor = 1.25").await;
 }
+
+/// Runs each `async fn NAME(io)` on both io backends, as `uring::NAME` and `epoll::NAME`.
+macro_rules! both_io {
+    ($($name:ident),* $(,)?) => {
+        mod uring {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name("uring").await
+                }
+            )*
+        }
+        mod epoll {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name("epoll").await
+                }
+            )*
+        }
+    };
+}
+
+both_io!(
+    hash_ip_is_sticky_by_default,
+    hash_ip_with_bounded_load_keeps_siblings_together,
+);
