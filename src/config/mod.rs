@@ -6,6 +6,7 @@ mod cidr;
 mod describe;
 mod duration;
 pub mod raw;
+mod secrets;
 mod validate;
 
 #[cfg(test)]
