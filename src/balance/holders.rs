@@ -220,4 +220,40 @@ mod tests {
         h.release(1, 2);
         assert_eq!(h.holder(1), Some(1));
     }
+
+    #[test]
+    fn concurrent_holds_and_releases_balance_out() {
+        use std::sync::Arc;
+        let h = Arc::new(KeyHolders::new());
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let h = h.clone();
+                std::thread::spawn(move || {
+                    // splitmix64 per thread; 64 keys shared by all threads, so they contend.
+                    let mut x = t.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                    let mut held = Vec::new();
+                    for _ in 0..20_000 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let key = (x % 64).wrapping_mul(0x0100_0000_0001_0001);
+                        let id = key % 3 + 1; // one backend per key, as picking would give
+                        if x % 3 == 0 && !held.is_empty() {
+                            let (k, i) = held.swap_remove((x as usize / 3) % held.len());
+                            h.release(k, i);
+                        } else if h.hold(key, id) {
+                            held.push((key, id));
+                        }
+                    }
+                    for (k, i) in held {
+                        h.release(k, i);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(h.tracked(), 0, "every hold was released exactly once");
+    }
 }
