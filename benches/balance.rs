@@ -89,6 +89,32 @@ fn pick(c: &mut Criterion) {
     g.finish();
 }
 
+/// A new connection's balancing cost: pick, count it (the guard; for hash policies it also
+/// records the key in the upstream's key holders), and the close that drops the guard.
+fn connect(c: &mut Criterion) {
+    let mut g = c.benchmark_group("connect");
+    let reg = StatsRegistry::default();
+    let bounded = Policy::parse("hash:ip")
+        .unwrap()
+        .with_load_factor(Some(1.25))
+        .unwrap();
+    for (name, policy) in [
+        ("round-robin", Policy::parse("round-robin").unwrap()),
+        ("hash:ip", Policy::parse("hash:ip").unwrap()),
+        ("hash:ip+bounded", bounded),
+    ] {
+        let t = Table::build(&policy, specs(10), &reg);
+        let r = req("");
+        g.bench_function(BenchmarkId::new(name, 10), |b| {
+            b.iter(|| {
+                let p = t.pick(black_box(&r), &[]).unwrap();
+                drop(black_box(t.guard_pick(&p)));
+            })
+        });
+    }
+    g.finish();
+}
+
 fn lookup(c: &mut Criterion) {
     let mut g = c.benchmark_group("lookup");
     let t = Table::build(
@@ -146,6 +172,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = pick, lookup, cookies, rebuild
+    targets = pick, connect, lookup, cookies, rebuild
 }
 criterion_main!(benches);

@@ -103,6 +103,9 @@ pub fn main() -> i32 {
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
                 print!("{}", crate::config::describe(&c));
+                for w in &c.warnings {
+                    println!("warning: {w}");
+                }
                 println!("ok: {} is valid", config.display());
                 0
             }
@@ -252,13 +255,15 @@ fn quick_config(args: &RunArgs) -> Result<Config, ConfigErrors> {
         send_proxy: args.send_proxy.clone(),
         ..Default::default()
     };
+    // Without --cookie-secret the quick form signs with a random secret of this process: a
+    // fixed default would be public, and anyone could mint a cookie for any backend.
+    let random_secret = args.balance.as_deref() == Some("cookie") && args.cookie_secret.is_none();
     if args.balance.as_deref() == Some("cookie") {
         u.cookie = Some(raw::RawCookie {
-            secret: Some(
-                args.cookie_secret
-                    .clone()
-                    .unwrap_or_else(|| "ringway-quick-form".into()),
-            ),
+            secret: Some(match &args.cookie_secret {
+                Some(s) => s.clone(),
+                None => random_secret_hex().map_err(|e| one_error("--cookie-secret", e))?,
+            }),
             ..Default::default()
         });
     }
@@ -297,5 +302,24 @@ fn quick_config(args: &RunArgs) -> Result<Config, ConfigErrors> {
     r.upstream.push(u);
     r.timeouts.tunnel_idle = args.tunnel_idle.clone();
     r.timeouts.drain = args.drain.clone();
-    crate::config::validate_raw(r)
+    let mut config = crate::config::validate_raw(r)?;
+    if random_secret {
+        config.warnings.push(
+            "--balance cookie without --cookie-secret: route cookies are signed with a random \
+             secret of this process, so other replicas (and this one after a restart) will not \
+             honour them; pass --cookie-secret with the same value on every replica"
+                .into(),
+        );
+    }
+    Ok(config)
+}
+
+/// 32 random bytes from the kernel, hex-encoded.
+fn random_secret_hex() -> Result<String, String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| format!("cannot read /dev/urandom for a random cookie secret: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -20,6 +20,9 @@ pub type Overrides = Arc<dyn Fn(Config) -> Result<Config, ConfigErrors> + Send +
 /// Runs until SIGTERM/SIGINT and the drain that follows. Returns the exit status.
 pub fn run(mut config: Config, path: Option<PathBuf>, overrides: Overrides) -> i32 {
     crate::logging::init(config.log.format, &config.log.level);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     runtime::resolve_workers(&mut config);
     if let Err(e) = runtime::check_kernel_fd_limit(config.workers) {
         tracing::error!("{e:#}");

@@ -50,6 +50,7 @@ kinds! {
     BadHandshake => "bad_handshake", Client;
     ProxyProtocol => "proxy_protocol", Client;
     BadClientHello => "bad_client_hello", Client;
+    ProxyUntrusted => "proxy_untrusted", Client;
     NoRoute => "no_route", Client;
     ClientReset => "client_reset", Client;
     ClientTimeout => "client_idle_timeout", Client;
@@ -57,6 +58,7 @@ kinds! {
     LimitTotal => "limit_connections", Client;
     LimitSource => "limit_source", Client;
     LimitRate => "limit_rate", Client;
+    LimitPending => "limit_proxy_pending", Client;
     NoBackend => "no_backend", Backend;
     ConnectRefused => "connect_failed", Backend;
     ConnectTimeout => "connect_timeout", Backend;
@@ -73,12 +75,16 @@ impl Kind {
     /// The status a client gets for this error when a response is still possible.
     pub fn status(self) -> Option<u16> {
         Some(match self {
-            Kind::BadRequest | Kind::BadHandshake | Kind::ProxyProtocol => 400,
+            Kind::BadRequest | Kind::BadHandshake | Kind::ProxyProtocol | Kind::ProxyUntrusted => {
+                400
+            }
             Kind::HeadTooLarge => 431,
             Kind::HeadTimeout | Kind::BodyTimeout => 408,
             Kind::NoRoute => 404,
-            Kind::LimitTotal | Kind::LimitSource | Kind::NoBackend => 503,
-            Kind::LimitRate => 429,
+            // Over a per-source limit: the client should slow down (429); over the process-wide
+            // or pending-header cap, the gateway is full (503).
+            Kind::LimitTotal | Kind::LimitPending | Kind::NoBackend => 503,
+            Kind::LimitSource | Kind::LimitRate => 429,
             Kind::ConnectRefused | Kind::BadResponse | Kind::BadAccept => 502,
             Kind::ConnectTimeout | Kind::ResponseTimeout | Kind::BackendTimeout => 504,
             Kind::Internal => 500,
@@ -120,6 +126,9 @@ mod tests {
         assert_eq!(Kind::NoBackend.status(), Some(503));
         assert_eq!(Kind::ConnectTimeout.status(), Some(504));
         assert_eq!(Kind::BadAccept.status(), Some(502));
+        assert_eq!(Kind::LimitSource.status(), Some(429));
+        assert_eq!(Kind::LimitRate.status(), Some(429));
+        assert_eq!(Kind::LimitTotal.status(), Some(503));
         assert!(Kind::ConnectRefused.retryable());
         assert!(!Kind::BadResponse.retryable());
         assert_eq!(Kind::BadAccept.side(), Side::Backend);

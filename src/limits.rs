@@ -1,6 +1,13 @@
 //! Admission limits, checked once per accepted connection (never per message): a global cap,
 //! a per-source cap and a per-source token bucket for new connections.
 //!
+//! On a listener that takes the PROXY protocol the source is the address the header carries,
+//! known only once the header is read: the global cap is taken at accept
+//! ([`Limiter::admit_global`]), the per-source limits after the header
+//! ([`Admission::add_source`]). Until then a connection counts against its raw peer's
+//! [`Pending`] slots (`limits.proxy_pending_per_peer`), so one peer sending half headers holds
+//! a bounded number of connections, each for at most `timeouts.head`.
+//!
 //! It sits at the crate root, beside `state`, because the process owns it: `state::Shared`
 //! holds the one `Limiter` (its counts outlive any listener or reload) and the proxy's accept
 //! loop only asks it. Kept in `proxy`, it made `state` depend on `proxy` while `proxy` depends
@@ -35,6 +42,9 @@ struct Inner {
     burst: AtomicU64,
     total: AtomicUsize,
     shards: Box<[Mutex<HashMap<IpAddr, Source>>]>,
+    /// Connections per raw peer still in the PROXY-header phase.
+    max_pending: AtomicUsize,
+    pending: Box<[Mutex<HashMap<IpAddr, u32>>]>,
     hasher: ahash::RandomState,
 }
 
@@ -61,6 +71,8 @@ impl Limiter {
             burst: AtomicU64::new(0),
             total: AtomicUsize::new(0),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            max_pending: AtomicUsize::new(0),
+            pending: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: ahash::RandomState::with_seeds(1, 2, 3, 4),
         };
         let limiter = Limiter(Arc::new(inner));
@@ -80,6 +92,9 @@ impl Limiter {
         self.0
             .burst
             .store((l.source_burst.max(1) as f64).to_bits(), Ordering::Relaxed);
+        self.0
+            .max_pending
+            .store(l.proxy_pending_per_peer, Ordering::Relaxed);
     }
 
     /// Open connections admitted and not yet closed.
@@ -95,35 +110,81 @@ impl Limiter {
             .sum()
     }
 
+    /// Every limit at once, on `ip` (listeners without the PROXY protocol).
     pub fn admit(&self, ip: IpAddr) -> Result<Admission, Kind> {
         self.admit_at(ip, Instant::now())
     }
 
     pub fn admit_at(&self, ip: IpAddr, now: Instant) -> Result<Admission, Kind> {
+        let mut adm = self.admit_global()?;
+        self.admit_source(&mut adm, ip, now)?;
+        Ok(adm)
+    }
+
+    /// The process-wide cap only; the per-source limits follow with
+    /// [`Admission::add_source`] once the client's address is known.
+    pub fn admit_global(&self) -> Result<Admission, Kind> {
         let i = &self.0;
         let max_total = i.max_total.load(Ordering::Relaxed);
-        let per_source = i.per_source.load(Ordering::Relaxed);
-        let rate = f64::from_bits(i.rate.load(Ordering::Relaxed));
         let mut adm = Admission {
             limiter: None,
-            ip,
+            ip: IpAddr::from([0, 0, 0, 0]),
             counted_total: false,
             counted_source: false,
         };
-        if max_total == 0 && per_source == 0 && rate <= 0.0 {
-            return Ok(adm); // no limits: nothing shared is touched
-        }
-        adm.limiter = Some(self.clone());
         if max_total > 0 {
+            adm.limiter = Some(self.clone());
             let before = i.total.fetch_add(1, Ordering::Relaxed);
             adm.counted_total = true;
             if before >= max_total {
                 return Err(Kind::LimitTotal); // `adm` drops and gives the slot back
             }
         }
-        if per_source == 0 && rate <= 0.0 {
-            return Ok(adm);
+        Ok(adm)
+    }
+
+    /// Takes one of `peer`'s slots for a connection in the PROXY-header phase; `Err` when the
+    /// peer already has `limits.proxy_pending_per_peer` such connections.
+    pub fn pending(&self, peer: IpAddr) -> Result<Pending, Kind> {
+        let max = self.0.max_pending.load(Ordering::Relaxed);
+        if max == 0 {
+            return Ok(Pending {
+                limiter: None,
+                peer,
+            });
         }
+        let mut shard = self.0.pending[self.shard(peer)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let n = shard.entry(peer).or_insert(0);
+        if *n as usize >= max {
+            return Err(Kind::LimitPending);
+        }
+        *n += 1;
+        Ok(Pending {
+            limiter: Some(self.clone()),
+            peer,
+        })
+    }
+
+    /// Raw peers with connections in the PROXY-header phase.
+    pub fn pending_peers(&self) -> usize {
+        self.0
+            .pending
+            .iter()
+            .map(|s| s.lock().map_or(0, |m| m.len()))
+            .sum()
+    }
+
+    fn admit_source(&self, adm: &mut Admission, ip: IpAddr, now: Instant) -> Result<(), Kind> {
+        let i = &self.0;
+        let per_source = i.per_source.load(Ordering::Relaxed);
+        let rate = f64::from_bits(i.rate.load(Ordering::Relaxed));
+        if per_source == 0 && rate <= 0.0 {
+            return Ok(()); // nothing per source: no shared map is touched
+        }
+        adm.limiter = Some(self.clone());
+        adm.ip = ip;
         let burst = f64::from_bits(i.burst.load(Ordering::Relaxed));
         let mut shard = i.shards[self.shard(ip)]
             .lock()
@@ -150,7 +211,7 @@ impl Limiter {
         }
         s.open += 1;
         adm.counted_source = true;
-        Ok(adm)
+        Ok(())
     }
 
     fn shard(&self, ip: IpAddr) -> usize {
@@ -176,6 +237,48 @@ impl Limiter {
     }
 }
 
+impl Admission {
+    /// Applies the per-source limits to `ip` (the address the PROXY header carried, or the
+    /// peer). On `Err` nothing is counted for the source; the global slot stays held until the
+    /// admission drops.
+    pub fn add_source(&mut self, limiter: &Limiter, ip: IpAddr) -> Result<(), Kind> {
+        self.add_source_at(limiter, ip, Instant::now())
+    }
+
+    pub fn add_source_at(
+        &mut self,
+        limiter: &Limiter,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<(), Kind> {
+        if self.counted_source {
+            return Ok(());
+        }
+        limiter.admit_source(self, ip, now)
+    }
+}
+
+/// One connection of a raw peer in the PROXY-header phase; gives the slot back on drop.
+pub struct Pending {
+    limiter: Option<Limiter>,
+    peer: IpAddr,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(l) = self.limiter.take() else { return };
+        let mut shard = l.0.pending[l.shard(self.peer)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = shard.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                shard.remove(&self.peer);
+            }
+        }
+    }
+}
+
 fn refill(s: &mut Source, rate: f64, burst: f64, now: Instant) -> f64 {
     let dt = now.saturating_duration_since(s.refilled).as_secs_f64();
     s.tokens = (s.tokens + dt * rate).min(burst);
@@ -189,6 +292,20 @@ impl Drop for Admission {
             l.release(self);
         }
     }
+}
+
+/// The answer an http client refused by a limit gets: the status (429 for a per-source limit,
+/// 503 for a process-wide one), `Retry-After`, and a body naming the limit, so an operator
+/// reading a client's log knows which knob it hit. `None` for kinds that are not limits.
+/// Constants: refusing a flood costs one write each.
+pub fn refusal(kind: Kind) -> Option<&'static [u8]> {
+    Some(match kind {
+        Kind::LimitSource => b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: 80\r\nRetry-After: 1\r\nConnection: close\r\n\r\ntoo many open connections from your address (limits.max_connections_per_source)\n",
+        Kind::LimitRate => b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: 64\r\nRetry-After: 1\r\nConnection: close\r\n\r\nnew connections from your address too fast (limits.source_rate)\n",
+        Kind::LimitTotal => b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 64\r\nRetry-After: 1\r\nConnection: close\r\n\r\nthe gateway is at its connection limit (limits.max_connections)\n",
+        Kind::LimitPending => b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 99\r\nRetry-After: 1\r\nConnection: close\r\n\r\ntoo many connections from this peer waiting for their PROXY header (limits.proxy_pending_per_peer)\n",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -205,6 +322,7 @@ mod tests {
             source_rate: rate,
             source_burst: burst,
             connect_retries: 2,
+            proxy_pending_per_peer: 2,
         }
     }
 
@@ -268,5 +386,75 @@ mod tests {
         let a = l.admit(ip(1)).unwrap();
         assert!(a.limiter.is_none());
         assert_eq!(l.total(), 0);
+    }
+
+    #[test]
+    fn source_limits_apply_after_the_global_one_on_the_carried_address() {
+        let l = Limiter::new(&limits(3, 1, 0.0, 0));
+        // Three connections from one load balancer, each carrying a different client.
+        let mut a = l.admit_global().unwrap();
+        a.add_source(&l, ip(1)).unwrap();
+        let mut b = l.admit_global().unwrap();
+        b.add_source(&l, ip(2)).unwrap();
+        let mut c = l.admit_global().unwrap();
+        assert_eq!(c.add_source(&l, ip(1)).err(), Some(Kind::LimitSource));
+        assert!(
+            c.add_source(&l, ip(3)).is_ok(),
+            "a refused source counts nothing"
+        );
+        assert_eq!(l.admit_global().err(), Some(Kind::LimitTotal));
+        drop((a, b, c));
+        assert_eq!(l.total(), 0);
+        assert_eq!(l.tracked_sources(), 0);
+    }
+
+    #[test]
+    fn pending_slots_are_bounded_per_peer_and_given_back() {
+        let l = Limiter::new(&limits(0, 0, 0.0, 0));
+        let a = l.pending(ip(1)).unwrap();
+        let _b = l.pending(ip(1)).unwrap();
+        assert_eq!(l.pending(ip(1)).err(), Some(Kind::LimitPending));
+        assert!(l.pending(ip(2)).is_ok(), "other peers have their own slots");
+        drop(a);
+        let _c = l.pending(ip(1)).unwrap();
+        drop((_b, _c));
+        assert_eq!(l.pending_peers(), 0, "idle peers are forgotten");
+        let mut off = limits(0, 0, 0.0, 0);
+        off.proxy_pending_per_peer = 0;
+        let l = Limiter::new(&off);
+        let held: Vec<_> = (0..100).map(|_| l.pending(ip(1)).unwrap()).collect();
+        assert_eq!(held.len(), 100);
+        assert_eq!(l.pending_peers(), 0, "0 = no cap, nothing tracked");
+    }
+
+    #[test]
+    fn refusals_are_valid_responses_that_name_the_limit() {
+        for (kind, status, names) in [
+            (Kind::LimitSource, 429, "limits.max_connections_per_source"),
+            (Kind::LimitRate, 429, "limits.source_rate"),
+            (Kind::LimitTotal, 503, "limits.max_connections"),
+            (Kind::LimitPending, 503, "limits.proxy_pending_per_peer"),
+        ] {
+            let bytes = refusal(kind).unwrap();
+            let mut h = [httparse::EMPTY_HEADER; 8];
+            let mut r = httparse::Response::new(&mut h);
+            let n = match r.parse(bytes) {
+                Ok(httparse::Status::Complete(n)) => n,
+                other => panic!("{kind:?}: {other:?}"),
+            };
+            assert_eq!(r.code, Some(status));
+            assert_eq!(Some(status), kind.status());
+            let len = r
+                .headers
+                .iter()
+                .find(|h| h.name == "Content-Length")
+                .unwrap();
+            let len: usize = std::str::from_utf8(len.value).unwrap().parse().unwrap();
+            assert_eq!(len, bytes.len() - n, "{kind:?}: Content-Length");
+            let body = std::str::from_utf8(&bytes[n..]).unwrap();
+            assert!(body.contains(names), "{kind:?}: {body}");
+            assert!(!body.contains("no backend"), "{kind:?}: {body}");
+        }
+        assert!(refusal(Kind::NoBackend).is_none());
     }
 }

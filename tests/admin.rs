@@ -226,9 +226,14 @@ async fn lookup_agrees_with_where_hashed_connections_land() {
             predicted,
             "key {key}: /lookup said {predicted}"
         );
-        // /backends sees the tunnel on that backend. (A second /lookup now may name another
-        // backend: with one live connection of three backends, bounded load caps the
-        // key's backend at ceil(1.25 × 2 / 3) = 1, so a *new* connection would overflow.)
+        // /backends sees the tunnel on that backend, and (bounded load being opt-in) a second
+        // /lookup gives the same answer with the connection open, and says it is live there.
+        let (_, _, body) = http_get(gw.admin, &format!("/lookup?upstream=main&key={key}"))
+            .await
+            .unwrap();
+        let again: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(again["backend"], predicted.as_str(), "{body}");
+        assert_eq!(again["key_live_on"], predicted.as_str(), "{body}");
         let (_, _, body) = http_get(gw.admin, "/backends").await.unwrap();
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         let b = v["upstreams"][0]["backends"].as_array().unwrap();
@@ -295,7 +300,10 @@ async fn lookup_by_cookie_agrees_with_stickiness() {
     let (status, _, body) = http_get(gw.admin, "/lookup?upstream=main&cookie=AAAAAAAAAAAAAAAA")
         .await
         .unwrap();
-    assert_eq!(status, 404, "{body}");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["cookie_state"], "invalid", "{body}");
+    assert_eq!(v["re_placed_by"], "least-conn", "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

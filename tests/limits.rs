@@ -108,7 +108,7 @@ async fn per_source_cap_refuses_only_that_source() {
     );
     let _one = ws_from(gw.listen, "127.0.0.2").await.unwrap();
     let _two = ws_from(gw.listen, "127.0.0.2").await.unwrap();
-    assert_eq!(refused_status(gw.listen, "127.0.0.2").await, Some(503));
+    assert_eq!(refused_status(gw.listen, "127.0.0.2").await, Some(429));
     // Another source is still admitted.
     let _other = ws_from(gw.listen, "127.0.0.3").await.unwrap();
     let s = gw.metrics().await;

@@ -18,12 +18,18 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_HEADERS: usize = 32;
 
 /// A parsed request: what the router needs and nothing more.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request {
     pub method: String,
     pub path: String,
     /// Raw query string (after `?`), not decoded.
     pub query: String,
+    /// The headers the admin port's guards read (last value wins).
+    pub host: Option<String>,
+    pub authorization: Option<String>,
+    pub origin: Option<String>,
+    pub sec_fetch_site: Option<String>,
+    pub content_type: Option<String>,
 }
 
 /// A response; always sent with `Content-Length` and `Connection: close`.
@@ -33,6 +39,8 @@ pub struct Response {
     pub content_type: &'static str,
     pub body: Vec<u8>,
     pub allow: Option<&'static str>,
+    /// `WWW-Authenticate: Bearer` on 401.
+    pub challenge: bool,
 }
 
 impl Response {
@@ -42,6 +50,7 @@ impl Response {
             content_type: "text/plain; charset=utf-8",
             body: body.into().into_bytes(),
             allow: None,
+            challenge: false,
         }
     }
 
@@ -53,6 +62,7 @@ impl Response {
             content_type: "application/json",
             body,
             allow: None,
+            challenge: false,
         }
     }
 
@@ -74,6 +84,9 @@ impl Response {
             h.push_str(allow);
             h.push_str("\r\n");
         }
+        if self.challenge {
+            h.push_str("WWW-Authenticate: Bearer realm=\"ringway-admin\"\r\n");
+        }
         h.push_str("\r\n");
         h
     }
@@ -83,10 +96,13 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Content Too Large",
+        415 => "Unsupported Media Type",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
@@ -94,9 +110,10 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Reads one request within [`READ_TIMEOUT`]; `Err` is the response to send instead.
-pub async fn read_request(stream: &mut TcpStream) -> Result<Request, Response> {
-    match tokio::time::timeout(READ_TIMEOUT, read_inner(stream)).await {
+/// Reads one request within `deadline` ([`READ_TIMEOUT`], or less when the port is busy);
+/// `Err` is the response to send instead.
+pub async fn read_request(stream: &mut TcpStream, deadline: Duration) -> Result<Request, Response> {
+    match tokio::time::timeout(deadline, read_inner(stream)).await {
         Ok(r) => r,
         Err(_) => Err(Response::error(408, "request not received in time")),
     }
@@ -154,7 +171,21 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize, usize)>, Response> {
         Err(e) => return Err(Response::error(400, format!("malformed request: {e}"))),
     };
     let mut body_len = 0usize;
+    let mut request = Request::default();
     for h in req.headers.iter() {
+        let value = || Some(String::from_utf8_lossy(h.value).trim().to_string());
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            request.host = value();
+        } else if name.eq_ignore_ascii_case("authorization") {
+            request.authorization = value();
+        } else if name.eq_ignore_ascii_case("origin") {
+            request.origin = value();
+        } else if name.eq_ignore_ascii_case("sec-fetch-site") {
+            request.sec_fetch_site = value();
+        } else if name.eq_ignore_ascii_case("content-type") {
+            request.content_type = value();
+        }
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(Response::error(
                 400,
@@ -174,11 +205,9 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize, usize)>, Response> {
     }
     let target = req.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let request = Request {
-        method: req.method.unwrap_or("").to_string(),
-        path: path.to_string(),
-        query: query.to_string(),
-    };
+    request.method = req.method.unwrap_or("").to_string();
+    request.path = path.to_string();
+    request.query = query.to_string();
     Ok(Some((request, head_len, body_len)))
 }
 

@@ -12,7 +12,23 @@
 //! | `POST /reload`                    | re-reads the config file: 200, or 500 (old kept)     |
 //!
 //! See `docs/operations.md` for example outputs.
+//!
+//! ## Guards
+//!
+//! - **Token.** With `admin_token_file`, `/reload`, `/lookup` and `/backends` (which mutate or
+//!   reveal backends, addresses and cookie validity) need `Authorization: Bearer <token>`
+//!   (401 otherwise); `/metrics`, `/healthz` and `/readyz` stay open for scrapers and probes.
+//! - **No cross-site requests.** A browser on another site must not drive the port (a
+//!   `text/plain` POST to `/reload` needs no CORS preflight): a request whose `Origin` is not
+//!   this host, or whose `Sec-Fetch-Site` is `cross-site` / `same-site`, gets 403, and a POST
+//!   with a form or `text/plain` body (the "simple" content types) gets 415.
+//! - **Probes never starve.** The accept loop never waits for a slot: every connection gets a
+//!   task at once, so idle or slow clients cannot keep `/healthz` in the backlog. A connection
+//!   must send its request within [`http::READ_TIMEOUT`], or [`BUSY_READ_TIMEOUT`] once
+//!   [`BUSY_CONNECTIONS`] are open (a probe sends its request at once; an idle client is let go
+//!   fast); beyond [`MAX_CONNECTIONS`] new connections are closed unanswered.
 
+mod guard;
 mod http;
 mod metrics;
 pub mod names;
@@ -24,8 +40,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 use crate::state::Shared;
 use http::{Request, Response};
@@ -35,9 +52,16 @@ pub use metrics::render as render_metrics;
 /// Re-reads the config file and swaps it in; `true` on success.
 pub type Reloader = Arc<dyn Fn() -> bool + Send + Sync>;
 
-/// Admin connections served at once; more wait in the kernel's backlog. Scrapers and probes
-/// are a handful; the cap keeps a misbehaving client from growing memory or fds.
-const MAX_CONNECTIONS: usize = 32;
+/// Admin connections open at once; more are closed unanswered. Scrapers and probes are a
+/// handful; the cap keeps a misbehaving client from growing memory or fds without bound.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Open admin connections from which the read deadline drops to [`BUSY_READ_TIMEOUT`].
+pub const BUSY_CONNECTIONS: usize = 32;
+
+/// How long a connection may take to send its request while the port is busy: a probe or a
+/// scraper sends it with the connection; only idle or trickling clients are cut.
+pub const BUSY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Binds the admin listener and serves it on the current (control) runtime. Returns the bound
 /// address (port 0 resolved).
@@ -53,11 +77,8 @@ pub async fn spawn(
 }
 
 async fn serve(listener: TcpListener, shared: Arc<Shared>, reload: Reloader) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
@@ -67,16 +88,41 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, reload: Reloader) {
                 continue;
             }
         };
+        let now_open = open.load(Ordering::Relaxed);
+        if now_open >= MAX_CONNECTIONS {
+            continue; // dropped: closed unanswered
+        }
+        let deadline = if now_open >= BUSY_CONNECTIONS {
+            BUSY_READ_TIMEOUT
+        } else {
+            http::READ_TIMEOUT
+        };
+        open.fetch_add(1, Ordering::Relaxed);
+        let slot = OpenSlot(open.clone());
         let (shared, reload) = (shared.clone(), reload.clone());
         tokio::spawn(async move {
-            handle(stream, &shared, &reload).await;
-            drop(permit);
+            handle(stream, &shared, &reload, deadline).await;
+            drop(slot);
         });
     }
 }
 
-async fn handle(mut stream: TcpStream, shared: &Arc<Shared>, reload: &Reloader) {
-    let (resp, head_only) = match http::read_request(&mut stream).await {
+/// One open admin connection, counted while alive.
+struct OpenSlot(Arc<AtomicUsize>);
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn handle(
+    mut stream: TcpStream,
+    shared: &Arc<Shared>,
+    reload: &Reloader,
+    deadline: std::time::Duration,
+) {
+    let (resp, head_only) = match http::read_request(&mut stream, deadline).await {
         Ok(req) => (route(&req, shared, reload), req.method == "HEAD"),
         Err(resp) => (resp, false),
     };
@@ -84,8 +130,24 @@ async fn handle(mut stream: TcpStream, shared: &Arc<Shared>, reload: &Reloader) 
 }
 
 /// Dispatches one request. Never panics on any input: unknown paths get 404, known paths with
-/// the wrong method 405 with `Allow`.
+/// the wrong method 405 with `Allow`; cross-site requests 403 / 415, protected endpoints
+/// without the token 401 (see the module docs).
 fn route(req: &Request, shared: &Arc<Shared>, reload: &Reloader) -> Response {
+    if let Some(refused) = guard::cross_site(req) {
+        return refused;
+    }
+    if guard::protected(&req.path) {
+        if let Some(token) = &shared.gen.load().config.admin_token {
+            if !token.accepts(req.authorization.as_deref()) {
+                let mut r = Response::error(
+                    401,
+                    format!("{} needs `Authorization: Bearer <admin token>`", req.path),
+                );
+                r.challenge = true;
+                return r;
+            }
+        }
+    }
     let get = matches!(req.method.as_str(), "GET" | "HEAD");
     let allow = match req.path.as_str() {
         "/metrics" | "/healthz" | "/readyz" | "/backends" | "/lookup" if get => None,
@@ -105,6 +167,7 @@ fn route(req: &Request, shared: &Arc<Shared>, reload: &Reloader) -> Response {
             content_type: metrics::CONTENT_TYPE,
             body: metrics::render(shared).into_bytes(),
             allow: None,
+            challenge: false,
         },
         "/healthz" => Response::text(200, "ok\n"),
         "/readyz" => {

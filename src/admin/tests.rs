@@ -41,6 +41,24 @@ fn shared() -> Arc<Shared> {
     Shared::new(gen, 2)
 }
 
+/// A request carrying only an `X-Device-Id` header.
+struct KeyReq(&'static [u8]);
+
+impl crate::balance::KeySource for KeyReq {
+    fn client_ip(&self) -> std::net::IpAddr {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        name.eq_ignore_ascii_case("x-device-id").then_some(self.0)
+    }
+    fn cookie(&self, _: &str) -> Option<&[u8]> {
+        None
+    }
+    fn query(&self, _: &str) -> Option<&[u8]> {
+        None
+    }
+}
+
 fn get(shared: &Arc<Shared>, target: &str) -> (u16, String) {
     let raw = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
     let (req, _, _) = parse(raw.as_bytes()).ok().flatten().expect("parses");
@@ -127,6 +145,7 @@ fn router_answers_every_path_and_method() {
         method: "DELETE".into(),
         path: "/metrics".into(),
         query: String::new(),
+        ..Request::default()
     };
     let reload: Reloader = Arc::new(|| true);
     let r = route(&req, &s, &reload);
@@ -135,12 +154,14 @@ fn router_answers_every_path_and_method() {
         method: "GET".into(),
         path: "/reload".into(),
         query: String::new(),
+        ..Request::default()
     };
     assert_eq!(route(&req, &s, &reload).status, 405);
     let req = Request {
         method: "POST".into(),
         path: "/reload".into(),
         query: String::new(),
+        ..Request::default()
     };
     assert_eq!(route(&req, &s, &reload).status, 200);
     let failing: Reloader = Arc::new(|| false);
@@ -162,13 +183,60 @@ fn lookup_agrees_with_the_table_and_rejects_bad_queries() {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["backend"], expect, "{body}");
         assert_eq!(v["key"], key);
+        // Bounded load is off: the answer is the table's placement, the same on every replica.
+        assert_eq!(v["placement"], expect, "{body}");
+        assert_eq!(v["same_on_every_replica"], true, "{body}");
+        assert_eq!(v["bounded_load"], serde_json::Value::Null, "{body}");
+        assert_eq!(v["key_live_on"], serde_json::Value::Null, "{body}");
     }
+    // After a failover the key's live connection sits elsewhere: the answer says so.
+    let home = table.placement(b"dev-1").unwrap();
+    table.backends()[home].stats().set_health_up(false);
+    let p = table
+        .pick(&KeyReq(b"dev-1"), &[])
+        .expect("the other backend takes it");
+    let guard = table.guard_pick(&p).unwrap();
+    table.backends()[home].stats().set_health_up(true);
+    let (_, body) = get(&s, "/lookup?upstream=chat&key=dev-1");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["backend"], table.name(home).unwrap(), "{body}");
+    assert_eq!(v["key_live_on"], table.name(p.index).unwrap(), "{body}");
+    assert!(
+        v["note"].as_str().unwrap().contains("live connections"),
+        "{body}"
+    );
+    drop(guard);
     let sticky = gen.upstreams[1].lb.load_full();
     let cookie = sticky.cookie_value(0).unwrap().to_string();
     let (status, body) = get(&s, &format!("/lookup?upstream=sticky&cookie={cookie}"));
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"s-0\""));
-    assert_eq!(get(&s, "/lookup?upstream=sticky&cookie=forged").0, 404);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["cookie_state"], "valid", "{body}");
+    let (status, body) = get(&s, "/lookup?upstream=sticky&cookie=forged");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["cookie_state"], "invalid", "{body}");
+    assert_eq!(v["backend"], serde_json::Value::Null, "{body}");
+    assert_eq!(v["re_placed_by"], "least-conn", "{body}");
+    assert_eq!(v["re_placed_now_on"], "s-0", "{body}");
+    // A cookie whose backend is down is stale: named, and where it is re-placed.
+    sticky.backends()[0].stats().set_health_up(false);
+    let (_, body) = get(&s, &format!("/lookup?upstream=sticky&cookie={cookie}"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["cookie_state"], "stale", "{body}");
+    assert_eq!(v["names_backend"], "s-0", "{body}");
+    assert_eq!(v["names_backend_reason"], "down-health", "{body}");
+    assert_eq!(
+        v["re_placed_now_on"],
+        serde_json::Value::Null,
+        "nothing is up: {body}"
+    );
+    sticky.backends()[0].stats().set_health_up(true);
+    // `key` on a cookie upstream points at `cookie=`.
+    let (status, body) = get(&s, "/lookup?upstream=sticky&key=a");
+    assert_eq!(status, 400);
+    assert!(body.contains("cookie=VALUE"), "{body}");
     assert_eq!(get(&s, "/lookup?upstream=nope&key=a").0, 404);
     assert_eq!(get(&s, "/lookup?key=a").0, 400);
     assert_eq!(get(&s, "/lookup?upstream=chat").0, 400);
@@ -227,4 +295,101 @@ fn query_decoding() {
     );
     assert_eq!(query_param("a=1&b", "b").unwrap().unwrap(), b"");
     assert!(query_param("a=1", "key").is_none());
+}
+
+/// Routes a raw request through the parser and the router.
+fn send(shared: &Arc<Shared>, raw: &str) -> (u16, String, bool) {
+    let (req, _, _) = parse(raw.as_bytes()).ok().flatten().expect("parses");
+    let reload: Reloader = Arc::new(|| true);
+    let r = route(&req, shared, &reload);
+    (r.status, String::from_utf8(r.body).unwrap(), r.challenge)
+}
+
+fn shared_with_token(token: &str) -> Arc<Shared> {
+    let dir = std::env::temp_dir().join(format!("ringway-admin-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("token");
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    let text = format!("admin_token_file = \"{}\"\n{CONFIG}", path.display());
+    let config = Config::from_toml(&text).expect("test config is valid");
+    let gen = crate::runtime::build_generation(Arc::new(config), None, 2).expect("generation");
+    Shared::new(gen, 2)
+}
+
+#[test]
+fn the_token_guards_revealing_and_mutating_endpoints_only() {
+    let token = "0123456789abcdef0123456789abcdef";
+    let s = shared_with_token(token);
+    for (method, path) in [
+        ("POST", "/reload"),
+        ("GET", "/backends"),
+        ("GET", "/lookup?upstream=chat&key=a"),
+    ] {
+        let bare = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (status, body, challenge) = send(&s, &bare);
+        assert_eq!((status, challenge), (401, true), "{method} {path}: {body}");
+        for wrong in ["Bearer nope", &format!("Basic {token}"), "Bearer", ""] {
+            let req =
+                format!("{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {wrong}\r\n\r\n");
+            assert_eq!(send(&s, &req).0, 401, "{method} {path} with {wrong:?}");
+        }
+        let good =
+            format!("{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+        assert_eq!(send(&s, &good).0, 200, "{method} {path}");
+        let lower =
+            format!("{method} {path} HTTP/1.1\r\nHost: x\r\nauthorization: bearer {token}\r\n\r\n");
+        assert_eq!(
+            send(&s, &lower).0,
+            200,
+            "scheme and name are case-insensitive"
+        );
+    }
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let status = send(&s, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")).0;
+        assert_ne!(status, 401, "{path} stays open");
+    }
+    // Without a token configured nothing asks for one.
+    assert_eq!(get(&shared(), "/backends").0, 200);
+    assert!(!format!("{:?}", s.gen.load().config.admin_token).contains(token));
+}
+
+#[test]
+fn cross_site_requests_are_refused() {
+    let s = shared();
+    let post = |headers: &str| {
+        send(
+            &s,
+            &format!("POST /reload HTTP/1.1\r\nHost: 127.0.0.1:9900\r\n{headers}\r\n"),
+        )
+    };
+    assert_eq!(post("").0, 200, "curl -X POST");
+    assert_eq!(post("Content-Type: application/json\r\n").0, 200);
+    assert_eq!(
+        post("Origin: http://127.0.0.1:9900\r\n").0,
+        200,
+        "same origin"
+    );
+    assert_eq!(post("Sec-Fetch-Site: same-origin\r\n").0, 200);
+    assert_eq!(post("Sec-Fetch-Site: none\r\n").0, 200);
+    for (headers, status) in [
+        ("Origin: http://evil.example\r\n", 403),
+        ("Origin: null\r\n", 403),
+        ("Origin: http://127.0.0.1:9900.evil.example\r\n", 403),
+        ("Sec-Fetch-Site: cross-site\r\n", 403),
+        ("Sec-Fetch-Site: same-site\r\n", 403),
+        ("Content-Type: text/plain\r\nContent-Length: 0\r\n", 415),
+        ("Content-Type: text/plain;charset=UTF-8\r\n", 415),
+        ("Content-Type: application/x-www-form-urlencoded\r\n", 415),
+        ("Content-Type: multipart/form-data; boundary=x\r\n", 415),
+    ] {
+        let (got, body, _) = post(headers);
+        assert_eq!(got, status, "{headers:?}: {body}");
+    }
+    // GETs are guarded the same way (a page cannot read answers cross-site, but a foreign
+    // Origin is never a tool of ours).
+    let (status, _, _) = send(
+        &s,
+        "GET /backends HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\n\r\n",
+    );
+    assert_eq!(status, 403);
 }

@@ -2,8 +2,11 @@
 //!
 //! `/lookup` answers from the same immutable table and the same functions the workers pick
 //! with (`Table::lookup_key`, `Table::lookup_cookie`), keyed on backend names with a fixed
-//! hash, so any replica that sees the same backend set gives the same answer for the fleet.
-//! Bounded load is included: the answer is where a *new* connection with that key goes now.
+//! hash. With bounded load off (the default) the answer depends only on the table, so any
+//! replica that sees the same backend set gives the same answer for the fleet; with it on the
+//! answer is this replica's (loads and the key's live connections count) and says so. It also
+//! says where the key's live connections sit when that differs (after a failover), and for a
+//! route cookie whether it is valid, stale or invalid, and where it would be re-placed.
 
 use std::net::IpAddr;
 
@@ -96,24 +99,34 @@ pub fn lookup(shared: &Shared, query: &str) -> Response {
     }
 }
 
-fn answer(u: &UpstreamRt, table: &Table, index: usize, extra: Value) -> Response {
-    let Some(b) = table.backend(index) else {
-        return Response::error(500, "table changed during lookup");
-    };
+fn state_str(b: &Backend) -> &'static str {
+    match b.state() {
+        BackendState::Active => "active",
+        BackendState::Draining => "draining",
+    }
+}
+
+/// The common fields of an answer: the upstream and the backend a new connection goes to.
+fn answer(u: &UpstreamRt, table: &Table, index: Option<usize>, extra: Value) -> Response {
     let now = now_ms();
     let mut v = json!({
         "upstream": &*u.cfg.name,
         "policy": table.policy().to_string(),
-        "backend": b.name(),
-        "address": b.addr().to_string(),
-        "state": match b.state() {
-            BackendState::Active => "active",
-            BackendState::Draining => "draining",
-        },
-        "reason": reason(b, now),
-        "live_connections": b.live(),
     });
-    if let (Some(obj), Value::Object(extra)) = (v.as_object_mut(), extra) {
+    let obj = v.as_object_mut().expect("an object");
+    match index.and_then(|i| table.backend(i)) {
+        Some(b) => {
+            obj.insert("backend".into(), b.name().into());
+            obj.insert("address".into(), b.addr().to_string().into());
+            obj.insert("state".into(), state_str(b).into());
+            obj.insert("reason".into(), reason(b, now).into());
+            obj.insert("live_connections".into(), b.live().into());
+        }
+        None => {
+            obj.insert("backend".into(), Value::Null);
+        }
+    }
+    if let Value::Object(extra) = extra {
         obj.extend(extra);
     }
     Response::json(200, &v)
@@ -124,13 +137,18 @@ fn by_key(u: &UpstreamRt, key: &[u8]) -> Response {
     let hash_key = match table.policy().effective() {
         Policy::Hash { key, .. } => key.clone(),
         p => {
+            let hint = if table.cookie_name().is_some() {
+                "; ask with `cookie=VALUE` for the backend a route cookie names"
+            } else {
+                ""
+            };
             return Response::error(
                 400,
                 format!(
-                    "upstream `{}` balances with {p}, which does not place keys",
+                    "upstream `{}` balances with {p}, which does not place keys{hint}",
                     u.cfg.name
                 ),
-            )
+            );
         }
     };
     // hash:ip hashes the address bytes, so the key must be an address.
@@ -149,10 +167,43 @@ fn by_key(u: &UpstreamRt, key: &[u8]) -> Response {
     } else {
         key
     };
-    match table.lookup_key(bytes) {
-        Some(i) => answer(u, &table, i, json!({ "key": String::from_utf8_lossy(key) })),
-        None => Response::error(503, format!("upstream `{}` has no backend up", u.cfg.name)),
+    let Some(index) = table.lookup_key(bytes) else {
+        return Response::error(503, format!("upstream `{}` has no backend up", u.cfg.name));
+    };
+    let bound = table.bounded_load();
+    let placement = table.placement(bytes);
+    let holder = table.key_holder(bytes);
+    let name = |i: Option<usize>| i.and_then(|i| table.name(i)).map(str::to_owned);
+    let mut extra = json!({
+        "key": String::from_utf8_lossy(key),
+        "bounded_load": bound,
+        // Where the table alone puts the key: the same on every replica that sees the same
+        // backends (with bounded load off, this is also `backend`).
+        "placement": name(placement),
+        "same_on_every_replica": bound.is_none(),
+        "key_live_on": name(holder),
+    });
+    let obj = extra.as_object_mut().expect("an object");
+    if let Some(h) = holder.filter(|&h| h != index) {
+        obj.insert(
+            "note".into(),
+            format!(
+                "this key's live connections are on {} (placed there before a failover or \
+                 under load); a new connection goes to {}",
+                table.name(h).unwrap_or("?"),
+                table.name(index).unwrap_or("?"),
+            )
+            .into(),
+        );
+    } else if bound.is_some() && placement != Some(index) {
+        obj.insert(
+            "note".into(),
+            "bounded load: the key's backend is over its cap (or holds the key's live \
+             connections elsewhere), so the answer depends on this replica's loads"
+                .into(),
+        );
     }
+    answer(u, &table, Some(index), extra)
 }
 
 fn by_cookie(u: &UpstreamRt, cookie: &[u8]) -> Response {
@@ -167,17 +218,56 @@ fn by_cookie(u: &UpstreamRt, cookie: &[u8]) -> Response {
             ),
         );
     }
+    let fallback = table.policy().effective();
+    // Where a request whose cookie cannot be honoured goes (it then gets a new cookie).
+    let replaced = || -> Value {
+        match fallback {
+            Policy::LeastConn => table
+                .least_loaded()
+                .and_then(|i| table.name(i))
+                .map_or(Value::Null, Into::into),
+            _ => Value::Null,
+        }
+    };
+    let value = String::from_utf8_lossy(cookie);
     match table.lookup_cookie(cookie) {
-        Some(i) => answer(
+        Some(i) if table.can_take(i) => answer(
             u,
             &table,
-            i,
-            json!({ "cookie": String::from_utf8_lossy(cookie) }),
+            Some(i),
+            json!({ "cookie": value, "cookie_state": "valid" }),
         ),
-        None => Response::error(
-            404,
-            "no backend of this upstream has that cookie (forged, or its backend is gone): \
-             a request carrying it is balanced anew",
+        Some(i) => {
+            let b = &table.backends()[i];
+            answer(
+                u,
+                &table,
+                None,
+                json!({
+                    "cookie": value,
+                    "cookie_state": "stale",
+                    "names_backend": b.name(),
+                    "names_backend_reason": reason(b, now_ms()),
+                    "re_placed_by": fallback.to_string(),
+                    "re_placed_now_on": replaced(),
+                    "note": "the backend this cookie names takes no new connections: a request \
+                             carrying it is balanced by the fallback policy and gets a new cookie",
+                }),
+            )
+        }
+        None => answer(
+            u,
+            &table,
+            None,
+            json!({
+                "cookie": value,
+                "cookie_state": "invalid",
+                "re_placed_by": fallback.to_string(),
+                "re_placed_now_on": replaced(),
+                "note": "no backend of this upstream has that cookie (forged, signed with a \
+                         retired secret, or its backend left the table): a request carrying it \
+                         is balanced by the fallback policy and gets a new cookie",
+            }),
         ),
     }
 }

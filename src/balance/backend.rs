@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use super::holders::KeyHolders;
+
 /// Milliseconds on a monotonic clock that starts near process start.
 ///
 /// Health timestamps are stored in atomics as these millis (an `Instant` does not fit in an
@@ -88,6 +90,9 @@ const FAILS_MASK: u64 = 0xffff;
 pub struct BackendStats {
     /// Live connections to this backend, across all cores.
     live: AtomicU64,
+    /// Handed out once per name by the registry (0 outside one): names this backend in the
+    /// upstream's [`KeyHolders`], which outlive tables (indexes would not).
+    id: u64,
     /// Live connections of the whole upstream (shared by every stats of one registry):
     /// bounded-load hashing reads the total in O(1) instead of summing every backend.
     pool_live: Arc<AtomicU64>,
@@ -117,12 +122,13 @@ impl BackendStats {
     /// Stats of a backend alone in its own pool (tests, tools). Use a [`StatsRegistry`]
     /// for backends of an upstream.
     pub fn new(passive: PassiveHealth) -> Self {
-        Self::with_pool(passive, Arc::new(AtomicU64::new(0)))
+        Self::with_pool(passive, Arc::new(AtomicU64::new(0)), 0)
     }
 
-    fn with_pool(passive: PassiveHealth, pool_live: Arc<AtomicU64>) -> Self {
+    fn with_pool(passive: PassiveHealth, pool_live: Arc<AtomicU64>, id: u64) -> Self {
         BackendStats {
             live: AtomicU64::new(0),
+            id,
             pool_live,
             health_up: AtomicBool::new(true),
             window: AtomicU64::new(0),
@@ -174,6 +180,11 @@ impl BackendStats {
     /// `(client→backend, backend→client)` bytes so far.
     pub fn bytes(&self) -> (u64, u64) {
         (self.bytes_up.load(Relaxed), self.bytes_down.load(Relaxed))
+    }
+
+    /// This backend's id in its registry (stable for as long as the registry tracks the name).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Live connections to this backend.
@@ -295,13 +306,26 @@ impl BackendStats {
 #[derive(Debug)]
 pub struct ConnGuard {
     stats: Arc<BackendStats>,
+    /// The key hash this connection holds in its upstream's [`KeyHolders`] (bounded-load
+    /// hashing only), released on drop.
+    key: Option<(Arc<KeyHolders>, u64)>,
 }
 
 impl ConnGuard {
     pub fn new(stats: Arc<BackendStats>) -> Self {
         stats.live.fetch_add(1, Relaxed);
         stats.pool_live.fetch_add(1, Relaxed);
-        ConnGuard { stats }
+        ConnGuard { stats, key: None }
+    }
+
+    /// Like [`ConnGuard::new`], and records that the key `hash` has a live connection on
+    /// this backend, so its siblings follow it (see [`KeyHolders`]).
+    pub fn holding(stats: Arc<BackendStats>, holders: &Arc<KeyHolders>, hash: u64) -> Self {
+        let mut g = Self::new(stats);
+        if holders.hold(hash, g.stats.id) {
+            g.key = Some((holders.clone(), hash));
+        }
+        g
     }
 
     pub fn stats(&self) -> &Arc<BackendStats> {
@@ -311,6 +335,9 @@ impl ConnGuard {
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        if let Some((holders, hash)) = self.key.take() {
+            holders.release(hash, self.stats.id);
+        }
         self.stats.live.fetch_sub(1, Relaxed);
         self.stats.pool_live.fetch_sub(1, Relaxed);
     }
@@ -323,12 +350,15 @@ impl Drop for ConnGuard {
 pub struct StatsRegistry {
     inner: Mutex<RegistryInner>,
     pool_live: Arc<AtomicU64>,
+    /// Where keys' live connections are, created by the first bounded-load table.
+    holders: OnceLock<Arc<KeyHolders>>,
 }
 
 #[derive(Debug)]
 struct RegistryInner {
     passive: PassiveHealth,
     by_name: HashMap<Arc<str>, Arc<BackendStats>>,
+    next_id: u64,
 }
 
 impl Default for StatsRegistry {
@@ -343,9 +373,16 @@ impl StatsRegistry {
             inner: Mutex::new(RegistryInner {
                 passive,
                 by_name: HashMap::new(),
+                next_id: 1,
             }),
             pool_live: Arc::new(AtomicU64::new(0)),
+            holders: OnceLock::new(),
         }
+    }
+
+    /// The upstream's key holders (allocated on first use: only bounded load needs them).
+    pub(crate) fn holders(&self) -> Arc<KeyHolders> {
+        self.holders.get_or_init(Default::default).clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RegistryInner> {
@@ -357,13 +394,18 @@ impl StatsRegistry {
     /// The stats for `name`, created on first use.
     pub fn stats(&self, name: &Arc<str>) -> Arc<BackendStats> {
         let mut inner = self.lock();
-        let passive = inner.passive;
-        let pool = &self.pool_live;
-        inner
-            .by_name
-            .entry(name.clone())
-            .or_insert_with(|| Arc::new(BackendStats::with_pool(passive, pool.clone())))
-            .clone()
+        if let Some(s) = inner.by_name.get(name) {
+            return s.clone();
+        }
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let s = Arc::new(BackendStats::with_pool(
+            inner.passive,
+            self.pool_live.clone(),
+            id,
+        ));
+        inner.by_name.insert(name.clone(), s.clone());
+        s
     }
 
     /// The stats for `name` if it has any.

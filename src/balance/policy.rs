@@ -2,9 +2,11 @@
 
 use std::fmt;
 
-/// Default `load_factor` of bounded-load hashing: a backend takes at most
-/// `ceil(1.25 × average)` live connections (HAProxy's and Envoy's usual setting).
-pub const DEFAULT_LOAD_FACTOR: f64 = 1.25;
+/// A usual `load_factor` for those who turn bounded load on (HAProxy's documentation suggests
+/// 125 for `hash-balance-factor`). Not a default: without `load_factor` hashing is unbounded,
+/// as HAProxy (`hash-balance-factor 0`) and Envoy do unless asked, because a bound trades
+/// stickiness for balance (see the module docs of `balance`).
+pub const SUGGESTED_LOAD_FACTOR: f64 = 1.25;
 
 /// Default route cookie name.
 pub const DEFAULT_COOKIE_NAME: &str = "ringway";
@@ -48,15 +50,23 @@ pub enum Policy {
     RoundRobin,
     /// Fewest `live / weight`; ties broken by a rotating start.
     LeastConn,
-    /// Consistent hashing (Maglev) of a key with bounded load; requests without the key fall
-    /// back to least-conn. `load_factor >= 1.0`.
-    Hash { key: HashKey, load_factor: f64 },
+    /// Consistent hashing (Maglev) of a key; requests without the key fall back to
+    /// least-conn. `load_factor: Some(c)` (`c >= 1.0`) turns on bounded load: a backend takes
+    /// at most `ceil(c × average)` live connections, except that a key which already has live
+    /// connections on a backend stays there. `None` (the default): no bound, a key goes where
+    /// the table says, whatever the loads.
+    Hash {
+        key: HashKey,
+        load_factor: Option<f64>,
+    },
     /// Route-cookie stickiness: a valid cookie names the backend; anything else is balanced
     /// by `fallback` (never `Cookie` itself) and gets a new cookie. `secret` keys the opaque
-    /// cookie values and must be the same on every replica.
+    /// cookie values and must be the same on every replica. `verify` are retired secrets
+    /// (rotation): cookies they signed are still honoured, and re-issued under `secret`.
     Cookie {
         fallback: Box<Policy>,
         secret: Vec<u8>,
+        verify: Vec<Vec<u8>>,
         name: String,
     },
 }
@@ -75,11 +85,16 @@ impl fmt::Debug for Policy {
             Policy::Cookie {
                 fallback,
                 secret,
+                verify,
                 name,
             } => f
                 .debug_struct("Cookie")
                 .field("fallback", fallback)
                 .field("secret", &format_args!("<{} bytes>", secret.len()))
+                .field(
+                    "verify",
+                    &format_args!("<{} retired secrets>", verify.len()),
+                )
                 .field("name", name)
                 .finish(),
         }
@@ -116,7 +131,7 @@ impl fmt::Display for Policy {
 }
 
 impl Policy {
-    /// Parse a `balance` string. Hash policies get [`DEFAULT_LOAD_FACTOR`]; `cookie` gets
+    /// Parse a `balance` string. Hash policies get no load bound; `cookie` gets
     /// name `ringway`, fallback `least-conn` and an EMPTY secret — the config layer must
     /// supply one with [`Policy::cookie`] (an empty secret still never reveals an address,
     /// but anyone can compute the values).
@@ -135,6 +150,7 @@ impl Policy {
                 return Ok(Policy::Cookie {
                     fallback: Box::new(Policy::LeastConn),
                     secret: Vec::new(),
+                    verify: Vec::new(),
                     name: DEFAULT_COOKIE_NAME.to_owned(),
                 })
             }
@@ -161,20 +177,22 @@ impl Policy {
         Ok(Policy::hash(key))
     }
 
-    /// Hash on `key` with the default load factor.
+    /// Hash on `key`, unbounded.
     pub fn hash(key: HashKey) -> Policy {
         Policy::Hash {
             key,
-            load_factor: DEFAULT_LOAD_FACTOR,
+            load_factor: None,
         }
     }
 
-    /// Set the load factor of a hash policy (or of a cookie policy's hash fallback). Refuses
-    /// values below 1.0 (no backend could ever take the average) and non-finite ones. Other
-    /// policies are returned unchanged.
-    pub fn with_load_factor(self, factor: f64) -> Result<Policy, String> {
-        if !factor.is_finite() || factor < 1.0 {
-            return Err(format!("load_factor must be a number >= 1.0, got {factor}"));
+    /// Set (`Some`) or clear (`None`) the load bound of a hash policy (or of a cookie
+    /// policy's hash fallback). Refuses values below 1.0 (no backend could ever take the
+    /// average) and non-finite ones. Other policies are returned unchanged.
+    pub fn with_load_factor(self, factor: Option<f64>) -> Result<Policy, String> {
+        if let Some(f) = factor {
+            if !f.is_finite() || f < 1.0 {
+                return Err(format!("load_factor must be a number >= 1.0, got {f}"));
+            }
         }
         Ok(match self {
             Policy::Hash { key, .. } => Policy::Hash {
@@ -184,10 +202,12 @@ impl Policy {
             Policy::Cookie {
                 fallback,
                 secret,
+                verify,
                 name,
             } => Policy::Cookie {
                 fallback: Box::new(fallback.with_load_factor(factor)?),
                 secret,
+                verify,
                 name,
             },
             other => other,
@@ -213,8 +233,28 @@ impl Policy {
         Ok(Policy::Cookie {
             fallback: Box::new(fallback),
             secret: secret.to_vec(),
+            verify: Vec::new(),
             name: name.to_owned(),
         })
+    }
+
+    /// Adds retired cookie secrets (rotation: the first secret signs, all verify). Other
+    /// policies are returned unchanged.
+    pub fn with_verify_secrets<S: AsRef<[u8]>>(self, retired: &[S]) -> Policy {
+        match self {
+            Policy::Cookie {
+                fallback,
+                secret,
+                name,
+                ..
+            } => Policy::Cookie {
+                fallback,
+                secret,
+                verify: retired.iter().map(|s| s.as_ref().to_vec()).collect(),
+                name,
+            },
+            other => other,
+        }
     }
 
     /// The policy that balances requests this policy cannot place by itself (a cookie

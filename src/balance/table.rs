@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::backend::{now_ms, BackendSpec, BackendState, BackendStats, ConnGuard, StatsRegistry};
 use super::cookie::{self, COOKIE_MAC_LEN};
+use super::holders::{short_id, KeyHolders};
 use super::maglev::{stable_hash, Maglev, KEY_SEED, MAX_BACKENDS};
 use super::policy::{HashKey, Policy};
 use super::{KeySource, Pick};
@@ -62,16 +63,26 @@ enum Structure {
     LeastConn,
     Hash {
         key: HashKey,
-        load_factor: f64,
+        /// `Some`: bounded load (and keys stay with their live connections).
+        load_factor: Option<f64>,
         maglev: Option<Maglev>,
+        /// Where keys' live connections are (shared by every table of the upstream). Always
+        /// kept for hash policies, so `/lookup` can say where a key's connections sit; only
+        /// bounded load reads it when picking.
+        holders: Arc<KeyHolders>,
+        /// Active backends by [`short_id`] of their stats id.
+        by_id: HashMap<u64, usize, ahash::RandomState>,
     },
 }
 
 /// Cookie values of every backend and the reverse map.
 struct Cookies {
     name: String,
+    /// Under the signing (first) secret.
     values: Vec<Box<str>>,
-    by_mac: HashMap<[u8; COOKIE_MAC_LEN], usize, ahash::RandomState>,
+    /// MAC → (backend, signed by the current secret). Retired secrets' MACs map too, so their
+    /// cookies keep routing during a rotation (and are re-issued).
+    by_mac: HashMap<[u8; COOKIE_MAC_LEN], (usize, bool), ahash::RandomState>,
 }
 
 /// A shared cursor on its own cache line: round robin and least-conn tie rotation touch it
@@ -162,33 +173,47 @@ impl Table {
                     .enumerate()
                     .map(|(i, b)| (i, b.name(), b.weight()))
                     .collect();
+                let mut by_id = HashMap::with_capacity_and_hasher(n_active, map_hasher());
+                for (i, b) in backends[..n_active].iter().enumerate() {
+                    by_id.insert(short_id(b.stats.id()), i);
+                }
                 Structure::Hash {
                     key: key.clone(),
                     load_factor: *load_factor,
                     maglev: Maglev::build(&entries),
+                    holders: registry.holders(),
+                    by_id,
                 }
             }
             // `Cookie` never nests (`Policy::cookie` refuses it); treat it as least-conn.
             Policy::LeastConn | Policy::Cookie { .. } => Structure::LeastConn,
         };
         let cookies = match policy {
-            Policy::Cookie { secret, name, .. } => {
+            Policy::Cookie {
+                secret,
+                verify,
+                name,
+                ..
+            } => {
                 let values: Vec<Box<str>> = backends
                     .iter()
                     .map(|b| cookie::encode(secret, b.name()).into_boxed_str())
                     .collect();
                 let mut by_mac = HashMap::with_capacity_and_hasher(
-                    values.len(),
-                    ahash::RandomState::with_seeds(
-                        MAP_SEEDS[0],
-                        MAP_SEEDS[1],
-                        MAP_SEEDS[2],
-                        MAP_SEEDS[3],
-                    ),
+                    values.len() * (1 + verify.len()),
+                    map_hasher(),
                 );
                 for (i, v) in values.iter().enumerate() {
                     if let Some(mac) = cookie::decode(v.as_bytes()) {
-                        by_mac.entry(mac).or_insert(i);
+                        by_mac.entry(mac).or_insert((i, true));
+                    }
+                }
+                for old in verify {
+                    for (i, b) in backends.iter().enumerate() {
+                        let v = cookie::encode(old, b.name());
+                        if let Some(mac) = cookie::decode(v.as_bytes()) {
+                            by_mac.entry(mac).or_insert((i, false));
+                        }
                     }
                 }
                 Some(Cookies {
@@ -249,10 +274,6 @@ impl Table {
     pub fn pool_live(&self) -> u64 {
         self.pool_live.load(Relaxed)
     }
-    /// Count a new connection to `index` (see [`ConnGuard`]).
-    pub fn guard(&self, index: usize) -> Option<ConnGuard> {
-        self.backend(index).map(|b| ConnGuard::new(b.stats.clone()))
-    }
     /// The route cookie's name, when the policy is `cookie`.
     pub fn cookie_name(&self) -> Option<&str> {
         self.cookies.as_ref().map(|c| c.name.as_str())
@@ -263,14 +284,22 @@ impl Table {
         self.cookies.as_ref()?.values.get(index).map(|v| &**v)
     }
 
-    /// Which backend a route cookie value names, if any (in any state). Allocation-free.
+    /// Which backend a route cookie value names, if any (in any state), under the current or
+    /// a retired secret. Allocation-free.
     pub fn lookup_cookie(&self, value: &[u8]) -> Option<usize> {
+        self.lookup_cookie_signed(value).map(|(i, _)| i)
+    }
+
+    /// [`Table::lookup_cookie`], and whether the current secret signed it (`false`: a retired
+    /// one, so the cookie is due for re-issue).
+    pub fn lookup_cookie_signed(&self, value: &[u8]) -> Option<(usize, bool)> {
         let cookies = self.cookies.as_ref()?;
         cookies.by_mac.get(&cookie::decode(value)?).copied()
     }
 
-    /// Where a connection hashed on `key` would go now, bounded load included (`None` when
-    /// the policy does not hash keys or nothing is available).
+    /// Where a new connection hashed on `key` goes now (`None` when the policy does not hash
+    /// keys or nothing is available). Unbounded: [`Table::placement`], which depends only on
+    /// the table. Bounded load: also the key's live connections and the loads.
     pub fn lookup_key(&self, key: &[u8]) -> Option<usize> {
         self.lookup_key_with(key, &Now::lazy())
     }
@@ -281,18 +310,62 @@ impl Table {
     }
 
     fn lookup_key_with(&self, key: &[u8], now_ms: &Now) -> Option<usize> {
+        let hash = stable_hash(KEY_SEED, key);
+        self.hashed(hash, &[], now_ms).map(|(i, _)| i)
+    }
+
+    /// Where the table alone places `key`: the first backend in the key's Maglev probe order
+    /// that may take connections (active, health up, not passively down), ignoring loads and
+    /// live connections. Every replica that sees the same backends and health gives the same
+    /// answer. `None`: not a hash policy, or no backend available.
+    pub fn placement(&self, key: &[u8]) -> Option<usize> {
+        let Structure::Hash { maglev, .. } = &self.structure else {
+            return None;
+        };
+        self.first_eligible(
+            maglev.as_ref()?,
+            stable_hash(KEY_SEED, key),
+            &[],
+            &Now::lazy(),
+        )
+    }
+
+    /// The backend holding live connections of `key` (hash policies; `None` when it has none,
+    /// or they are not tracked: see [`KeyHolders`]). May be a draining backend.
+    pub fn key_holder(&self, key: &[u8]) -> Option<usize> {
+        let Structure::Hash { holders, .. } = &self.structure else {
+            return None;
+        };
+        let id = holders.holder(stable_hash(KEY_SEED, key))?;
+        self.backends
+            .iter()
+            .position(|b| short_id(b.stats.id()) == id)
+    }
+
+    /// The backend least-conn would pick now (fewest `live / weight` among those that may
+    /// take connections, first by name on a tie), without moving the shared rotation: for
+    /// operators' previews (`/lookup`), never for picking.
+    pub fn least_loaded(&self) -> Option<usize> {
+        let now = Now::lazy();
+        (0..self.n_active)
+            .filter(|&i| self.eligible(i, &[], &now))
+            .min_by(|&a, &b| {
+                let (a, b) = (&self.backends[a], &self.backends[b]);
+                (u128::from(a.live()) * u128::from(b.weight()))
+                    .cmp(&(u128::from(b.live()) * u128::from(a.weight())))
+            })
+    }
+
+    /// Whether backend `index` may take a new connection now (active, health up, not
+    /// passively down).
+    pub fn can_take(&self, index: usize) -> bool {
+        index < self.backends.len() && self.eligible(index, &[], &Now::lazy())
+    }
+
+    /// Whether this table bounds load (a hash policy with `load_factor`).
+    pub fn bounded_load(&self) -> Option<f64> {
         match &self.structure {
-            Structure::Hash {
-                load_factor,
-                maglev,
-                ..
-            } => self.bounded(
-                maglev.as_ref()?,
-                stable_hash(KEY_SEED, key),
-                *load_factor,
-                &[],
-                now_ms,
-            ),
+            Structure::Hash { load_factor, .. } => *load_factor,
             _ => None,
         }
     }
@@ -322,22 +395,46 @@ impl Table {
         if let Some(c) = &self.cookies {
             let sticky = req
                 .cookie(&c.name)
-                .and_then(|v| self.lookup_cookie(v))
-                .filter(|&i| self.eligible(i, exclude, now_ms));
-            if let Some(index) = sticky {
+                .and_then(|v| self.lookup_cookie_signed(v))
+                .filter(|&(i, _)| self.eligible(i, exclude, now_ms));
+            if let Some((index, current)) = sticky {
                 return Some(Pick {
                     index,
-                    set_cookie: false,
+                    // A retired secret's cookie still routes; re-issue it under the new one.
+                    set_cookie: !current,
+                    key_hash: None,
                 });
             }
-            return self.pick_structure(req, exclude, now_ms).map(|index| Pick {
-                index,
-                set_cookie: true,
-            });
+            return self
+                .pick_structure(req, exclude, now_ms)
+                .map(|(index, key_hash)| Pick {
+                    index,
+                    set_cookie: true,
+                    key_hash,
+                });
         }
-        self.pick_structure(req, exclude, now_ms).map(|index| Pick {
-            index,
-            set_cookie: false,
+        self.pick_structure(req, exclude, now_ms)
+            .map(|(index, key_hash)| Pick {
+                index,
+                set_cookie: false,
+                key_hash,
+            })
+    }
+
+    /// Count a new connection to `index` (see [`ConnGuard`]).
+    pub fn guard(&self, index: usize) -> Option<ConnGuard> {
+        self.backend(index).map(|b| ConnGuard::new(b.stats.clone()))
+    }
+
+    /// Count a new connection for `pick`: like [`Table::guard`], and a hashed key is recorded
+    /// as held by the picked backend for as long as the guard lives.
+    pub fn guard_pick(&self, pick: &Pick) -> Option<ConnGuard> {
+        let b = self.backend(pick.index)?;
+        Some(match (&self.structure, pick.key_hash) {
+            (Structure::Hash { holders, .. }, Some(hash)) => {
+                ConnGuard::holding(b.stats.clone(), holders, hash)
+            }
+            _ => ConnGuard::new(b.stats.clone()),
         })
     }
 
@@ -349,21 +446,17 @@ impl Table {
             && self.backends[i].stats.available_with(|| now_ms.get())
     }
 
+    /// The backend and, for a hashed key, the key's hash.
     fn pick_structure<K: KeySource + ?Sized>(
         &self,
         req: &K,
         exclude: &[usize],
         now_ms: &Now,
-    ) -> Option<usize> {
+    ) -> Option<(usize, Option<u64>)> {
         match &self.structure {
-            Structure::RoundRobin(seq) => self.round_robin(seq, exclude, now_ms),
-            Structure::LeastConn => self.least_conn(exclude, now_ms),
-            Structure::Hash {
-                key,
-                load_factor,
-                maglev,
-            } => {
-                let maglev = maglev.as_ref()?;
+            Structure::RoundRobin(seq) => self.round_robin(seq, exclude, now_ms).map(|i| (i, None)),
+            Structure::LeastConn => self.least_conn(exclude, now_ms).map(|i| (i, None)),
+            Structure::Hash { key, .. } => {
                 let mut ip_buf = [0u8; 16];
                 let bytes = match key {
                     HashKey::Ip => Some(ip_bytes(req.client_ip(), &mut ip_buf)),
@@ -373,17 +466,66 @@ impl Table {
                     HashKey::Sni => req.sni(),
                 };
                 match bytes {
-                    Some(k) => self.bounded(
-                        maglev,
-                        stable_hash(KEY_SEED, k),
-                        *load_factor,
-                        exclude,
-                        now_ms,
-                    ),
-                    None => self.least_conn(exclude, now_ms),
+                    Some(k) => self.hashed(stable_hash(KEY_SEED, k), exclude, now_ms),
+                    None => self.least_conn(exclude, now_ms).map(|i| (i, None)),
                 }
             }
         }
+    }
+
+    /// A hashed key's backend: the first eligible backend in its probe order, or with bounded
+    /// load the backend of its live connections, else [`Table::bounded`]. Returns the hash
+    /// with the index so the connection's guard can record the key.
+    fn hashed(&self, hash: u64, exclude: &[usize], now_ms: &Now) -> Option<(usize, Option<u64>)> {
+        let Structure::Hash {
+            load_factor,
+            maglev,
+            holders,
+            by_id,
+            ..
+        } = &self.structure
+        else {
+            return None;
+        };
+        let maglev = maglev.as_ref()?;
+        let index = match load_factor {
+            None => self.first_eligible(maglev, hash, exclude, now_ms)?,
+            Some(factor) => {
+                // Siblings first: a key with live connections stays where they are, whatever
+                // the loads, so overflow moves new keys and never splits a connected device.
+                let held = holders
+                    .holder(hash)
+                    .and_then(|id| by_id.get(&id).copied())
+                    .filter(|&i| self.eligible(i, exclude, now_ms));
+                match held {
+                    Some(i) => i,
+                    None => self.bounded(maglev, hash, *factor, exclude, now_ms)?,
+                }
+            }
+        };
+        Some((index, Some(hash)))
+    }
+
+    /// Unbounded consistent hashing: the key's slot, or when its backend cannot take the
+    /// connection, the next slot's backend that can (a dead backend's keys spread over the
+    /// others; every other key stays).
+    fn first_eligible(
+        &self,
+        maglev: &Maglev,
+        hash: u64,
+        exclude: &[usize],
+        now_ms: &Now,
+    ) -> Option<usize> {
+        let first = maglev.at(super::maglev::slot_of(hash));
+        if self.eligible(first, exclude, now_ms) {
+            return Some(first);
+        }
+        if !(0..self.n_active).any(|i| self.eligible(i, exclude, now_ms)) {
+            return None;
+        }
+        maglev
+            .probe(hash)
+            .find(|&i| self.eligible(i, exclude, now_ms))
     }
 
     /// Next eligible entry of the smooth WRR sequence from the shared cursor. After
@@ -481,6 +623,10 @@ impl Table {
             .find(|&i| under(i))
             .or_else(|| self.least_conn(exclude, now_ms))
     }
+}
+
+fn map_hasher() -> ahash::RandomState {
+    ahash::RandomState::with_seeds(MAP_SEEDS[0], MAP_SEEDS[1], MAP_SEEDS[2], MAP_SEEDS[3])
 }
 
 /// The time passive health is judged at, read from the clock at most once per pick and

@@ -54,6 +54,13 @@ fn hash_policy() -> Policy {
     Policy::parse("hash:header:x-device-id").unwrap()
 }
 
+/// `hash_policy()` with bounded load on at the usual factor.
+fn bounded_policy() -> Policy {
+    hash_policy()
+        .with_load_factor(Some(SUGGESTED_LOAD_FACTOR))
+        .unwrap()
+}
+
 /// A request as the proxy would see it.
 #[derive(Default)]
 struct Req {
@@ -262,7 +269,7 @@ fn bounded_load_never_exceeds_cap_while_opening() {
                 .enumerate()
                 .for_each(|(i, s)| s.weight = i as u32 + 1);
         }
-        let policy = hash_policy().with_load_factor(factor).unwrap();
+        let policy = hash_policy().with_load_factor(Some(factor)).unwrap();
         let t = Table::build(&policy, sp, &reg);
         let sum_w: u32 = t.backends().iter().map(|b| b.weight()).sum();
         let mut rng = Rng(3 + n as u64);
@@ -296,7 +303,7 @@ fn bounded_load_never_exceeds_cap_while_opening() {
 #[test]
 fn bounded_load_holds_at_each_pick_with_closes() {
     let reg = StatsRegistry::default();
-    let t = Table::build(&hash_policy(), specs(&pods(6)), &reg);
+    let t = Table::build(&bounded_policy(), specs(&pods(6)), &reg);
     let mut rng = Rng(4);
     let hot = rng.key();
     let mut guards: Vec<ConnGuard> = Vec::new();
@@ -319,7 +326,7 @@ fn bounded_load_holds_at_each_pick_with_closes() {
 #[test]
 fn a_full_backend_overflows_to_the_next_in_probe_order_and_lookup_agrees() {
     let reg = StatsRegistry::default();
-    let t = Table::build(&hash_policy(), specs(&pods(4)), &reg);
+    let t = Table::build(&bounded_policy(), specs(&pods(4)), &reg);
     let key = b"device-42";
     let home = t.lookup_key_at(key, 0).unwrap();
     // Load the home backend to the cap: 1.25 × (4 + 1) / 4 → ceil 2 with 4 live in total.
@@ -572,7 +579,8 @@ fn valid_cookie_sticks_forged_cookie_is_rebalanced() {
                 t.pick_at(&Req::cookie("rw", &v), &[], 0),
                 Some(Pick {
                     index: i,
-                    set_cookie: false
+                    set_cookie: false,
+                    key_hash: None
                 })
             );
         }
@@ -631,7 +639,8 @@ fn cookie_of_removed_or_down_backend_is_rebalanced_and_reset() {
         t.pick_at(&req, &[], 12_000),
         Some(Pick {
             index: 1,
-            set_cookie: false
+            set_cookie: false,
+            key_hash: None
         })
     );
     // Actively down: same.
@@ -654,7 +663,8 @@ fn cookie_of_removed_or_down_backend_is_rebalanced_and_reset() {
         t2.pick_at(&Req::cookie("rw", &fresh), &[], 12_000),
         Some(Pick {
             index: p.index,
-            set_cookie: false
+            set_cookie: false,
+            key_hash: None
         })
     );
 
@@ -686,15 +696,16 @@ fn excluded_indexes_are_never_returned() {
         "round-robin",
         "least-conn",
         "hash:header:x-device-id",
+        "bounded",
         "cookie",
     ];
     let mut rng = Rng(6);
     for p in policies {
-        let t = Table::build(
-            &Policy::parse(p).unwrap(),
-            specs(&pods(6)),
-            &StatsRegistry::default(),
-        );
+        let policy = match p {
+            "bounded" => bounded_policy(),
+            p => Policy::parse(p).unwrap(),
+        };
+        let t = Table::build(&policy, specs(&pods(6)), &StatsRegistry::default());
         for _ in 0..2_000 {
             let exclude: Vec<usize> = (0..rng.below(6)).map(|_| rng.below(6)).collect();
             let key = rng.key();
@@ -847,7 +858,7 @@ fn policy_parsing_accepts_the_documented_forms() {
         Policy::parse("hash:query:device").unwrap(),
         Policy::Hash {
             key: HashKey::Query("device".into()),
-            load_factor: 1.25
+            load_factor: None
         }
     );
     for bad in [
@@ -868,9 +879,14 @@ fn policy_parsing_accepts_the_documented_forms() {
             "{bad:?}: {e}"
         );
     }
-    assert!(hash_policy().with_load_factor(0.99).is_err());
-    assert!(hash_policy().with_load_factor(f64::NAN).is_err());
-    assert!(hash_policy().with_load_factor(1.0).is_ok());
+    assert!(hash_policy().with_load_factor(Some(0.99)).is_err());
+    assert!(hash_policy().with_load_factor(Some(f64::NAN)).is_err());
+    assert!(hash_policy().with_load_factor(Some(1.0)).is_ok());
+    assert_eq!(
+        bounded_policy().with_load_factor(None).unwrap(),
+        hash_policy(),
+        "None turns the bound off"
+    );
     assert!(Policy::cookie("rw", b"k", "cookie")
         .unwrap_err()
         .contains("fallback"));
@@ -986,5 +1002,256 @@ fn reset_passive_brings_a_moved_backend_back_at_once() {
         s.failures_total(),
         1,
         "the lifetime counter is history, not state"
+    );
+}
+
+// ---------------------------------------------------------------- stickiness (issue 11, item 1)
+
+/// 50 source IPs × 4 connections over 3 backends, opened round by round (each IP opens its
+/// n-th connection before any opens its n+1-th), each guard kept: the issue's scenario.
+fn open_devices(t: &Table, ips: &[IpAddr]) -> Vec<(IpAddr, usize, ConnGuard)> {
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        for &ip in ips {
+            let p = t.pick_at(&ip, &[], 0).unwrap();
+            conns.push((ip, p.index, t.guard_pick(&p).unwrap()));
+        }
+    }
+    conns
+}
+
+fn device_ips() -> Vec<IpAddr> {
+    (0..50u8).map(|i| IpAddr::from([10, 1, 0, i + 1])).collect()
+}
+
+/// Backends each IP's connections landed on.
+fn homes(
+    conns: &[(IpAddr, usize, ConnGuard)],
+) -> std::collections::HashMap<IpAddr, HashSet<usize>> {
+    let mut m: std::collections::HashMap<IpAddr, HashSet<usize>> = Default::default();
+    for (ip, i, _) in conns {
+        m.entry(*ip).or_default().insert(*i);
+    }
+    m
+}
+
+#[test]
+fn hash_is_unbounded_by_default_and_ignores_load() {
+    let policy = Policy::parse("hash:ip").unwrap();
+    assert_eq!(
+        policy,
+        Policy::Hash {
+            key: HashKey::Ip,
+            load_factor: None
+        }
+    );
+    let t = Table::build(&policy, specs(&pods(3)), &StatsRegistry::default());
+    assert_eq!(t.bounded_load(), None);
+    let ip = IpAddr::from([10, 9, 9, 9]);
+    let home = t.pick_at(&ip, &[], 0).unwrap().index;
+    // However loaded its backend is, the key stays: the answer depends only on the table.
+    let _load: Vec<_> = (0..1000).map(|_| t.guard(home).unwrap()).collect();
+    assert_eq!(t.pick_at(&ip, &[], 0).unwrap().index, home);
+    let mut buf = [0u8; 16];
+    assert_eq!(t.lookup_key_at(ip_bytes(ip, &mut buf), 0), Some(home));
+    assert_eq!(t.placement(ip_bytes(ip, &mut buf)), Some(home));
+}
+
+#[test]
+fn every_ips_connections_share_one_backend_bounded_or_not() {
+    for policy in [
+        Policy::parse("hash:ip").unwrap(),
+        Policy::parse("hash:ip")
+            .unwrap()
+            .with_load_factor(Some(1.25))
+            .unwrap(),
+        Policy::parse("hash:ip")
+            .unwrap()
+            .with_load_factor(Some(1.0))
+            .unwrap(),
+    ] {
+        let t = Table::build(&policy, specs(&pods(3)), &StatsRegistry::default());
+        let ips = device_ips();
+        let conns = open_devices(&t, &ips);
+        assert_eq!(t.pool_live(), 200);
+        let split: Vec<_> = homes(&conns)
+            .into_iter()
+            .filter(|(_, h)| h.len() > 1)
+            .collect();
+        assert!(
+            split.is_empty(),
+            "{policy:?}: IPs split over backends: {split:?}"
+        );
+    }
+}
+
+#[test]
+fn bounded_load_overflows_new_keys_not_siblings() {
+    let t = Table::build(
+        &bounded_policy(),
+        specs(&pods(3)),
+        &StatsRegistry::default(),
+    );
+    let mut rng = Rng(11);
+    let keys: Vec<[u8; 16]> = (0..300).map(|_| rng.key()).collect();
+    let mut guards = Vec::new();
+    let mut first_home = std::collections::HashMap::new();
+    for k in &keys {
+        let p = t.pick_at(&Req::header("x-device-id", k), &[], 0).unwrap();
+        first_home.insert(*k, p.index);
+        guards.push(t.guard_pick(&p).unwrap());
+    }
+    // Every new key respected the cap when it was placed; now siblings follow their key even
+    // past the cap.
+    let cap = ceil_cap(1.25, 300, 1, 3);
+    assert!(t.backends().iter().all(|b| b.live() <= cap));
+    for _ in 0..3 {
+        for k in &keys {
+            let p = t.pick_at(&Req::header("x-device-id", k), &[], 0).unwrap();
+            assert_eq!(p.index, first_home[k], "a sibling left its key's backend");
+            guards.push(t.guard_pick(&p).unwrap());
+        }
+    }
+    // Once a key's connections are gone, it is placed anew (home, or overflow by the cap).
+    guards.clear();
+    assert_eq!(t.pool_live(), 0);
+    for k in &keys {
+        assert_eq!(t.key_holder(k), None);
+    }
+}
+
+#[test]
+fn one_dead_backend_moves_only_its_own_keys() {
+    for bounded in [false, true] {
+        let mut policy = Policy::parse("hash:ip").unwrap();
+        if bounded {
+            policy = policy.with_load_factor(Some(1.25)).unwrap();
+        }
+        let reg = StatsRegistry::default();
+        let t = Table::build(&policy, specs(&pods(3)), &reg);
+        let ips = device_ips();
+        let conns = open_devices(&t, &ips);
+        let before: std::collections::HashMap<IpAddr, usize> = homes(&conns)
+            .into_iter()
+            .map(|(ip, h)| (ip, *h.iter().next().unwrap()))
+            .collect();
+        let dead = 1;
+        // The dead backend's connections end; the survivors' stay open.
+        let (gone, kept): (Vec<_>, Vec<_>) = conns.into_iter().partition(|(_, i, _)| *i == dead);
+        drop(gone);
+        t.backends()[dead].stats().set_health_up(false);
+        let mut reconnected = Vec::new();
+        for (&ip, &home) in &before {
+            let p = t.pick_at(&ip, &[], 0).unwrap();
+            if home == dead {
+                assert_ne!(p.index, dead);
+            } else {
+                assert_eq!(
+                    p.index, home,
+                    "bounded={bounded}: a survivor's client moved"
+                );
+            }
+            reconnected.push(t.guard_pick(&p).unwrap());
+        }
+        // Removing the dead backend from the table (the same upstream, connections still
+        // open) moves nobody else either. Unbounded this is Maglev's own stability (a removal
+        // moves 0.04% of the survivors' keys at N = 3, none of these 50); bounded, the keys'
+        // live connections hold them.
+        let fewer: Vec<String> = pods(3).into_iter().filter(|n| n != "pod-1").collect();
+        let t2 = Table::build(&policy, specs(&fewer), &reg);
+        for (&ip, &home) in &before {
+            if home != dead {
+                let name = t.name(home).unwrap();
+                let p = t2.pick_at(&ip, &[], 0).unwrap();
+                assert_eq!(
+                    t2.name(p.index),
+                    Some(name),
+                    "removal moved a survivor's client"
+                );
+            }
+        }
+        drop((kept, reconnected));
+    }
+}
+
+#[test]
+fn key_holder_reports_where_live_connections_sit_after_a_failover() {
+    let t = Table::build(&hash_policy(), specs(&pods(3)), &StatsRegistry::default());
+    let key = b"device-7";
+    let home = t.placement(key).unwrap();
+    t.backends()[home].stats().set_health_up(false);
+    let p = t.pick_at(&Req::header("x-device-id", key), &[], 0).unwrap();
+    assert_ne!(p.index, home);
+    let _g = t.guard_pick(&p).unwrap();
+    assert_eq!(t.key_holder(key), Some(p.index));
+    // The home backend is back: new connections go home, the live one stays where it is.
+    t.backends()[home].stats().set_health_up(true);
+    assert_eq!(t.lookup_key_at(key, 0), Some(home));
+    assert_eq!(t.key_holder(key), Some(p.index));
+}
+
+#[test]
+fn key_holders_survive_a_rebuild() {
+    let reg = StatsRegistry::default();
+    let t = Table::build(&bounded_policy(), specs(&pods(3)), &reg);
+    let key = b"device-9";
+    let p = t.pick_at(&Req::header("x-device-id", key), &[], 0).unwrap();
+    let _g = t.guard_pick(&p).unwrap();
+    let name = t.name(p.index).unwrap().to_string();
+    let mut more = pods(3);
+    more.push("pod-new".into());
+    let t2 = Table::build(&bounded_policy(), specs(&more), &reg);
+    assert_eq!(t2.name(t2.key_holder(key).unwrap()), Some(name.as_str()));
+    let p2 = t2
+        .pick_at(&Req::header("x-device-id", key), &[], 0)
+        .unwrap();
+    assert_eq!(
+        t2.name(p2.index),
+        Some(name.as_str()),
+        "siblings follow across rebuilds"
+    );
+}
+
+#[test]
+fn retired_cookie_secrets_still_route_and_are_reissued() {
+    let reg = StatsRegistry::default();
+    let old = Table::build(
+        &Policy::cookie("rw", b"old-secret", "least-conn").unwrap(),
+        specs(&pods(3)),
+        &reg,
+    );
+    let rotated_policy = Policy::cookie("rw", b"new-secret", "least-conn")
+        .unwrap()
+        .with_verify_secrets(&[b"old-secret"]);
+    let t = Table::build(&rotated_policy, specs(&pods(3)), &reg);
+    for i in 0..3 {
+        let old_value = old.cookie_value(i).unwrap().as_bytes().to_vec();
+        let new_value = t.cookie_value(i).unwrap().as_bytes().to_vec();
+        assert_ne!(old_value, new_value, "the first secret signs");
+        let p = t.pick_at(&Req::cookie("rw", &old_value), &[], 0).unwrap();
+        assert_eq!(p.index, i, "a retired secret's cookie still routes");
+        assert!(p.set_cookie, "and is re-issued under the new secret");
+        let p = t.pick_at(&Req::cookie("rw", &new_value), &[], 0).unwrap();
+        assert_eq!((p.index, p.set_cookie), (i, false));
+        assert_eq!(t.lookup_cookie_signed(&old_value), Some((i, false)));
+        assert_eq!(t.lookup_cookie_signed(&new_value), Some((i, true)));
+    }
+    // Once the old secret is dropped, its cookies are unknown: rebalanced with a new cookie.
+    let t = Table::build(
+        &Policy::cookie("rw", b"new-secret", "least-conn").unwrap(),
+        specs(&pods(3)),
+        &reg,
+    );
+    let old_value = old.cookie_value(0).unwrap().as_bytes().to_vec();
+    assert_eq!(t.lookup_cookie(&old_value), None);
+    assert!(
+        t.pick_at(&Req::cookie("rw", &old_value), &[], 0)
+            .unwrap()
+            .set_cookie
+    );
+    let dbg = format!("{rotated_policy:?}");
+    assert!(
+        !dbg.contains("old-secret") && !dbg.contains("new-secret"),
+        "{dbg}"
     );
 }

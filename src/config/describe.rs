@@ -21,8 +21,13 @@ pub fn describe(c: &Config) -> String {
     let _ = writeln!(o, "io = {:?}", c.io);
     let _ = writeln!(
         o,
-        "admin = {}",
-        c.admin.map_or("off".to_string(), |a| a.to_string())
+        "admin = {} (token: {})",
+        c.admin.map_or("off".to_string(), |a| a.to_string()),
+        if c.admin_token.is_some() {
+            "required for /reload, /lookup, /backends"
+        } else {
+            "none"
+        }
     );
     let t = &c.timeouts;
     let _ = writeln!(
@@ -39,14 +44,15 @@ pub fn describe(c: &Config) -> String {
     let l = &c.limits;
     let _ = writeln!(
         o,
-        "limits: max_head_bytes {} · max_headers {} · max_connections {} · per_source {} · source_rate {}/s (burst {}) · connect_retries {}",
+        "limits: max_head_bytes {} · max_headers {} · max_connections {} · per_source {} · source_rate {}/s (burst {}) · connect_retries {} · proxy_pending_per_peer {}",
         l.max_head_bytes,
         l.max_headers,
         l.max_connections,
         l.max_connections_per_source,
         l.source_rate,
         l.source_burst,
-        l.connect_retries
+        l.connect_retries,
+        l.proxy_pending_per_peer
     );
     for l in &c.listeners {
         let up = l
@@ -57,6 +63,18 @@ pub fn describe(c: &Config) -> String {
             "listener {}: {} mode={:?} upstream={} proxy_protocol={} tls_terminated={}",
             l.name, l.bind, l.mode, up, l.proxy_protocol, l.tls_terminated
         );
+        if l.proxy_protocol {
+            let from = l.proxy_protocol_from.as_ref().map_or_else(
+                || "every peer (!)".to_string(),
+                |nets| {
+                    nets.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            );
+            let _ = writeln!(o, "  PROXY header believed from: {from}");
+        }
     }
     for r in &c.routes {
         let host = match &r.host {
@@ -77,7 +95,11 @@ pub fn describe(c: &Config) -> String {
         let _ = writeln!(
             o,
             "upstream {}: balance={} load_factor={} send_proxy={:?}",
-            u.name, u.policy, u.load_factor, u.send_proxy
+            u.name,
+            u.policy,
+            u.load_factor
+                .map_or_else(|| "none (no load bound)".to_string(), |f| f.to_string()),
+            u.send_proxy
         );
         if u.required_for_ready {
             let _ = writeln!(
@@ -143,6 +165,17 @@ pub fn describe(c: &Config) -> String {
                 k.strip,
                 k.secret.len()
             );
+            if !k.verify_secrets.is_empty() || k.secret_file.is_some() {
+                let _ = writeln!(
+                    o,
+                    "  cookie secrets: {} retired still verify{}",
+                    k.verify_secrets.len(),
+                    k.secret_file
+                        .as_ref()
+                        .map(|p| format!(", from {}", p.display()))
+                        .unwrap_or_default()
+                );
+            }
         }
     }
     o

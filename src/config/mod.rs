@@ -2,9 +2,11 @@
 //! [`Config::validate`]). Validation collects *every* error before giving up, each naming the
 //! field it is about and saying how to fix it, so an operator fixes a file in one pass.
 
+mod cidr;
 mod describe;
 mod duration;
 pub mod raw;
+mod secrets;
 mod validate;
 
 #[cfg(test)]
@@ -15,6 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use cidr::Cidr;
 pub use describe::describe;
 pub use duration::{format_duration, parse_duration};
 pub use raw::RawConfig;
@@ -90,6 +93,36 @@ pub enum SendProxy {
     V2,
 }
 
+/// The admin bearer token. `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub fn new(token: impl Into<String>) -> AdminToken {
+        AdminToken(token.into())
+    }
+
+    /// Whether an `Authorization` header value carries this token (`Bearer <token>`). Compares
+    /// in time independent of where the first difference is.
+    pub fn accepts(&self, authorization: Option<&str>) -> bool {
+        let Some(v) = authorization else { return false };
+        let Some((scheme, given)) = v.trim().split_once(' ') else {
+            return false;
+        };
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return false;
+        }
+        let (a, b) = (given.trim().as_bytes(), self.0.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdminToken(<{} bytes>)", self.0.len())
+    }
+}
+
 /// The validated configuration. Cheap to share (`Arc<Config>`); a reload builds a new one.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -97,6 +130,9 @@ pub struct Config {
     pub workers: usize,
     pub io: IoMode,
     pub admin: Option<SocketAddr>,
+    /// Bearer token for the admin port's revealing and mutating endpoints (`/reload`,
+    /// `/lookup`, `/backends`), read from `admin_token_file` at load and on every reload.
+    pub admin_token: Option<AdminToken>,
     pub pin_workers: bool,
     pub timeouts: Timeouts,
     pub limits: Limits,
@@ -104,6 +140,9 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<Arc<UpstreamConfig>>,
+    /// Valid but risky settings (a PROXY listener that trusts every peer, a per-process
+    /// cookie secret, the example's secret): printed by `ringway check`, logged at start.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -136,6 +175,10 @@ pub struct Limits {
     pub source_rate: f64,
     pub source_burst: u32,
     pub connect_retries: usize,
+    /// Connections from one peer still waiting for their PROXY header (0 = no cap). Per-source
+    /// limits apply to the address the header carries, so this is what bounds a peer that
+    /// opens connections and sends half a header (with `timeouts.head`).
+    pub proxy_pending_per_peer: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -152,6 +195,10 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     pub mode: Mode,
     pub proxy_protocol: bool,
+    /// Peers allowed to send a PROXY header (`proxy_protocol_from`); `None` = every peer
+    /// (trusted blindly: warned about at start). A connection from elsewhere is a direct
+    /// client; if it starts with a PROXY header anyway it is refused.
+    pub proxy_protocol_from: Option<Vec<Cidr>>,
     pub tls_terminated: bool,
     /// tcp only: read the TLS ClientHello (without terminating TLS), route by its server name
     /// through the `[[route]]`s naming this listener, offer it as the `hash:sni` key, then
@@ -187,11 +234,12 @@ pub enum HostMatch {
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub name: Arc<str>,
-    /// How backends are picked, parsed once at validation (`balance`, the cookie's name, secret
+    /// How backends are picked, parsed once at validation (`balance`, the cookie's name, secrets
     /// and fallback, and `load_factor` are all in it), so nothing re-reads a policy string.
     pub policy: Policy,
-    /// `load_factor` as configured; already applied to [`UpstreamConfig::policy`].
-    pub load_factor: f64,
+    /// `Some`: bounded-load hashing (opt-in; see `docs/config.md`). `None`: no bound. Already
+    /// applied to [`UpstreamConfig::policy`].
+    pub load_factor: Option<f64>,
     pub send_proxy: SendProxy,
     pub cookie: CookieConfig,
     pub discovery: Discovery,
@@ -207,7 +255,12 @@ pub struct UpstreamConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CookieConfig {
     pub name: String,
+    /// The secret that signs new cookies (the first of `secrets` / of `secret_file`'s lines).
     pub secret: String,
+    /// Retired secrets whose cookies are still honoured (rotation), in the order given.
+    pub verify_secrets: Vec<String>,
+    /// Where the secrets were read from (`secret_file`), re-read on every reload.
+    pub secret_file: Option<std::path::PathBuf>,
     pub path: String,
     pub http_only: bool,
     pub same_site: Option<String>,

@@ -10,6 +10,7 @@ pub struct RawConfig {
     pub workers: Option<i64>,
     pub io: Option<String>,
     pub admin: Option<String>,
+    pub admin_token_file: Option<String>,
     pub pin_workers: Option<bool>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
@@ -49,6 +50,7 @@ pub struct RawLimits {
     pub source_rate: Option<f64>,
     pub source_burst: Option<i64>,
     pub connect_retries: Option<i64>,
+    pub proxy_pending_per_peer: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +69,7 @@ pub struct RawListener {
     pub bind: Option<String>,
     pub mode: Option<String>,
     pub proxy_protocol: Option<bool>,
+    pub proxy_protocol_from: Option<Vec<String>>,
     pub tls_terminated: Option<bool>,
     pub tls_passthrough: Option<bool>,
     pub upstream: Option<String>,
@@ -107,6 +110,8 @@ pub struct RawUpstream {
 pub struct RawCookie {
     pub name: Option<String>,
     pub secret: Option<String>,
+    pub secrets: Option<Vec<String>>,
+    pub secret_file: Option<String>,
     pub fallback: Option<String>,
     pub path: Option<String>,
     pub http_only: Option<bool>,

@@ -66,7 +66,7 @@ fn minimal_config_gets_defaults() {
     assert!(c.listeners[0].forward_for);
     let u = &c.upstreams[0];
     assert_eq!(u.policy, Policy::RoundRobin);
-    assert_eq!(u.load_factor, 1.25);
+    assert_eq!(u.load_factor, None, "bounded load is opt-in");
     assert_eq!(u.health.max_fails, 3);
     assert_eq!(u.health.fail_timeout, Duration::from_secs(10));
     assert_eq!(u.cookie.name, "ringway");
@@ -309,6 +309,11 @@ fn upstream_fields() {
         "upstream[app].balance",
         "",
     );
+    let c = Config::from_toml(&with_upstream(
+        "balance = \"hash:ip\"\nload_factor = 1.5\nbackends = [{ address = \"127.0.0.1:1\" }]",
+    ))
+    .unwrap();
+    assert_eq!(c.upstreams[0].load_factor, Some(1.5), "opt-in bounded load");
     assert_error(
         &with_upstream("load_factor = 0.5\nbackends = [{ address = \"127.0.0.1:1\" }]"),
         "upstream[app].load_factor",
@@ -583,7 +588,7 @@ fn policy_is_typed_at_validation() {
         policy("balance = \"hash:header:X-Device\"\nload_factor = 2.0"),
         Policy::Hash {
             key: HashKey::Header("X-Device".into()),
-            load_factor: 2.0
+            load_factor: Some(2.0)
         }
     );
     let c = Config::from_toml(&with_upstream(
@@ -596,9 +601,10 @@ fn policy_is_typed_at_validation() {
         Policy::Cookie {
             fallback: Box::new(Policy::Hash {
                 key: HashKey::Ip,
-                load_factor: 1.5
+                load_factor: Some(1.5)
             }),
             secret: b"s3".to_vec(),
+            verify: Vec::new(),
             name: "sid".into(),
         }
     );
@@ -712,6 +718,83 @@ fn required_for_ready_defaults_off() {
 }
 
 #[test]
+fn proxy_protocol_from() {
+    let l = |extra: &str| {
+        format!(
+            "[[listener]]\nbind = \"127.0.0.1:1\"\nupstream = \"app\"\n{extra}\n\
+             [[upstream]]\nname = \"app\"\nbackends = [{{ address = \"127.0.0.1:9001\" }}]\n"
+        )
+    };
+    let c = Config::from_toml(&l(
+        "proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\"]",
+    ))
+    .unwrap();
+    let from = c.listeners[0].proxy_protocol_from.as_ref().unwrap();
+    assert_eq!(from.len(), 3);
+    assert!(from[0].contains("10.2.3.4".parse().unwrap()));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert_error(
+        &l("proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\", \"10.0.0.0/33\"]"),
+        "listener[0].proxy_protocol_from[1]",
+        "0..=32",
+    );
+    assert_error(
+        &l("proxy_protocol = true\nproxy_protocol_from = [\"lb.internal\"]"),
+        "listener[0].proxy_protocol_from[0]",
+        "not an address range",
+    );
+    assert_error(
+        &l("proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.1/8\"]"),
+        "listener[0].proxy_protocol_from[0]",
+        "10.0.0.0/8",
+    );
+    assert_error(
+        &l("proxy_protocol = true\nproxy_protocol_from = []"),
+        "listener[0].proxy_protocol_from",
+        "empty",
+    );
+    assert_error(
+        &l("proxy_protocol_from = [\"10.0.0.0/8\"]"),
+        "listener[0].proxy_protocol_from",
+        "only used with proxy_protocol = true",
+    );
+    assert_error(
+        &l("proxy_protocol = true\nproxy_protocol_from = \"10.0.0.0/8\""),
+        "<file>",
+        "",
+    );
+    // Trusting every peer is allowed (today's behaviour), with a warning naming the listener.
+    let c = Config::from_toml(&l("name = \"edge\"\nproxy_protocol = true")).unwrap();
+    assert_eq!(c.listeners[0].proxy_protocol_from, None);
+    assert_eq!(c.warnings.len(), 1);
+    assert!(c.warnings[0].contains("`edge`") && c.warnings[0].contains("proxy_protocol_from"));
+    assert!(Config::from_toml(BASE).unwrap().warnings.is_empty());
+}
+
+#[test]
+fn proxy_pending_per_peer() {
+    assert_eq!(
+        Config::from_toml(BASE)
+            .unwrap()
+            .limits
+            .proxy_pending_per_peer,
+        256
+    );
+    assert_eq!(
+        Config::from_toml(&format!("[limits]\nproxy_pending_per_peer = 0\n{BASE}"))
+            .unwrap()
+            .limits
+            .proxy_pending_per_peer,
+        0
+    );
+    assert_error(
+        &format!("[limits]\nproxy_pending_per_peer = -1\n{BASE}"),
+        "limits.proxy_pending_per_peer",
+        "out of range",
+    );
+}
+
+#[test]
 fn tls_passthrough_routes_by_server_name() {
     let ok = r#"
 [[listener]]
@@ -782,4 +865,125 @@ backends = [{ address = "127.0.0.1:1" }]
         "<file>",
         "expected a boolean",
     );
+}
+
+#[test]
+fn cookie_secrets_rotation_file_and_warnings() {
+    let c = |cookie: &str| {
+        with_upstream(&format!(
+            "balance = \"cookie\"\nbackends = [{{ address = \"127.0.0.1:1\" }}]\n[upstream.cookie]\n{cookie}"
+        ))
+    };
+    let long = "0123456789abcdef0123";
+    // secrets = [new, old]: the first signs, the rest verify.
+    let cfg =
+        Config::from_toml(&c(&format!("secrets = [\"{long}-new\", \"{long}-old\"]"))).unwrap();
+    let k = &cfg.upstreams[0].cookie;
+    assert_eq!(k.secret, format!("{long}-new"));
+    assert_eq!(k.verify_secrets, vec![format!("{long}-old")]);
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    // secret_file: one per line, blank lines and comments skipped.
+    let dir = std::env::temp_dir().join(format!("ringway-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cookie-secret");
+    std::fs::write(
+        &file,
+        format!("# rotated 2026-11\n{long}-new\n\n  {long}-old  \n"),
+    )
+    .unwrap();
+    let cfg = Config::from_toml(&c(&format!("secret_file = \"{}\"", file.display()))).unwrap();
+    let k = &cfg.upstreams[0].cookie;
+    assert_eq!(k.secret, format!("{long}-new"));
+    assert_eq!(k.verify_secrets, vec![format!("{long}-old")]);
+    assert_eq!(k.secret_file.as_deref(), Some(file.as_path()));
+    // Errors name the field.
+    assert_error(
+        &c(&format!(
+            "secret_file = \"{}\"",
+            dir.join("missing").display()
+        )),
+        "upstream[app].cookie.secret_file",
+        "cannot read",
+    );
+    std::fs::write(dir.join("empty"), "# nothing\n\n").unwrap();
+    assert_error(
+        &c(&format!(
+            "secret_file = \"{}\"",
+            dir.join("empty").display()
+        )),
+        "upstream[app].cookie.secret_file",
+        "empty",
+    );
+    assert_error(&c("secrets = []"), "upstream[app].cookie.secrets", "empty");
+    assert_error(
+        &c("secrets = [\"a\", \"\"]"),
+        "upstream[app].cookie.secrets",
+        "empty",
+    );
+    assert_error(
+        &c("secret = \"x\"\nsecrets = [\"y\"]"),
+        "upstream[app].cookie",
+        "one of secret, secrets, secret_file",
+    );
+    assert_error(
+        &with_upstream(
+            "balance = \"cookie\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n[upstream.cookie]\nname = \"c\"",
+        ),
+        "upstream[app].cookie.secret",
+        "secret_file",
+    );
+    // The example's placeholder and short secrets are valid, with a warning.
+    let cfg = Config::from_toml(&c("secret = \"change-me-to-a-long-random-string\"")).unwrap();
+    assert_eq!(cfg.warnings.len(), 1);
+    assert!(
+        cfg.warnings[0].contains("upstream[app].cookie.secret")
+            && cfg.warnings[0].contains("placeholder")
+    );
+    let cfg = Config::from_toml(&c("secret = \"short\"")).unwrap();
+    assert!(
+        cfg.warnings[0].contains("shorter than 16"),
+        "{:?}",
+        cfg.warnings
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn admin_token_file() {
+    let dir = std::env::temp_dir().join(format!("ringway-admin-token-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good");
+    std::fs::write(&good, "\n  0123456789abcdef0123  \n").unwrap();
+    let c = Config::from_toml(&with_top(&format!(
+        "admin_token_file = \"{}\"",
+        good.display()
+    )))
+    .unwrap();
+    let token = c.admin_token.expect("a token");
+    assert!(token.accepts(Some("Bearer 0123456789abcdef0123")));
+    assert!(!token.accepts(Some("Bearer 0123456789abcdef012")));
+    assert!(!format!("{token:?}").contains("0123456789"));
+    assert_eq!(Config::from_toml(BASE).unwrap().admin_token, None);
+    for (name, content, says) in [
+        ("empty", "\n\n", "empty"),
+        ("short", "abc\n", "at least 16"),
+        ("spaces", "0123456789 abcdef0123\n", "at least 16 visible"),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, content).unwrap();
+        assert_error(
+            &with_top(&format!("admin_token_file = \"{}\"", p.display())),
+            "admin_token_file",
+            says,
+        );
+    }
+    assert_error(
+        &with_top(&format!(
+            "admin_token_file = \"{}\"",
+            dir.join("missing").display()
+        )),
+        "admin_token_file",
+        "cannot read",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::raw::*;
+use super::secrets::{admin_token, cookie_secrets};
 use super::*;
 use crate::balance::Policy;
 
-struct Errors(Vec<ConfigError>);
+pub(super) struct Errors(Vec<ConfigError>);
 
 impl Errors {
-    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError {
             field: field.into(),
             line: None,
@@ -93,6 +94,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         Some("") => None,
         Some(s) => parse_addr(&mut e, "admin", s),
     };
+    let admin_token = raw
+        .admin_token_file
+        .as_deref()
+        .and_then(|path| admin_token(&mut e, path));
 
     let t = &raw.timeouts;
     let timeouts = Timeouts {
@@ -151,7 +156,15 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             1 << 30,
         ) as u32,
         connect_retries: e.count("limits.connect_retries", l.connect_retries, 2, 0, 16),
+        proxy_pending_per_peer: e.count(
+            "limits.proxy_pending_per_peer",
+            l.proxy_pending_per_peer,
+            256,
+            0,
+            1 << 20,
+        ),
     };
+    let mut warnings = Vec::new();
 
     let lg = &raw.log;
     let access_sample = lg.access_sample.unwrap_or(1.0);
@@ -183,7 +196,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             Some(n) => format!("upstream[{n}]"),
             None => format!("upstream[{i}]"),
         };
-        if let Some(up) = validate_upstream(&mut e, &field, u) {
+        if let Some(up) = validate_upstream(&mut e, &mut warnings, &field, u) {
             if !upstream_names.insert(up.name.clone()) {
                 e.push(format!("{field}.name"), "duplicate upstream name");
             }
@@ -267,6 +280,40 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                 "a tcp listener needs an upstream",
             );
         }
+        let proxy_protocol = l.proxy_protocol.unwrap_or(false);
+        let proxy_protocol_from = match &l.proxy_protocol_from {
+            None => None,
+            Some(list) => {
+                if !proxy_protocol {
+                    e.push(
+                        format!("{field}.proxy_protocol_from"),
+                        "only used with proxy_protocol = true",
+                    );
+                }
+                if list.is_empty() {
+                    e.push(
+                        format!("{field}.proxy_protocol_from"),
+                        "empty: list the load balancers' addresses (e.g. [\"10.0.0.0/8\"]), \
+                         or set proxy_protocol = false",
+                    );
+                }
+                let mut out = Vec::new();
+                for (j, c) in list.iter().enumerate() {
+                    match Cidr::parse(c) {
+                        Ok(c) => out.push(c),
+                        Err(m) => e.push(format!("{field}.proxy_protocol_from[{j}]"), m),
+                    }
+                }
+                Some(out)
+            }
+        };
+        if proxy_protocol && proxy_protocol_from.is_none() {
+            warnings.push(format!(
+                "listener `{name}`: proxy_protocol = true trusts a PROXY header from any peer, \
+                 so a client that reaches the port directly can claim any source address; \
+                 set proxy_protocol_from = [\"<load balancer CIDR>\", ...]"
+            ));
+        }
         if let Some(b) = bind {
             if !binds.insert(b) {
                 e.push(
@@ -278,7 +325,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                 name,
                 bind: b,
                 mode,
-                proxy_protocol: l.proxy_protocol.unwrap_or(false),
+                proxy_protocol,
+                proxy_protocol_from,
                 tls_terminated: l.tls_terminated.unwrap_or(false),
                 tls_passthrough,
                 upstream,
@@ -370,6 +418,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             workers,
             io,
             admin,
+            admin_token,
             pin_workers: raw.pin_workers.unwrap_or(true),
             timeouts,
             limits,
@@ -377,13 +426,19 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             listeners,
             routes,
             upstreams,
+            warnings,
         })
     } else {
         Err(ConfigErrors(e.0))
     }
 }
 
-fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<UpstreamConfig> {
+fn validate_upstream(
+    e: &mut Errors,
+    warnings: &mut Vec<String>,
+    field: &str,
+    u: &RawUpstream,
+) -> Option<UpstreamConfig> {
     let name: Arc<str> = match &u.name {
         Some(n) if valid_name(n) => n.as_str().into(),
         Some(n) => {
@@ -404,11 +459,12 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
         .map_err(|msg| e.push(format!("{field}.balance"), msg))
         .ok();
     let is_cookie = matches!(parsed, Some(Policy::Cookie { .. }));
-    let load_factor = u.load_factor.unwrap_or(1.25);
-    if !(load_factor.is_finite() && load_factor >= 1.0) {
+    // Bounded load is opt-in: without `load_factor` a key stays where the table puts it.
+    let load_factor = u.load_factor;
+    if load_factor.is_some_and(|f| !(f.is_finite() && f >= 1.0)) {
         e.push(
             format!("{field}.load_factor"),
-            "must be >= 1.0 (1.25 is a good start)",
+            "must be >= 1.0 (1.25 is a good start), or left out for no load bound",
         );
     }
     let send_proxy = e.choice(
@@ -471,31 +527,31 @@ fn validate_upstream(e: &mut Errors, field: &str, u: &RawUpstream) -> Option<Ups
             }
         },
     };
-    let secret = rc.secret.clone().unwrap_or_default();
-    if is_cookie && secret.is_empty() {
-        e.push(
-            format!("{field}.cookie.secret"),
-            "set a secret (the same on every replica) so cookie values stay opaque",
-        );
-    }
+    let (secrets, secret_file) = cookie_secrets(e, warnings, field, rc, is_cookie);
+    let mut secrets = secrets.into_iter();
+    let secret = secrets.next().unwrap_or_default();
+    let verify_secrets: Vec<String> = secrets.collect();
     let max_age = Some(e.duration(
         &format!("{field}.cookie.max_age"),
         &rc.max_age,
         Duration::ZERO,
     ))
     .filter(|d| !d.is_zero());
-    let policy =
-        build_policy(parsed, &cookie_name, &secret, fallback, load_factor).unwrap_or_else(|msg| {
-            // Every way this can fail was reported above, field by field; say it here only
-            // if not, so no error goes missing.
-            if e.0.len() == errors_before {
-                e.push(format!("{field}.balance"), msg);
-            }
-            Policy::RoundRobin
-        });
+    let built = build_policy(parsed, &cookie_name, &secret, fallback, load_factor)
+        .map(|p| p.with_verify_secrets(&verify_secrets));
+    let policy = built.unwrap_or_else(|msg| {
+        // Every way this can fail was reported above, field by field; say it here only
+        // if not, so no error goes missing.
+        if e.0.len() == errors_before {
+            e.push(format!("{field}.balance"), msg);
+        }
+        Policy::RoundRobin
+    });
     let cookie = CookieConfig {
         name: cookie_name,
         secret,
+        verify_secrets,
+        secret_file,
         path,
         http_only: rc.http_only.unwrap_or(true),
         same_site,
@@ -729,7 +785,7 @@ fn build_policy(
     cookie_name: &str,
     secret: &str,
     fallback: &str,
-    load_factor: f64,
+    load_factor: Option<f64>,
 ) -> Result<Policy, String> {
     let policy = match parsed {
         None => return Err("invalid balance policy".into()),

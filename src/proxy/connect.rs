@@ -67,7 +67,9 @@ pub async fn connect_from<D: Driver, K: KeySource + ?Sized>(
         tried[n_tried] = pick.index;
         // Counted from the pick, not from the connect: other cores picking meanwhile must
         // see this connection, or least-conn and bounded load pile onto one backend.
-        let guard = ConnGuard::new(backend.stats().clone());
+        let guard = table
+            .guard_pick(&pick)
+            .unwrap_or_else(|| ConnGuard::new(backend.stats().clone()));
         let started = Instant::now();
         match rio::connect::<D>(backend.addr(), timeout).await {
             Ok(stream) => {

@@ -5,6 +5,15 @@
 //! Flow: `accept_loop` → limits → (PROXY header) → `http::serve` (per request: head, route,
 //! pick, connect, forward, response; upgrade → `handoff` → `tunnel`) or `tcp::serve` (pick,
 //! connect, `handoff` → `tunnel`).
+//!
+//! Admission: on a listener without the PROXY protocol every limit is checked at accept on
+//! the peer. With it, a peer in `proxy_protocol_from` (every peer without that option) is a
+//! load balancer: the global cap is checked at accept, the connection holds one of the peer's
+//! pending-header slots while its header arrives (bounded by `timeouts.head`), and the
+//! per-source limits apply to the address the header carries. A peer outside
+//! `proxy_protocol_from` is a direct client, admitted on its own address at accept.
+//! A refused http client reads a status naming the limit, then a graceful close
+//! ([`limits::refusal`], `io::linger_close`); a refused tcp client is closed.
 
 mod access;
 mod body;
@@ -27,9 +36,15 @@ use tokio::sync::Notify;
 use crate::config::Mode;
 use crate::error::Kind;
 use crate::io::{self as rio, Driver, Listener, Ready};
+use crate::limits;
 use crate::metrics::CoreCounters;
 use crate::state::{Phase, Shared};
 use crate::sys::pipe::{Pipe, PipePool};
+
+/// Refused http clients a core answers and closes gracefully at once (each holds its socket
+/// for at most `io::linger_close`'s bound); beyond this a refusal is written best-effort and
+/// the socket closed at once, so a flood of refused connections cannot pin fds.
+const MAX_LINGERING: usize = 256;
 
 /// Pipes a core keeps pooled, and the most it may have at once (each is 2 fds).
 const PIPES_KEPT: usize = 64;
@@ -44,6 +59,8 @@ pub struct Worker {
     scratch: RefCell<Box<[u8]>>,
     /// Connections open on this core; drain waits for it to reach 0.
     open: Cell<usize>,
+    /// Refused connections being answered and closed gracefully.
+    lingering: Cell<usize>,
     pub strategy: tunnel::Strategy,
     closed: Notify,
 }
@@ -56,6 +73,7 @@ impl Worker {
             pipes: RefCell::new(PipePool::new(PIPE_SIZE, PIPES_KEPT, PIPES_MAX)),
             scratch: RefCell::new(vec![0u8; tunnel::SCRATCH_SIZE].into_boxed_slice()),
             open: Cell::new(0),
+            lingering: Cell::new(0),
             strategy: tunnel::Strategy::from_env(),
             closed: Notify::new(),
         })
@@ -174,17 +192,23 @@ pub async fn accept_loop<D: Driver>(
         let lcfg = gen.config.listeners[index].clone();
         let counters = gen.listeners[index].clone();
 
-        let admission = match worker.shared.limits.admit(peer.ip()) {
-            Ok(a) => a,
+        let trusted = trusts_proxy_header(&lcfg, peer);
+        let limits = &worker.shared.limits;
+        let admitted = if trusted {
+            // The client's address comes with the header: only the global cap now, and one of
+            // the load balancer's pending-header slots until the header is read.
+            limits
+                .admit_global()
+                .and_then(|a| limits.pending(peer.ip()).map(|p| (a, Some(p))))
+        } else {
+            limits.admit(peer.ip()).map(|a| (a, None))
+        };
+        let (admission, pending) = match admitted {
+            Ok(x) => x,
             Err(kind) => {
                 worker.error(kind);
                 counters.rejected(worker.id);
-                if lcfg.mode == Mode::Http {
-                    // Best effort, non-blocking: a client over the limit gets 503 / 429.
-                    let status = kind.status().unwrap_or(503);
-                    let _ =
-                        std::io::Write::write(&mut &stream, crate::proto::error_response(status));
-                }
+                refuse_at_accept::<D>(&worker, stream, kind, lcfg.mode);
                 continue;
             }
         };
@@ -196,9 +220,11 @@ pub async fn accept_loop<D: Driver>(
             listener: counters,
         };
         let w = worker.clone();
-        let life = ConnLife {
-            _open: guard,
-            _admission: admission,
+        let start = Start {
+            open: guard,
+            admission,
+            pending,
+            trusted,
         };
         rio::spawn_local(async move {
             crate::sys::socket::tune_client(&stream);
@@ -206,7 +232,7 @@ pub async fn accept_loop<D: Driver>(
                 Ok(c) => c,
                 Err(_) => return,
             };
-            serve::<D>(&w, gen, &lcfg, client, peer, life).await;
+            serve::<D>(&w, gen, &lcfg, client, peer, start).await;
         });
     }
 }
@@ -219,23 +245,121 @@ fn find_listener(gen: &crate::state::Generation, name: &str, bind: SocketAddr) -
         .position(|l| &*l.name == name && l.bind == bind)
 }
 
+/// Whether a PROXY header from `peer` is believed on this listener: `proxy_protocol` on, and
+/// `peer` inside `proxy_protocol_from` (every peer when that is not set).
+fn trusts_proxy_header(lcfg: &crate::config::ListenerConfig, peer: SocketAddr) -> bool {
+    lcfg.proxy_protocol
+        && lcfg
+            .proxy_protocol_from
+            .as_ref()
+            .is_none_or(|nets| nets.iter().any(|n| n.contains(peer.ip())))
+}
+
+/// What the accept loop hands a new connection's task.
+struct Start {
+    open: OpenGuard,
+    /// The global cap (and, unless `trusted`, the per-source limits on the peer).
+    admission: limits::Admission,
+    /// The raw peer's pending-header slot, held until the PROXY header is read.
+    pending: Option<limits::Pending>,
+    /// The peer may (and must) send a PROXY header.
+    trusted: bool,
+}
+
+/// A refusal at accept: an http client gets the status naming the limit, written on the
+/// registered stream and followed by a graceful close, in a task of its own (bounded per core
+/// by [`MAX_LINGERING`]); a tcp client is closed.
+fn refuse_at_accept<D: Driver>(
+    worker: &Rc<Worker>,
+    stream: std::net::TcpStream,
+    kind: Kind,
+    mode: Mode,
+) {
+    let Some(answer) = limits::refusal(kind).filter(|_| mode == Mode::Http) else {
+        return; // dropped: closed
+    };
+    if worker.lingering.get() >= MAX_LINGERING {
+        // Best effort, non-blocking, then closed at once.
+        let _ = std::io::Write::write(&mut &stream, answer);
+        return;
+    }
+    worker.lingering.set(worker.lingering.get() + 1);
+    let slot = Lingering(worker.clone());
+    rio::spawn_local(async move {
+        if let Ok(client) = <rio::Stream<D>>::new(stream) {
+            refuse_on::<D>(&client, answer).await;
+        }
+        drop(slot);
+    });
+}
+
+/// One [`Worker::lingering`] slot, given back on drop.
+struct Lingering(Rc<Worker>);
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        self.0.lingering.set(self.0.lingering.get() - 1);
+    }
+}
+
+/// Writes `answer` and closes gracefully (bounded in time: a client that does not read cannot
+/// hold the socket).
+async fn refuse_on<D: Driver>(client: &rio::Stream<D>, answer: &[u8]) {
+    let _ = rio::timeout(std::time::Duration::from_secs(2), async {
+        if rio::write_all::<D>(client, answer).await.is_ok() {
+            rio::linger_close::<D>(client).await;
+        }
+    })
+    .await;
+}
+
 async fn serve<D: Driver>(
     w: &Rc<Worker>,
     gen: Arc<crate::state::Generation>,
     lcfg: &crate::config::ListenerConfig,
     client: rio::Stream<D>,
     peer: SocketAddr,
-    life: ConnLife,
+    start: Start,
 ) {
+    let Start {
+        open,
+        mut admission,
+        pending,
+        trusted,
+    } = start;
     let mut buf = Vec::new();
-    let peer = if lcfg.proxy_protocol {
-        match proxy_header::read::<D>(w, &client, &mut buf, gen.config.timeouts.head).await {
+    let head = gen.config.timeouts.head;
+    let peer = if trusted {
+        match proxy_header::read::<D>(w, &client, &mut buf, head, lcfg.mode).await {
             Some(Some(src)) => src,
             Some(None) => peer, // LOCAL / UNKNOWN: the load balancer's own connection
             None => return,
         }
+    } else if lcfg.proxy_protocol {
+        // A peer outside `proxy_protocol_from`: a direct client, unless it claims otherwise.
+        if !proxy_header::sniff::<D>(w, &client, &mut buf, head, lcfg.mode).await {
+            return;
+        }
+        peer
     } else {
         peer
+    };
+    drop(pending);
+    if trusted {
+        if let Err(kind) = admission.add_source(&w.shared.limits, peer.ip()) {
+            w.error(kind);
+            open.listener.rejected(w.id);
+            if lcfg.mode == Mode::Http {
+                if let Some(answer) = limits::refusal(kind) {
+                    refuse_on::<D>(&client, answer).await;
+                }
+            }
+            return;
+        }
+    }
+    let life = ConnLife {
+        _open: open,
+        _admission: admission,
     };
     match lcfg.mode {
         Mode::Http => http::serve::<D>(w, &gen, lcfg, client, peer, buf, life).await,
