@@ -57,6 +57,22 @@ pub fn describe(c: &Config) -> String {
             "listener {}: {} mode={:?} upstream={} proxy_protocol={} tls_terminated={}",
             l.name, l.bind, l.mode, up, l.proxy_protocol, l.tls_terminated
         );
+        if let Some(tls) = &l.tls {
+            let certs: Vec<String> = tls
+                .certificates
+                .iter()
+                .map(|f| f.cert.display().to_string())
+                .collect();
+            let _ = writeln!(
+                o,
+                "  tls: certificates [{}] (first = default) · min_version {} · alpn [{}] · refuse_unknown_sni {} · handshake timeout {}",
+                certs.join(", "),
+                tls.min_version.as_str(),
+                tls.alpn.join(", "),
+                tls.refuse_unknown_sni,
+                d(t.tls_handshake)
+            );
+        }
     }
     for r in &c.routes {
         let host = match &r.host {

@@ -5,6 +5,7 @@
 mod describe;
 mod duration;
 pub mod raw;
+mod tls;
 mod validate;
 
 #[cfg(test)]
@@ -18,6 +19,7 @@ use std::time::Duration;
 pub use describe::describe;
 pub use duration::{format_duration, parse_duration};
 pub use raw::RawConfig;
+pub use tls::{CertFiles, TlsConfig, TlsVersion, HTTP_ALPN};
 
 /// Validates a `RawConfig` built in code (the CLI's quick form goes through the same checks).
 pub fn validate_raw(raw: RawConfig) -> Result<Config, ConfigErrors> {
@@ -120,6 +122,9 @@ pub struct Timeouts {
     pub tunnel_idle: Option<Duration>,
     pub drain: Duration,
     pub accept_delay: Duration,
+    /// Longest a TLS handshake may take from accept (or from the end of the PROXY header):
+    /// a client that opens a connection and stalls mid-handshake must not hold it forever.
+    pub tls_handshake: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -149,7 +154,12 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     pub mode: Mode,
     pub proxy_protocol: bool,
+    /// The client's connection is TLS (terminated here, or by a balancer in front): sets
+    /// `X-Forwarded-Proto: https` and `Secure` on `secure = "auto"` cookies. Defaults to
+    /// whether `tls` is set; `tls_terminated` in the file overrides it.
     pub tls_terminated: bool,
+    /// `[listener.tls]`: this listener terminates TLS.
+    pub tls: Option<Arc<TlsConfig>>,
     /// tcp: the upstream (index into `Config::upstreams`); http: the default route, if any.
     pub upstream: Option<usize>,
     pub forward_for: bool,

@@ -117,6 +117,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             .filter(|d| !d.is_zero()),
         drain: e.duration("timeouts.drain", &t.drain, Duration::from_secs(30)),
         accept_delay: e.duration("timeouts.accept_delay", &t.accept_delay, Duration::ZERO),
+        tls_handshake: e.positive(
+            "timeouts.tls_handshake",
+            &t.tls_handshake,
+            Duration::from_secs(10),
+        ),
     };
 
     let l = &raw.limits;
@@ -246,6 +251,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                 "a tcp listener needs an upstream",
             );
         }
+        let tls = l.tls.as_ref().and_then(|t| {
+            super::tls::validate(&format!("{field}.tls"), mode, t, &mut |f, m| e.push(f, m))
+                .map(Arc::new)
+        });
         if let Some(b) = bind {
             if !binds.insert(b) {
                 e.push(
@@ -258,7 +267,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                 bind: b,
                 mode,
                 proxy_protocol: l.proxy_protocol.unwrap_or(false),
-                tls_terminated: l.tls_terminated.unwrap_or(false),
+                tls_terminated: l.tls_terminated.unwrap_or(tls.is_some()),
+                tls,
                 upstream,
                 forward_for: l.forward_for.unwrap_or(true),
                 real_ip: l.real_ip.unwrap_or(true),

@@ -7,17 +7,18 @@ use std::rc::Rc;
 
 use crate::config::{ListenerConfig, SendProxy};
 use crate::error::Kind;
-use crate::io::{self as rio, Driver, Ready, Stream};
+use crate::io::{self as rio, Driver};
 use crate::proto::proxy_protocol;
 use crate::state::Generation;
 
+use super::client::Client;
 use super::{connect, handoff, Worker};
 
 pub async fn serve<D: Driver>(
     w: &Rc<Worker>,
     gen: &Generation,
     lcfg: &ListenerConfig,
-    client: Stream<D>,
+    client: Client<D>,
     peer: SocketAddr,
     early: Vec<u8>,
 ) {
@@ -44,7 +45,7 @@ pub async fn serve<D: Driver>(
     };
 
     let mut hello = Vec::new();
-    let local = client.get_ref().local_addr().unwrap_or(peer);
+    let local = client.socket().local_addr().unwrap_or(peer);
     match up.cfg.send_proxy {
         SendProxy::None => {}
         SendProxy::V1 => proxy_protocol::write_v1(peer, local, &mut hello),
