@@ -251,6 +251,39 @@ impl Collector for Scrape {
         })?;
         family(&mut enc, &names::HTTP_REQUESTS, |m| {
             counter(m, [], sum(&|c| c.requests.load(Relaxed)))
-        })
+        })?;
+        encode_tls(&mut enc, &shared.tls)
     }
+}
+
+/// The TLS families (counters of `crate::tls::Stats`, certificates of `crate::tls::Store`).
+fn encode_tls(enc: &mut DescriptorEncoder, tls: &crate::tls::Store) -> fmt::Result {
+    let s = &tls.stats;
+    family(enc, &names::TLS_HANDSHAKES, |m| {
+        s.results()
+            .try_for_each(|(result, n)| counter(m, [("result", result)], n))
+    })?;
+    family(enc, &names::TLS_CIPHERS, |m| {
+        s.suites().try_for_each(|(version, cipher, n)| {
+            counter(m, [("version", version), ("cipher", cipher)], n)
+        })
+    })?;
+    family(enc, &names::TLS_RESUMED, |m| {
+        counter(m, [], s.resumed.load(Relaxed))
+    })?;
+    family(enc, &names::TLS_CERT_EXPIRY, |m| {
+        tls.certificates().iter().try_for_each(|(listener, certs)| {
+            certs.iter().try_for_each(|c| {
+                gauge(
+                    m,
+                    [("listener", listener), ("name", c.label.as_str())],
+                    c.not_after,
+                )
+            })
+        })
+    })?;
+    family(enc, &names::TLS_CERT_RELOADS, |m| {
+        counter(m, [("result", "ok")], s.reloads_ok.load(Relaxed))?;
+        counter(m, [("result", "failed")], s.reloads_failed.load(Relaxed))
+    })
 }

@@ -41,6 +41,9 @@ pub struct TlsStream<D: Driver> {
     conn: RefCell<ServerConnection>,
 }
 
+/// A fatal `decode_error` alert record (TLS 1.2 record version, as TLS 1.3 sends it too).
+const DECODE_ERROR_ALERT: &[u8] = &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32];
+
 /// The TLS record type of a handshake message: the first byte a TLS client sends.
 const HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -51,13 +54,33 @@ const HANDSHAKE_RECORD: u8 = 0x16;
 pub async fn handshake<D: Driver>(
     io: Stream<D>,
     config: Arc<ServerConfig>,
-    pending: Vec<u8>,
+    mut pending: Vec<u8>,
     timeout: Duration,
     stats: &Stats,
 ) -> Result<TlsStream<D>, Outcome> {
-    let r = match rio::timeout(timeout, run::<D>(io, config, pending)).await {
-        Ok(r) => r,
+    let deadline = std::time::Instant::now() + timeout;
+    let r = match rio::timeout(timeout, first_bytes::<D>(&io, &mut pending)).await {
         Err(_) => Err(Outcome::Timeout),
+        Ok(false) => Err(Outcome::Closed),
+        Ok(true) if pending[0] != HANDSHAKE_RECORD && pending[0].is_ascii_uppercase() => {
+            // "GET / HTTP/1.1": someone typed http:// for an https:// port. The answer is
+            // written within the handshake time; the graceful close has its own bound.
+            if let Ok(Ok(())) =
+                rio::timeout(timeout, rio::write_all::<D>(&io, PLAIN_HTTP_400)).await
+            {
+                stats.count(Outcome::PlainHttp);
+                rio::linger_close::<D>(&io).await;
+                return Err(Outcome::PlainHttp);
+            }
+            Err(Outcome::PlainHttp)
+        }
+        Ok(true) => {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rio::timeout(left, run::<D>(io, config, pending)).await {
+                Ok(r) => r,
+                Err(_) => Err(Outcome::Timeout),
+            }
+        }
     };
     match &r {
         Ok(s) => {
@@ -70,23 +93,19 @@ pub async fn handshake<D: Driver>(
     r
 }
 
+/// Makes sure `pending` holds the client's first bytes; `false` if it closed first.
+async fn first_bytes<D: Driver>(io: &Stream<D>, pending: &mut Vec<u8>) -> bool {
+    if !pending.is_empty() {
+        return true;
+    }
+    matches!(rio::read_append::<D>(io, pending, 4096).await, Ok(n) if n > 0)
+}
+
 async fn run<D: Driver>(
     io: Stream<D>,
     config: Arc<ServerConfig>,
-    mut pending: Vec<u8>,
+    pending: Vec<u8>,
 ) -> Result<TlsStream<D>, Outcome> {
-    if pending.is_empty() {
-        match rio::read_append::<D>(&io, &mut pending, 4096).await {
-            Ok(0) | Err(_) => return Err(Outcome::Closed),
-            Ok(_) => {}
-        }
-    }
-    if pending[0] != HANDSHAKE_RECORD && pending[0].is_ascii_uppercase() {
-        // "GET / HTTP/1.1": someone typed http:// for an https:// port.
-        let _ = rio::write_all::<D>(&io, PLAIN_HTTP_400).await;
-        rio::linger_close::<D>(&io).await;
-        return Err(Outcome::PlainHttp);
-    }
     let conn = ServerConnection::new(config).map_err(|e| Outcome::of(&e))?;
     let s = TlsStream {
         io,
@@ -94,11 +113,10 @@ async fn run<D: Driver>(
     };
     let mut first: &[u8] = &pending;
     while !first.is_empty() {
-        let n = s
-            .conn
-            .borrow_mut()
-            .read_tls(&mut first)
-            .map_err(|_| Outcome::BadRecord)?;
+        let n = s.conn.borrow_mut().read_tls(&mut first).map_err(|e| {
+            tracing::debug!(error = %e, "TLS read_tls error");
+            Outcome::BadRecord
+        })?;
         if n == 0 {
             break;
         }
@@ -140,7 +158,14 @@ impl<D: Driver> TlsStream<D> {
     async fn process(&self) -> Result<(), Failure> {
         let r = self.conn.borrow_mut().process_new_packets().map(|_| ());
         if let Err(e) = r {
-            let _ = self.flush().await;
+            tracing::debug!(error = %e, "TLS protocol error");
+            if self.conn.borrow().wants_write() {
+                let _ = self.flush().await;
+            } else {
+                // rustls queues no alert for a few malformed inputs (an oversized handshake
+                // length): the client still gets one before the close.
+                let _ = rio::write_all::<D>(&self.io, DECODE_ERROR_ALERT).await;
+            }
             let outcome = Outcome::of(&e);
             return Err((io::Error::new(io::ErrorKind::InvalidData, e), outcome));
         }
