@@ -25,6 +25,7 @@ both_io!(
     wss_and_tls_tcp_tunnels,
     bad_input_is_answered_counted_and_leaks_nothing,
     rotation_keeps_open_connections,
+    proxy_header_before_tls_and_secure_cookies,
 );
 
 /// Polls `/metrics` (bounded) until `name{labels}` satisfies `ok`; the TLS lines if it never does.
@@ -656,5 +657,57 @@ async fn rotation_keeps_open_connections(io: &'static str) {
         1.0,
         "{}",
         m.text
+    );
+}
+
+async fn proxy_header_before_tls_and_secure_cookies(io: &'static str) {
+    let ca = Ca::new();
+    let dir = Dir::new("proxy");
+    write_pair(&dir.path("chat"), &ca.leaf(&["chat.test"]));
+    let backend = http_backend(echo_http()).await;
+    let cfg = format!(
+        "admin = \"\"\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nmode = \"http\"\nupstream = \"app\"\nproxy_protocol = true\n\
+         [listener.tls]\n{}\n\
+         [[upstream]]\nname = \"app\"\nbalance = \"cookie\"\nbackends = [{{ name = \"b0\", address = \"{}\" }}]\n\
+         [upstream.cookie]\nsecret = \"test-secret\"\n",
+        cert_entry(&dir.path("chat")),
+        backend.addr
+    );
+    let gw = Gateway::start_config(io, &cfg);
+    // The PROXY header from an L4 balancer comes first, in clear; TLS follows on the same bytes.
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 443\r\n")
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("chat.test").unwrap();
+    let mut c = within(
+        "handshake after PROXY",
+        tokio_rustls::TlsConnector::from(ca.client(&[])).connect(name, tcp),
+    )
+    .await
+    .unwrap();
+    let r = tls_get(&mut c, "/p").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let set_cookie = r
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no Set-Cookie: {r}"));
+    assert!(
+        set_cookie.contains("Secure"),
+        "a TLS listener's route cookie is Secure: {set_cookie}"
+    );
+    let req = &backend.requests()[0];
+    assert_eq!(
+        req.header("x-forwarded-for"),
+        Some("203.0.113.7"),
+        "{}",
+        req.brief()
+    );
+    assert_eq!(
+        req.header("x-forwarded-proto"),
+        Some("https"),
+        "{}",
+        req.brief()
     );
 }
