@@ -26,6 +26,7 @@ both_io!(
     bad_input_is_answered_counted_and_leaks_nothing,
     rotation_keeps_open_connections,
     proxy_header_before_tls_and_secure_cookies,
+    tls_tunnel_key_update_idle_and_resets,
 );
 
 /// Polls `/metrics` (bounded) until `name{labels}` satisfies `ok`; the TLS lines if it never does.
@@ -513,8 +514,7 @@ async fn bad_input_is_answered_counted_and_leaks_nothing(io: &'static str) {
         .unwrap();
     assert!(tls_get(&mut c, "/warm").await.starts_with("HTTP/1.1 200"));
     drop(c);
-    let base = gw.settle_fds(usize::MAX).await;
-    let base = gw.settle_fds(base).await;
+    let base = stable_fds(&gw).await;
 
     for round in 0..3 {
         // Plain HTTP to the TLS port: a plaintext 400, then the close.
@@ -710,4 +710,122 @@ async fn proxy_header_before_tls_and_secure_cookies(io: &'static str) {
         "{}",
         req.brief()
     );
+}
+
+async fn tls_tunnel_key_update_idle_and_resets(io: &'static str) {
+    let ca = Ca::new();
+    let dir = Dir::new("tunnel");
+    write_pair(&dir.path("dev"), &ca.leaf(&["dev.test"]));
+    // Echoes; "boom" makes it reset the connection.
+    let echo = raw_backend(|mut s, _| async move {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if buf[..n].windows(4).any(|w| w == b"boom") {
+                set_rst_on_close(&s);
+                return;
+            }
+            if s.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let cfg = format!(
+        "admin = \"\"\n[timeouts]\ntunnel_idle = \"700ms\"\n\
+         [[listener]]\nname = \"devices\"\nbind = \"127.0.0.1:0\"\nmode = \"tcp\"\nupstream = \"echo\"\n\
+         [listener.tls]\n{}\n\
+         [[upstream]]\nname = \"echo\"\nbackends = [{{ name = \"e0\", address = \"{}\" }}]\n",
+        cert_entry(&dir.path("dev")),
+        echo.addr
+    );
+    let gw = Gateway::start_config(io, &cfg);
+    let client = ca.client(&[]);
+    // Warm up (first connections create per-worker state), then take the baseline.
+    let mut w = within("handshake", connect(gw.addr, client.clone(), "dev.test"))
+        .await
+        .unwrap();
+    within("write", w.write_all(b"w")).await.unwrap();
+    within("read", w.read_exact(&mut [0u8; 1])).await.unwrap();
+    within("close", w.shutdown()).await.unwrap();
+    let _ = within("eof", w.read(&mut [0u8; 1])).await;
+    drop(w);
+    let base = stable_fds(&gw).await;
+    let base_kinds = gw.fd_kinds();
+
+    // KeyUpdate (TLS 1.3) mid-stream, several times: bytes keep flowing both ways.
+    let mut c = within("handshake", connect(gw.addr, client.clone(), "dev.test"))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    for i in 0..5u8 {
+        c.get_mut().1.refresh_traffic_keys().unwrap();
+        let msg = [b'k', b'0' + i];
+        within("write", c.write_all(&msg)).await.unwrap();
+        within("read", c.read_exact(&mut buf[..2])).await.unwrap();
+        assert_eq!(&buf[..2], &msg, "echo after KeyUpdate {i}");
+    }
+    // Idle past tunnel_idle: the gateway ends the tunnel.
+    let r = within("idle close", c.read(&mut buf)).await;
+    assert!(matches!(r, Ok(0) | Err(_)), "idle tunnel closed: {r:?}");
+
+    // The backend resets: the client's connection ends too.
+    let mut c = within("handshake", connect(gw.addr, client.clone(), "dev.test"))
+        .await
+        .unwrap();
+    within("write", c.write_all(b"hi")).await.unwrap();
+    within("read", c.read_exact(&mut buf[..2])).await.unwrap();
+    within("write", c.write_all(b"boom")).await.unwrap();
+    let r = within("reset passed on", c.read(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(0) | Err(_)),
+        "backend reset ends the client side: {r:?}"
+    );
+
+    // The client resets mid-tunnel: nothing is left open.
+    let c = within("handshake", connect(gw.addr, client.clone(), "dev.test"))
+        .await
+        .unwrap();
+    set_rst_on_close(c.get_ref().0);
+    drop(c);
+    let after = gw.settle_fds(base).await;
+    assert!(
+        after <= base,
+        "fds: {after} after, {base} before; kinds {:?} after, {base_kinds:?} before: {:?}",
+        gw.fd_kinds(),
+        fd_links(gw.pid())
+    );
+}
+
+fn fd_links(pid: u32) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|t| t.to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The gateway's fd count once it stops changing (workers finish starting after the listening
+/// line: a ring, an eventfd, per worker), for a baseline.
+async fn stable_fds(gw: &Gateway) -> usize {
+    let mut last = gw.fd_count();
+    let mut same = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let n = gw.fd_count();
+        same = if n == last { same + 1 } else { 0 };
+        last = n;
+        if same >= 5 {
+            break;
+        }
+    }
+    last
 }

@@ -213,6 +213,10 @@ impl<D: Driver> TlsStream<D> {
             return Ok(false);
         }
         self.process().await.map_err(|e| e.0)?;
+        // A KeyUpdate asking for ours (or a close_notify): answer now, not with the next write.
+        if self.conn.borrow().wants_write() {
+            self.flush().await?;
+        }
         Ok(true)
     }
 
