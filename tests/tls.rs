@@ -27,6 +27,7 @@ both_io!(
     rotation_keeps_open_connections,
     proxy_header_before_tls_and_secure_cookies,
     tls_tunnel_key_update_idle_and_resets,
+    reload_with_bad_certificates_keeps_the_old,
 );
 
 /// Polls `/metrics` (bounded) until `name{labels}` satisfies `ok`; the TLS lines if it never does.
@@ -113,7 +114,7 @@ async fn https_requests_keepalive_resumption_and_curl(io: &'static str) {
     );
 
     // Two requests on one TLS connection (keep-alive), ALPN http/1.1 negotiated.
-    let client = ca.client(&["http/1.1"]);
+    let client = ca.client_resuming(&["http/1.1"]);
     let mut c = within("handshake", connect(gw.addr, client.clone(), "chat.test"))
         .await
         .expect("handshake");
@@ -378,6 +379,20 @@ async fn versions_and_openssl(io: &'static str) {
     )
     .await;
     assert!(!out.contains("BEGIN CERTIFICATE"), "{out}");
+    // A client that offers ALPN, none of it http/1.1: refused, counted.
+    assert!(within(
+        "h2 only",
+        connect(any.addr, ca.client(&["h2"]), "chat.test")
+    )
+    .await
+    .is_err());
+    metric_until(
+        &any,
+        "ringway_tls_handshakes_total",
+        &[("result", "no_alpn")],
+        |v| v == 1.0,
+    )
+    .await;
     metric_until(
         &only13,
         "ringway_tls_handshakes_total",
@@ -828,4 +843,58 @@ async fn stable_fds(gw: &Gateway) -> usize {
         }
     }
     last
+}
+
+async fn post_reload(gw: &Gateway) -> u16 {
+    let admin = gw.admin_addr().await;
+    roundtrip(
+        admin,
+        b"POST /reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .status
+}
+
+async fn reload_with_bad_certificates_keeps_the_old(io: &'static str) {
+    let ca = Ca::new();
+    let dir = Dir::new("reload");
+    let old = ca.leaf(&["chat.test"]);
+    write_pair(&dir.path("chat"), &old);
+    let backend = http_backend(echo_http()).await;
+    let gw = Gateway::start_config(
+        io,
+        &http_tls_config(&cert_entry(&dir.path("chat")), "", "", backend.addr),
+    );
+    let client = ca.client(&[]);
+    let mut open = within("handshake", connect(gw.addr, client.clone(), "chat.test"))
+        .await
+        .unwrap();
+    assert!(tls_get(&mut open, "/1").await.starts_with("HTTP/1.1 200"));
+
+    // A key that is not the certificate's: the reload is refused, the old certificate serves.
+    let new = ca.leaf(&["chat.test"]);
+    std::fs::write(dir.path("chat/tls.crt"), &new.cert_pem).unwrap();
+    assert_eq!(post_reload(&gw).await, 500, "{}", gw.log());
+    let c = within("handshake", connect(gw.addr, client.clone(), "chat.test"))
+        .await
+        .unwrap();
+    assert_eq!(served(&c), old.der);
+    assert!(tls_get(&mut open, "/2").await.starts_with("HTTP/1.1 200"));
+
+    // The matching key arrives: the reload takes it (whether the file poll saw it first or not).
+    std::fs::write(dir.path("chat/tls.key"), &new.key_pem).unwrap();
+    assert_eq!(post_reload(&gw).await, 200, "{}", gw.log());
+    let c = within("handshake", connect(gw.addr, client.clone(), "chat.test"))
+        .await
+        .unwrap();
+    assert_eq!(served(&c), new.der);
+    // The connection opened before both reloads kept its session.
+    assert!(tls_get(&mut open, "/3").await.starts_with("HTTP/1.1 200"));
+    metric_until(
+        &gw,
+        "ringway_config_reloads_total",
+        &[("result", "failed")],
+        |v| v == 1.0,
+    )
+    .await;
 }

@@ -83,9 +83,18 @@ impl Ca {
         }
     }
 
-    /// A rustls client trusting this CA, offering `alpn`.
+    /// A rustls client trusting this CA, offering `alpn`. It never resumes a session, so every
+    /// handshake shows the certificate the gateway serves now (a resumed session reports the
+    /// certificate of the session it resumes).
     pub fn client(&self, alpn: &[&str]) -> Arc<ClientConfig> {
         self.client_versions(alpn, rustls::DEFAULT_VERSIONS)
+    }
+
+    /// Like [`Ca::client`], but keeping tickets and resuming sessions (rustls' default).
+    pub fn client_resuming(&self, alpn: &[&str]) -> Arc<ClientConfig> {
+        let mut c = (*self.client(alpn)).clone();
+        c.resumption = rustls::client::Resumption::default();
+        Arc::new(c)
     }
 
     pub fn client_versions(
@@ -102,6 +111,7 @@ impl Ca {
                 .with_root_certificates(roots)
                 .with_no_client_auth();
         c.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        c.resumption = rustls::client::Resumption::disabled();
         Arc::new(c)
     }
 }
