@@ -230,13 +230,20 @@ impl Store {
         server.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         server.ticketer = self.ticketer.clone();
         server.session_storage = self.sessions.clone();
-        let info = loaded
-            .iter()
-            .map(|c| CertInfo {
-                label: c.label.clone(),
+        let mut info: Vec<CertInfo> = Vec::with_capacity(loaded.len());
+        for (j, c) in loaded.iter().enumerate() {
+            // Two pairs may share a first name (an RSA and an ECDSA one): metric series must
+            // stay distinct, so a repeated label gets its position.
+            let label = if info.iter().any(|i| i.label == c.label) {
+                format!("{}#{j}", c.label)
+            } else {
+                c.label.clone()
+            };
+            info.push(CertInfo {
+                label,
                 not_after: c.not_after,
-            })
-            .collect();
+            });
+        }
         Ok((server, info))
     }
 }
