@@ -2,9 +2,10 @@
 //! buffer; connections are tasks on the worker's single-threaded executor. The proxy only reads
 //! `Shared` (a generation snapshot, tables); it never calls discovery or admin.
 //!
-//! Flow: `accept_loop` → limits → (PROXY header) → (TLS handshake) → `http::serve` (per request: head, route,
-//! pick, connect, forward, response; upgrade → `handoff` → `tunnel`) or `tcp::serve` (pick,
-//! connect, `handoff` → `tunnel`).
+//! Flow: `accept_loop` → limits → (PROXY header) → (TLS handshake: `tls_accept`) →
+//! `http::serve` (per request: head, route, pick, connect, forward, response; upgrade →
+//! `handoff` → `tunnel`, or `tls_tunnel` for a TLS client) or `tcp::serve` (pick, connect,
+//! `handoff` → `tunnel` / `tls_tunnel`).
 
 mod access;
 mod body;
