@@ -519,7 +519,7 @@ async fn bad_input_is_answered_counted_and_leaks_nothing(io: &'static str) {
         &http_tls_config(
             &cert_entry(&dir.path("chat")),
             "",
-            "[timeouts]\ntls_handshake = \"400ms\"\n",
+            "[timeouts]\ntls_handshake = \"1s\"\n",
             backend.addr,
         ),
     );
@@ -532,6 +532,10 @@ async fn bad_input_is_answered_counted_and_leaks_nothing(io: &'static str) {
     let base = stable_fds(&gw).await;
 
     for round in 0..3 {
+        let mut stalled = Conn::connect(gw.addr).await;
+        stalled.send(b"\x16\x03\x01").await;
+        let mut silent = Conn::connect(gw.addr).await;
+
         // Plain HTTP to the TLS port: a plaintext 400, then the close.
         let mut p = Conn::connect(gw.addr).await;
         p.send(b"GET / HTTP/1.1\r\nHost: chat.test\r\n\r\n").await;
@@ -556,11 +560,12 @@ async fn bad_input_is_answered_counted_and_leaks_nothing(io: &'static str) {
         let got = g.read_to_end().await.unwrap();
         assert!(got.is_empty() || got[0] == 0x15, "round {round}: {got:?}");
 
-        // A client that starts and stalls: closed by timeouts.tls_handshake.
-        let mut s = Conn::connect(gw.addr).await;
-        s.send(b"\x16\x03\x01").await;
-        assert!(s.closed().await, "round {round}: stalled handshake closed");
-        let mut silent = Conn::connect(gw.addr).await;
+        // A client that starts and stalls, and one that sends nothing: both closed by
+        // timeouts.tls_handshake (opened above, so their timers ran meanwhile).
+        assert!(
+            stalled.closed().await,
+            "round {round}: stalled handshake closed"
+        );
         assert!(silent.closed().await, "round {round}: silent client closed");
     }
     for (result, n) in [("plain_http", 3.0), ("bad_record", 6.0), ("timeout", 6.0)] {
