@@ -130,6 +130,17 @@ fn check_names_every_bad_certificate() {
         out.contains("tls: certificates") && out.contains("alpn [http/1.1]"),
         "{out}"
     );
+    // Terminating TLS implies tls_terminated (X-Forwarded-Proto: https, Secure cookies) ...
+    assert!(out.contains("tls_terminated=true"), "{out}");
+    // ... and the flag still overrides it.
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "mode = \"http\"\n",
+        "mode = \"http\"\ntls_terminated = false\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    let (code, out) = ringway(&["check", "--config", &path]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("tls_terminated=false"), "{out}");
 }
 
 #[test]
