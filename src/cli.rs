@@ -95,12 +95,19 @@ pub struct RunArgs {
     /// Quick form: drain time on SIGTERM (e.g. "30s").
     #[arg(long)]
     pub drain: Option<String>,
+    /// Quick form: terminate TLS with this PEM certificate chain (repeatable; pairs with
+    /// --tls-key in order; the first pair is the default certificate).
+    #[arg(long = "tls-cert", conflicts_with = "config")]
+    pub tls_cert: Vec<String>,
+    /// Quick form: the PEM private key of the --tls-cert at the same position.
+    #[arg(long = "tls-key", conflicts_with = "config")]
+    pub tls_key: Vec<String>,
 }
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config } => match Config::load(&config).and_then(check_files) {
             Ok(c) => {
                 print!("{}", crate::config::describe(&c));
                 for w in &c.warnings {
@@ -147,12 +154,24 @@ pub fn load_run_config(args: &RunArgs) -> Result<(Config, Option<PathBuf>), Conf
                     ),
                 ));
             }
-            return apply_overrides(Config::load(path)?, args).map(|c| (c, Some(path.clone())));
+            return apply_overrides(check_files(Config::load(path)?)?, args)
+                .map(|c| (c, Some(path.clone())));
         }
-        None => quick_config(args)?,
+        None => check_files(quick_config(args)?)?,
     };
     config = apply_overrides(config, args)?;
     Ok((config, None))
+}
+
+/// What the config names on disk loads: TLS certificates and keys (missing, garbled,
+/// mismatched or expired → errors naming `listener[i].tls.certificate[j]`).
+pub fn check_files(config: Config) -> Result<Config, ConfigErrors> {
+    let errors = crate::tls::check(&config);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }
 
 /// The quick-form flags present on the command line, spelled as typed. With `--config` they
@@ -170,6 +189,8 @@ fn quick_flags_given(args: &RunArgs) -> Vec<&'static str> {
         ("--send-proxy", args.send_proxy.is_some()),
         ("--tunnel-idle", args.tunnel_idle.is_some()),
         ("--drain", args.drain.is_some()),
+        ("--tls-cert", !args.tls_cert.is_empty()),
+        ("--tls-key", !args.tls_key.is_empty()),
     ];
     given.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect()
 }
@@ -240,6 +261,29 @@ fn quick_config(args: &RunArgs) -> Result<Config, ConfigErrors> {
             "give --config FILE, or --listen ADDR with --backend ADDR".into(),
         ));
     };
+    if args.tls_cert.len() != args.tls_key.len() {
+        return Err(one_error(
+            "--tls-key",
+            format!(
+                "{} --tls-cert but {} --tls-key: give them in pairs",
+                args.tls_cert.len(),
+                args.tls_key.len()
+            ),
+        ));
+    }
+    let tls = (!args.tls_cert.is_empty()).then(|| raw::RawTls {
+        certificate: args
+            .tls_cert
+            .iter()
+            .zip(&args.tls_key)
+            .map(|(c, k)| raw::RawCertificate {
+                cert: Some(c.clone()),
+                key: Some(k.clone()),
+                dir: None,
+            })
+            .collect(),
+        ..Default::default()
+    });
     let mut r = raw::RawConfig::default();
     r.listener.push(raw::RawListener {
         name: Some("main".into()),
@@ -247,6 +291,7 @@ fn quick_config(args: &RunArgs) -> Result<Config, ConfigErrors> {
         mode: Some(args.mode.clone().unwrap_or_else(|| "http".into())),
         upstream: Some("main".into()),
         proxy_protocol: Some(args.proxy_protocol),
+        tls,
         ..Default::default()
     });
     let mut u = raw::RawUpstream {

@@ -86,6 +86,9 @@ fn warn_about_kernel() {
     }
 }
 
+/// How often TLS certificate files are checked for changes.
+const CERT_POLL: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn control_loop(shared: Arc<Shared>, path: Option<PathBuf>, overrides: Overrides) {
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -95,11 +98,16 @@ async fn control_loop(shared: Arc<Shared>, path: Option<PathBuf>, overrides: Ove
         tracing::error!("cannot install signal handlers");
         return;
     };
+    // Certificate files are polled (not inotify): a Secret volume's symlink swap and a plain
+    // rewrite look the same to a stat, and 5 s bounds how stale a rotated certificate is.
+    let mut cert_poll = tokio::time::interval(CERT_POLL);
+    cert_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => { reload(&shared, path.as_deref(), &overrides); }
+            _ = cert_poll.tick() => shared.tls.poll_files(),
         }
     }
     let delay = shared.gen.load().config.timeouts.accept_delay;
@@ -118,6 +126,10 @@ async fn control_loop(shared: Arc<Shared>, path: Option<PathBuf>, overrides: Ove
 pub fn reload(shared: &Shared, path: Option<&std::path::Path>, overrides: &Overrides) -> bool {
     let c = &shared.metrics.control;
     let Some(path) = path else {
+        if shared.tls.has_listeners() {
+            // The quick form has no file to re-read, but its certificates can change.
+            return shared.tls.reload_all();
+        }
         tracing::warn!("reload requested but ringway runs from the quick form (no file)");
         c.reloads_failed.fetch_add(1, Ordering::Relaxed);
         return false;
@@ -158,6 +170,14 @@ pub fn reload(shared: &Shared, path: Option<&std::path::Path>, overrides: &Overr
     // the old accept loops stop when they no longer find (name, bind) in the generation.
     match runtime::build_generation(Arc::new(config), Some(&old), shared.workers) {
         Ok(gen) => {
+            // Certificates load before anything is swapped: a bad one refuses the whole reload.
+            if let Err(errors) = shared.tls.apply(&gen.config) {
+                for e in errors {
+                    tracing::error!(error = %e, "reload refused; the old config and certificates keep running");
+                }
+                c.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
             shared.limits.update(&gen.config.limits);
             shared.publish(gen);
             let cmds = shared.worker_cmds.lock().unwrap_or_else(|p| p.into_inner());

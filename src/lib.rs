@@ -24,3 +24,4 @@ pub mod proxy;
 pub mod runtime;
 pub mod state;
 pub mod sys;
+pub mod tls;

@@ -94,6 +94,9 @@ pub struct Shared {
     /// One command channel per worker (index = worker id), for sockets of listeners added by a
     /// reload. Touched only at startup and reload.
     pub worker_cmds: std::sync::Mutex<Vec<tokio::sync::mpsc::UnboundedSender<WorkerCmd>>>,
+    /// TLS listeners' certificates and rustls configs (swapped on reload and when the
+    /// certificate files change), and the TLS counters.
+    pub tls: crate::tls::Store,
 }
 
 /// Work the control plane hands to a worker.
@@ -110,6 +113,14 @@ pub enum WorkerCmd {
 impl Shared {
     pub fn new(gen: Generation, workers: usize) -> Arc<Shared> {
         let limits = crate::limits::Limiter::new(&gen.config.limits);
+        let tls = crate::tls::Store::new();
+        // `ringway run` checked the certificates before getting here; a file that changed
+        // in between is logged, and TLS handshakes fail until a reload fixes it.
+        if let Err(errors) = tls.apply(&gen.config) {
+            for e in errors {
+                tracing::error!(error = %e, "TLS certificates not loaded");
+            }
+        }
         Arc::new(Shared {
             gen: ArcSwap::from_pointee(gen),
             metrics: Metrics::new(workers),
@@ -120,6 +131,7 @@ impl Shared {
             limits,
             generation: watch::channel(0).0,
             worker_cmds: std::sync::Mutex::new(Vec::new()),
+            tls,
         })
     }
 

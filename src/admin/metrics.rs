@@ -257,7 +257,8 @@ impl Collector for Scrape {
                 histogram(&mut h, u.counters.response_times())
             })
         })?;
-        encode_process(&mut enc, &ProcessStats::read())
+        encode_process(&mut enc, &ProcessStats::read())?;
+        encode_tls(&mut enc, &shared.tls)
     }
 }
 
@@ -277,5 +278,37 @@ pub fn encode_process(enc: &mut DescriptorEncoder, p: &ProcessStats) -> fmt::Res
         p.cpu_seconds.map_or(Ok(()), |v| {
             m.encode_counter::<NoLabelSet, f64, u64>(&v, None)
         })
+    })
+}
+
+/// The TLS families (counters of `crate::tls::Stats`, certificates of `crate::tls::Store`).
+fn encode_tls(enc: &mut DescriptorEncoder, tls: &crate::tls::Store) -> fmt::Result {
+    let s = &tls.stats;
+    family(enc, &names::TLS_HANDSHAKES, |m| {
+        s.results()
+            .try_for_each(|(result, n)| counter(m, [("result", result)], n))
+    })?;
+    family(enc, &names::TLS_CIPHERS, |m| {
+        s.suites().try_for_each(|(version, cipher, n)| {
+            counter(m, [("version", version), ("cipher", cipher)], n)
+        })
+    })?;
+    family(enc, &names::TLS_RESUMED, |m| {
+        counter(m, [], s.resumed.load(Relaxed))
+    })?;
+    family(enc, &names::TLS_CERT_EXPIRY, |m| {
+        tls.certificates().iter().try_for_each(|(listener, certs)| {
+            certs.iter().try_for_each(|c| {
+                gauge(
+                    m,
+                    [("listener", listener), ("name", c.label.as_str())],
+                    c.not_after,
+                )
+            })
+        })
+    })?;
+    family(enc, &names::TLS_CERT_RELOADS, |m| {
+        counter(m, [("result", "ok")], s.reloads_ok.load(Relaxed))?;
+        counter(m, [("result", "failed")], s.reloads_failed.load(Relaxed))
     })
 }

@@ -162,6 +162,26 @@ pub const PROCESS_CPU: Def = Def {
     kind: MetricType::Counter,
     unit: Some(Unit::Seconds),
 };
+pub const TLS_HANDSHAKES: Def = counter(
+    "ringway_tls_handshakes",
+    "TLS handshakes on terminating listeners by result: ok, timeout, plain_http (answered 400), closed, unknown_sni, no_alpn, incompatible (no common version or cipher), bad_record (not TLS), alert_received (the client refused us), error.",
+);
+pub const TLS_CIPHERS: Def = counter(
+    "ringway_tls_handshake_ciphers",
+    "Successful TLS handshakes by protocol version and cipher suite.",
+);
+pub const TLS_RESUMED: Def = counter(
+    "ringway_tls_resumed_sessions",
+    "TLS handshakes that resumed a session (ticket or session ID) instead of a full handshake.",
+);
+pub const TLS_CERT_EXPIRY: Def = gauge(
+    "ringway_tls_certificate_expiry_seconds",
+    "notAfter of each certificate in use, as Unix time in seconds (alert on it minus time()); labels listener and name (the certificate's first DNS name).",
+);
+pub const TLS_CERT_RELOADS: Def = counter(
+    "ringway_tls_certificate_reloads",
+    "Certificate reloads after their files changed (or SIGHUP in the quick form); result=failed kept the old certificates.",
+);
 
 /// Every family, in exposition order.
 pub const ALL: &[&Def] = &[
@@ -188,4 +208,9 @@ pub const ALL: &[&Def] = &[
     &PROCESS_MAX_FDS,
     &PROCESS_RESIDENT_MEMORY,
     &PROCESS_CPU,
+    &TLS_HANDSHAKES,
+    &TLS_CIPHERS,
+    &TLS_RESUMED,
+    &TLS_CERT_EXPIRY,
+    &TLS_CERT_RELOADS,
 ];

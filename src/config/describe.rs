@@ -75,6 +75,22 @@ pub fn describe(c: &Config) -> String {
             );
             let _ = writeln!(o, "  PROXY header believed from: {from}");
         }
+        if let Some(tls) = &l.tls {
+            let certs: Vec<String> = tls
+                .certificates
+                .iter()
+                .map(|f| f.cert.display().to_string())
+                .collect();
+            let _ = writeln!(
+                o,
+                "  tls: certificates [{}] (first = default) · min_version {} · alpn [{}] · refuse_unknown_sni {} · handshake timeout {}",
+                certs.join(", "),
+                tls.min_version.as_str(),
+                tls.alpn.join(", "),
+                tls.refuse_unknown_sni,
+                d(t.tls_handshake)
+            );
+        }
     }
     for r in &c.routes {
         let host = match &r.host {

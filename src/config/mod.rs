@@ -7,6 +7,7 @@ mod describe;
 mod duration;
 pub mod raw;
 mod secrets;
+mod tls;
 mod validate;
 
 #[cfg(test)]
@@ -24,6 +25,7 @@ pub use raw::RawConfig;
 pub use validate::check_log_level;
 
 use crate::balance::Policy;
+pub use tls::{CertFiles, TlsConfig, TlsVersion, HTTP_ALPN};
 
 /// Validates a `RawConfig` built in code (the CLI's quick form goes through the same checks).
 pub fn validate_raw(raw: RawConfig) -> Result<Config, ConfigErrors> {
@@ -162,6 +164,9 @@ pub struct Timeouts {
     pub tunnel_idle: Option<Duration>,
     pub drain: Duration,
     pub accept_delay: Duration,
+    /// Longest a TLS handshake may take from accept (or from the end of the PROXY header):
+    /// a client that opens a connection and stalls mid-handshake must not hold it forever.
+    pub tls_handshake: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -199,7 +204,12 @@ pub struct ListenerConfig {
     /// (trusted blindly: warned about at start). A connection from elsewhere is a direct
     /// client; if it starts with a PROXY header anyway it is refused.
     pub proxy_protocol_from: Option<Vec<Cidr>>,
+    /// The client's connection is TLS (terminated here, or by a balancer in front): sets
+    /// `X-Forwarded-Proto: https` and `Secure` on `secure = "auto"` cookies. Defaults to
+    /// whether `tls` is set; `tls_terminated` in the file overrides it.
     pub tls_terminated: bool,
+    /// `[listener.tls]`: this listener terminates TLS.
+    pub tls: Option<Arc<TlsConfig>>,
     /// tcp only: read the TLS ClientHello (without terminating TLS), route by its server name
     /// through the `[[route]]`s naming this listener, offer it as the `hash:sni` key, then
     /// tunnel every byte untouched.

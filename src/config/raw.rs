@@ -38,6 +38,7 @@ pub struct RawTimeouts {
     pub tunnel_idle: Option<String>,
     pub drain: Option<String>,
     pub accept_delay: Option<String>,
+    pub tls_handshake: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,6 +78,26 @@ pub struct RawListener {
     pub real_ip: Option<bool>,
     pub forward_proto: Option<bool>,
     pub forward_host: Option<bool>,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    #[serde(default)]
+    pub certificate: Vec<RawCertificate>,
+    pub refuse_unknown_sni: Option<bool>,
+    pub min_version: Option<String>,
+    pub alpn: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    /// A mounted Secret: `<dir>/tls.crt` and `<dir>/tls.key`.
+    pub dir: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -123,6 +123,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             .filter(|d| !d.is_zero()),
         drain: e.duration("timeouts.drain", &t.drain, Duration::from_secs(30)),
         accept_delay: e.duration("timeouts.accept_delay", &t.accept_delay, Duration::ZERO),
+        tls_handshake: e.positive(
+            "timeouts.tls_handshake",
+            &t.tls_handshake,
+            Duration::from_secs(10),
+        ),
     };
 
     let l = &raw.limits;
@@ -314,6 +319,16 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                  set proxy_protocol_from = [\"<load balancer CIDR>\", ...]"
             ));
         }
+        let tls = l.tls.as_ref().and_then(|t| {
+            super::tls::validate(&format!("{field}.tls"), mode, t, &mut |f, m| e.push(f, m))
+                .map(Arc::new)
+        });
+        if tls.is_some() && l.tls_passthrough == Some(true) {
+            e.push(
+                format!("{field}.tls_passthrough"),
+                "a listener either terminates TLS ([listener.tls]) or passes it through, not both",
+            );
+        }
         if let Some(b) = bind {
             if !binds.insert(b) {
                 e.push(
@@ -327,7 +342,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                 mode,
                 proxy_protocol,
                 proxy_protocol_from,
-                tls_terminated: l.tls_terminated.unwrap_or(false),
+                tls_terminated: l.tls_terminated.unwrap_or(tls.is_some()),
+                tls,
                 tls_passthrough,
                 upstream,
                 forward_for: l.forward_for.unwrap_or(true),

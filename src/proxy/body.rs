@@ -9,7 +9,9 @@
 use std::io;
 use std::time::Duration;
 
-use crate::io::{self as rio, Driver, Stream};
+use crate::io as rio;
+
+use super::client::ByteStream;
 use crate::proto::{ChunkedScanner, Reject};
 
 /// How the body ends.
@@ -47,9 +49,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// read from `src` beyond the head (it is the connection's read buffer, reused: no allocation
 /// once warm). On success every byte of the body was written and `pending` holds only what
 /// followed it.
-pub async fn forward<D: Driver>(
-    src: &Stream<D>,
-    dst: &Stream<D>,
+pub async fn forward(
+    src: &impl ByteStream,
+    dst: &impl ByteStream,
     pending: &mut Vec<u8>,
     framing: Framing,
     stalls: Stalls,
@@ -60,7 +62,7 @@ pub async fn forward<D: Driver>(
         Framing::Length(mut left) => loop {
             let take = (left.min(pending.len() as u64)) as usize;
             if take > 0 {
-                send::<D>(dst, &pending[..take], stalls.dst).await?;
+                send(dst, &pending[..take], stalls.dst).await?;
                 pending.drain(..take);
                 left -= take as u64;
                 moved += take as u64;
@@ -68,30 +70,30 @@ pub async fn forward<D: Driver>(
             if left == 0 {
                 return Ok(moved);
             }
-            fill::<D>(src, pending, stalls.src).await?;
+            fill(src, pending, stalls.src).await?;
         },
         Framing::Chunked => {
             let mut scanner = ChunkedScanner::default();
             loop {
                 if !pending.is_empty() {
                     let scan = scanner.feed(pending).map_err(BodyError::Bad)?;
-                    send::<D>(dst, &pending[..scan.consumed], stalls.dst).await?;
+                    send(dst, &pending[..scan.consumed], stalls.dst).await?;
                     pending.drain(..scan.consumed);
                     moved += scan.consumed as u64;
                     if scan.done {
                         return Ok(moved);
                     }
                 }
-                fill::<D>(src, pending, stalls.src).await?;
+                fill(src, pending, stalls.src).await?;
             }
         }
         Framing::UntilClose => loop {
             if !pending.is_empty() {
-                send::<D>(dst, pending, stalls.dst).await?;
+                send(dst, pending, stalls.dst).await?;
                 moved += pending.len() as u64;
                 pending.clear();
             }
-            match fill::<D>(src, pending, stalls.src).await {
+            match fill(src, pending, stalls.src).await {
                 Ok(()) => {}
                 Err(BodyError::Src(None)) => return Ok(moved), // EOF ends the body
                 Err(e) => return Err(e),
@@ -100,8 +102,8 @@ pub async fn forward<D: Driver>(
     }
 }
 
-async fn send<D: Driver>(dst: &Stream<D>, bytes: &[u8], stall: Duration) -> Result<(), BodyError> {
-    match rio::timeout(stall, rio::write_all::<D>(dst, bytes)).await {
+async fn send(dst: &impl ByteStream, bytes: &[u8], stall: Duration) -> Result<(), BodyError> {
+    match rio::timeout(stall, dst.write_all(bytes)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(BodyError::Dst(e)),
         Err(_) => Err(BodyError::DstStalled),
@@ -109,12 +111,12 @@ async fn send<D: Driver>(dst: &Stream<D>, bytes: &[u8], stall: Duration) -> Resu
 }
 
 /// Appends one read to `pending`; EOF → `Src(None)`.
-async fn fill<D: Driver>(
-    src: &Stream<D>,
+async fn fill(
+    src: &impl ByteStream,
     pending: &mut Vec<u8>,
     stall: Duration,
 ) -> Result<(), BodyError> {
-    match rio::timeout(stall, rio::read_append::<D>(src, pending, READ_CHUNK)).await {
+    match rio::timeout(stall, src.read_append(pending, READ_CHUNK)).await {
         Ok(Ok(0)) => Err(BodyError::Src(None)),
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(BodyError::Src(Some(e))),

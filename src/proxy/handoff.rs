@@ -11,11 +11,12 @@ use std::time::Instant;
 use crate::balance::Table;
 use crate::config::LogConfig;
 use crate::error::Kind;
-use crate::io::{Driver, Stream};
+use crate::io::Driver;
 use crate::state::Generation;
 
+use super::client::Client;
 use super::connect::Connected;
-use super::{access, tunnel, Worker};
+use super::{access, tls_tunnel, tunnel, Worker};
 
 /// Who a tunnel is for, for the access log.
 pub struct Who<'a> {
@@ -34,7 +35,7 @@ pub async fn run<D: Driver>(
     w: &Worker,
     gen: &Generation,
     table: &Table,
-    client: &Stream<D>,
+    client: &Client<D>,
     backend: &Connected<D>,
     who: &Who<'_>,
 ) {
@@ -43,8 +44,15 @@ pub async fn run<D: Driver>(
     let watch_drain = up.cfg.dns.drain_timeout.is_some();
     let idle = gen.config.timeouts.tunnel_idle;
     let stats = backend.guard.stats().clone();
-    let (end, moved) =
-        tunnel::run::<D>(w, client, &backend.stream, idle, &stats, watch_drain).await;
+    let (end, moved) = match client {
+        Client::Plain(c) => {
+            tunnel::run::<D>(w, c, &backend.stream, idle, &stats, watch_drain).await
+        }
+        // splice cannot see plaintext: TLS clients take the copy pump through rustls.
+        Client::Tls(c) => {
+            tls_tunnel::run::<D>(w, c, &backend.stream, idle, &stats, watch_drain).await
+        }
+    };
     access::log(
         who.log,
         access::Entry {
@@ -76,7 +84,7 @@ pub async fn run<D: Driver>(
 /// Everything an upgraded connection keeps once it is a tunnel: the sockets, the table that
 /// picked the backend, and what it holds for its whole life (open counts, admission).
 pub struct Upgraded<D: Driver> {
-    pub client: Stream<D>,
+    pub client: Client<D>,
     pub backend: Connected<D>,
     pub table: Arc<Table>,
     pub upstream: usize,

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::error::Kind;
-use crate::io::{self as rio, Driver, Stream};
+use crate::io as rio;
+
+use super::client::ByteStream;
 
 pub enum HeadRead {
     Complete,
@@ -37,8 +39,8 @@ const READ_CHUNK: usize = 4096;
 /// Reads until `buf` holds a complete request head. The first request of a connection must
 /// complete within `timeouts.head` of accept; later ones may idle `timeouts.http_idle` before
 /// their first byte, then get `timeouts.head`.
-pub async fn read<D: Driver>(
-    client: &Stream<D>,
+pub async fn read(
+    client: &impl ByteStream,
     buf: &mut Vec<u8>,
     cfg: &Config,
     first: bool,
@@ -48,7 +50,7 @@ pub async fn read<D: Driver>(
         return HeadRead::Complete; // pipelined
     }
     if buf.is_empty() && !first {
-        match rio::timeout(cfg.timeouts.http_idle, fill::<D>(client, buf, max)).await {
+        match rio::timeout(cfg.timeouts.http_idle, fill(client, buf, max)).await {
             Err(_) | Ok(Err(_)) | Ok(Ok(0)) => return HeadRead::Closed,
             Ok(Ok(_)) => {}
         }
@@ -63,7 +65,7 @@ pub async fn read<D: Driver>(
             if buf.len() >= max {
                 return HeadRead::Reject(Kind::HeadTooLarge);
             }
-            match fill::<D>(client, buf, max).await {
+            match fill(client, buf, max).await {
                 // A close (even half-way through a head): nobody to answer.
                 Ok(0) | Err(_) => return HeadRead::Closed,
                 Ok(_) => {}
@@ -77,15 +79,15 @@ pub async fn read<D: Driver>(
 }
 
 /// One read, appended, never growing `buf` past `max`.
-async fn fill<D: Driver>(s: &Stream<D>, buf: &mut Vec<u8>, max: usize) -> std::io::Result<usize> {
+async fn fill(s: &impl ByteStream, buf: &mut Vec<u8>, max: usize) -> std::io::Result<usize> {
     let want = READ_CHUNK.min(max.saturating_sub(buf.len()));
-    rio::read_append::<D>(s, buf, want).await
+    s.read_append(buf, want).await
 }
 
 /// Reads until `rbuf` holds a complete backend response head (504 on timeout, 502 on garbage
 /// or a close); the caller parses it.
-pub async fn read_response_head<D: Driver>(
-    backend: &Stream<D>,
+pub async fn read_response_head(
+    backend: &impl ByteStream,
     rbuf: &mut Vec<u8>,
     timeout: Duration,
     max: usize,
@@ -100,7 +102,7 @@ pub async fn read_response_head<D: Driver>(
             if rbuf.len() >= max {
                 return Err(Kind::BadResponse);
             }
-            match fill::<D>(backend, rbuf, max).await {
+            match fill(backend, rbuf, max).await {
                 Ok(0) | Err(_) => return Err(Kind::BackendReset),
                 Ok(_) => {}
             }

@@ -2,9 +2,10 @@
 //! buffer; connections are tasks on the worker's single-threaded executor. The proxy only reads
 //! `Shared` (a generation snapshot, tables); it never calls discovery or admin.
 //!
-//! Flow: `accept_loop` → limits → (PROXY header) → `http::serve` (per request: head, route,
-//! pick, connect, forward, response; upgrade → `handoff` → `tunnel`) or `tcp::serve` (pick,
-//! connect, `handoff` → `tunnel`).
+//! Flow: `accept_loop` → limits → (PROXY header) → (TLS handshake: `tls_accept`) →
+//! `http::serve` (per request: head, route, pick, connect, forward, response; upgrade →
+//! `handoff` → `tunnel`, or `tls_tunnel` for a TLS client) or `tcp::serve` (pick, connect,
+//! `handoff` → `tunnel` / `tls_tunnel`).
 //!
 //! Admission: on a listener without the PROXY protocol every limit is checked at accept on
 //! the peer. With it, a peer in `proxy_protocol_from` (every peer without that option) is a
@@ -17,6 +18,7 @@
 
 mod access;
 mod body;
+pub mod client;
 pub mod connect;
 mod handoff;
 mod head_reader;
@@ -24,6 +26,7 @@ pub mod http;
 mod proxy_header;
 pub mod route;
 pub mod tcp;
+mod tls_tunnel;
 pub mod tunnel;
 
 use std::cell::{Cell, RefCell};
@@ -361,11 +364,46 @@ async fn serve<D: Driver>(
         _open: open,
         _admission: admission,
     };
+    let client = match tls_accept::<D>(w, &gen, lcfg, client, &mut buf).await {
+        Some(c) => c,
+        None => return,
+    };
     match lcfg.mode {
         Mode::Http => http::serve::<D>(w, &gen, lcfg, client, peer, buf, life).await,
         Mode::Tcp => {
             tcp::serve::<D>(w, &gen, lcfg, client, peer, buf).await;
             drop(life);
+        }
+    }
+}
+
+/// On a TLS listener, the handshake (bytes already read after a PROXY header are the start of
+/// the ClientHello); otherwise the plain socket. `None`: the handshake failed (counted by
+/// reason, the client got an alert or a plaintext 400) and the connection ends.
+async fn tls_accept<D: Driver>(
+    w: &Worker,
+    gen: &crate::state::Generation,
+    lcfg: &crate::config::ListenerConfig,
+    client: rio::Stream<D>,
+    buf: &mut Vec<u8>,
+) -> Option<client::Client<D>> {
+    if lcfg.tls.is_none() {
+        return Some(client::Client::Plain(client));
+    }
+    let Some(server) = w.shared.tls.server_config(&lcfg.name) else {
+        // Its certificates failed to load at startup (logged): nothing to handshake with.
+        w.shared.tls.stats.count(crate::tls::Outcome::Error);
+        return None;
+    };
+    let early = std::mem::take(buf);
+    let timeout = gen.config.timeouts.tls_handshake;
+    match crate::tls::stream::handshake::<D>(client, server, early, timeout, &w.shared.tls.stats)
+        .await
+    {
+        Ok(s) => Some(client::Client::Tls(Box::new(s))),
+        Err(outcome) => {
+            tracing::debug!(listener = %lcfg.name, result = outcome.as_str(), "TLS handshake failed");
+            None
         }
     }
 }

@@ -9,11 +9,12 @@ use std::rc::Rc;
 use crate::balance::KeySource;
 use crate::config::{ListenerConfig, SendProxy};
 use crate::error::Kind;
-use crate::io::{self as rio, Driver, Ready, Stream};
+use crate::io::{self as rio, Driver};
 use crate::proto::client_hello::{self, ClientHello, HostName};
 use crate::proto::proxy_protocol;
 use crate::state::Generation;
 
+use super::client::{ByteStream, Client};
 use super::{connect, handoff, route, Worker};
 
 /// What a tcp connection can be keyed on.
@@ -44,7 +45,7 @@ pub async fn serve<D: Driver>(
     w: &Rc<Worker>,
     gen: &Generation,
     lcfg: &ListenerConfig,
-    client: Stream<D>,
+    client: Client<D>,
     peer: SocketAddr,
     mut early: Vec<u8>,
 ) {
@@ -54,7 +55,7 @@ pub async fn serve<D: Driver>(
         sni: None,
     };
     let upstream = if lcfg.tls_passthrough {
-        match read_client_hello::<D>(&client, &mut early, cfg.timeouts.head).await {
+        match read_client_hello(&client, &mut early, cfg.timeouts.head).await {
             Ok(hello) => {
                 key.sni = hello.sni;
                 route::route_sni(cfg, lcfg, key.sni.as_ref().map(HostName::as_str))
@@ -86,7 +87,7 @@ pub async fn serve<D: Driver>(
     };
 
     let mut hello = Vec::new();
-    let local = client.get_ref().local_addr().unwrap_or(peer);
+    let local = client.socket().local_addr().unwrap_or(peer);
     match up.cfg.send_proxy {
         SendProxy::None => {}
         SendProxy::V1 => proxy_protocol::write_v1(peer, local, &mut hello),
@@ -119,7 +120,7 @@ const MAX_HELLO_BYTES: usize = client_hello::MAX_HELLO + 1024;
 /// ClientHello, within `timeout` of accept. Not TLS, garbled or oversized → `BadClientHello`;
 /// too slow → `HeadTimeout`; a close before it is whole → `ClientReset`.
 async fn read_client_hello<D: Driver>(
-    client: &Stream<D>,
+    client: &Client<D>,
     buf: &mut Vec<u8>,
     timeout: std::time::Duration,
 ) -> Result<ClientHello, Kind> {
@@ -131,7 +132,7 @@ async fn read_client_hello<D: Driver>(
                 Ok(None) | Err(_) => return Err(Kind::BadClientHello),
             }
             let want = (MAX_HELLO_BYTES - buf.len()).min(4096);
-            match rio::read_append::<D>(client, buf, want).await {
+            match client.read_append(buf, want).await {
                 Ok(0) | Err(_) => return Err(Kind::ClientReset),
                 Ok(_) => {}
             }

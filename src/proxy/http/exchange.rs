@@ -8,6 +8,7 @@
 
 use crate::error::Kind;
 use crate::io::{self as rio, Driver};
+use crate::proxy::client::ByteStream;
 
 use super::super::body::{self, BodyError, Framing, Stalls};
 use super::{Backend, Conn, Failure, Plan};
@@ -48,10 +49,10 @@ impl<D: Driver> Conn<'_, D> {
         // `Expect: 100-continue` is the gateway's to answer (it is not forwarded): the client
         // waits for it before sending the body. Only HTTP/1.1 clients may get a 1xx.
         let wants_continue = plan.expect_continue && plan.http11 && self.buf.is_empty();
-        if wants_continue && rio::write_all::<D>(&self.client, CONTINUE).await.is_err() {
+        if wants_continue && self.client.write_all(CONTINUE).await.is_err() {
             return Err(Failure::quiet(Kind::ClientReset));
         }
-        match body::forward::<D>(&self.client, to, &mut self.buf, plan.body, stalls).await {
+        match body::forward(&self.client, to, &mut self.buf, plan.body, stalls).await {
             Ok(_) => Ok(Sent::Whole),
             Err(e) => request_body_failed(e),
         }

@@ -3,8 +3,9 @@
 //! read (FIN, bounded drain, close: never a reset with the status unread).
 
 use crate::error::Kind;
-use crate::io::{self as rio, Driver};
+use crate::io::Driver;
 use crate::proto;
+use crate::proxy::client::ByteStream;
 
 use super::Conn;
 
@@ -74,11 +75,11 @@ impl<D: Driver> Conn<'_, D> {
         );
         if let Some(status) = f.status.filter(|_| !self.cur.responded) {
             let bytes = error_bytes(status, self.cur.head_method);
-            if rio::write_all::<D>(&self.client, bytes).await.is_err() {
+            if self.client.write_all(bytes).await.is_err() {
                 return;
             }
         }
-        rio::linger_close::<D>(&self.client).await;
+        self.client.linger_close().await;
     }
 }
 

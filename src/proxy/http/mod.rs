@@ -29,11 +29,12 @@ use std::sync::Arc;
 
 use crate::balance::{KeySource, Table};
 use crate::config::ListenerConfig;
-use crate::io::{self as rio, Driver, Stream};
+use crate::io::Driver;
 use crate::proto;
 use crate::state::Generation;
 
 use super::body::Framing;
+use super::client::Client;
 use super::connect::Connected;
 use super::head_reader::{self, HeadRead};
 use super::{access, handoff, ConnLife, Worker};
@@ -100,7 +101,7 @@ struct Conn<'a, D: Driver> {
     w: &'a Rc<Worker>,
     gen: &'a Arc<Generation>,
     lcfg: &'a ListenerConfig,
-    client: Stream<D>,
+    client: Client<D>,
     peer: SocketAddr,
     /// Client bytes not yet consumed: the rest of a head, a body, the next request.
     buf: Vec<u8>,
@@ -117,7 +118,7 @@ pub async fn serve<D: Driver>(
     w: &Rc<Worker>,
     gen: &Arc<Generation>,
     lcfg: &ListenerConfig,
-    client: Stream<D>,
+    client: Client<D>,
     peer: SocketAddr,
     buf: Vec<u8>,
     life: ConnLife,
@@ -140,7 +141,7 @@ pub async fn serve<D: Driver>(
         match c.exchange().await {
             Ok(Step::Next) => {}
             Ok(Step::Gone) => return,
-            Ok(Step::Close) => return rio::linger_close::<D>(&c.client).await,
+            Ok(Step::Close) => return c.client.linger_close().await,
             Ok(Step::Tunnel(t)) => return c.into_tunnel(t.0, t.1, life),
             Err(f) => return c.fail(f).await,
         }
@@ -161,7 +162,7 @@ impl<D: Driver> Conn<'_, D> {
     /// Phase 1: `Ok(false)` when the client closed (or idled out) between requests.
     async fn read_head(&mut self) -> Result<bool, Failure> {
         let cfg = &self.gen.config;
-        match head_reader::read::<D>(&self.client, &mut self.buf, cfg, self.first).await {
+        match head_reader::read(&self.client, &mut self.buf, cfg, self.first).await {
             HeadRead::Complete => {
                 self.first = false;
                 Ok(true)

@@ -5,6 +5,7 @@
 use crate::error::Kind;
 use crate::io::{self as rio, Driver};
 use crate::proto::{self, RespBody, Response};
+use crate::proxy::client::ByteStream;
 
 use super::super::access;
 use super::super::body::{self, BodyError, Framing, Stalls};
@@ -63,8 +64,7 @@ impl<D: Driver> Conn<'_, D> {
         let stream = &backend.conn.stream;
         loop {
             let t = cfg.timeouts.response_head;
-            if let Err(kind) =
-                head_reader::read_response_head::<D>(stream, &mut self.rbuf, t, max).await
+            if let Err(kind) = head_reader::read_response_head(stream, &mut self.rbuf, t, max).await
             {
                 return Err(Failure::answered(kind, kind.status().unwrap_or(502)));
             }
@@ -77,11 +77,7 @@ impl<D: Driver> Conn<'_, D> {
                 }
             };
             let Some(n) = interim else { return Ok(()) };
-            if plan.http11
-                && rio::write_all::<D>(&self.client, &self.rbuf[..n])
-                    .await
-                    .is_err()
-            {
+            if plan.http11 && self.client.write_all(&self.rbuf[..n]).await.is_err() {
                 return Err(Failure::quiet(Kind::ClientReset));
             }
             self.rbuf.drain(..n);
@@ -97,11 +93,13 @@ impl<D: Driver> Conn<'_, D> {
         info: access::RequestInfo,
     ) -> Result<Step<D>, Failure> {
         let client_gone = Failure::quiet(Kind::ClientReset);
-        rio::write_all::<D>(&self.client, &self.out)
+        self.client
+            .write_all(&self.out)
             .await
             .map_err(|_| client_gone)?;
         self.cur.responded = true;
-        rio::write_all::<D>(&self.client, &self.rbuf[s.head_len..])
+        self.client
+            .write_all(&self.rbuf[s.head_len..])
             .await
             .map_err(|_| client_gone)?;
         if !self.buf.is_empty() {
@@ -122,7 +120,7 @@ impl<D: Driver> Conn<'_, D> {
         started: std::time::Instant,
         info: &access::RequestInfo,
     ) -> Result<Step<D>, Failure> {
-        if rio::write_all::<D>(&self.client, &self.out).await.is_err() {
+        if self.client.write_all(&self.out).await.is_err() {
             return Err(Failure::quiet(Kind::ClientReset));
         }
         self.cur.responded = true;
@@ -134,7 +132,7 @@ impl<D: Driver> Conn<'_, D> {
         };
         let framing = s.body.unwrap_or(Framing::None);
         let stream = &backend.conn.stream;
-        let down = body::forward::<D>(stream, &self.client, &mut self.rbuf, framing, stalls)
+        let down = body::forward(stream, &self.client, &mut self.rbuf, framing, stalls)
             .await
             .map_err(response_body_failed)?;
         self.log_response(&backend, s.code, started, down, info);
