@@ -364,8 +364,12 @@ impl Drop for GatewayProc {
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
+    /// A fresh directory: the process id and a per-process sequence number keep two
+    /// directories of the same tag (parallel runs in one process) apart.
     pub fn new(tag: &str) -> io::Result<TempDir> {
-        let p = std::env::temp_dir().join(format!("loadgen-{}-{tag}", std::process::id()));
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("loadgen-{}-{n}-{tag}", std::process::id()));
         std::fs::create_dir_all(&p)?;
         Ok(TempDir(p))
     }
@@ -649,7 +653,10 @@ pub async fn run_compare(cfg: &CompareConfig, note: &dyn Fn(&str)) -> Result<Com
                  resumption {}); direct is plaintext to the echo backend",
                 if t.resume { "on" } else { "off" }
             ));
-            note(&format!("TLS certificate for {TLS_NAME} in {}", cert_dir.0.display()));
+            note(&format!(
+                "TLS certificate for {TLS_NAME} in {}",
+                cert_dir.0.display()
+            ));
             Some(c)
         }
     };
@@ -1070,7 +1077,14 @@ mod tests {
             assert!(2 * m + 2 * pipes + 50 <= 20_000, "maxconn {m}");
             assert!(m >= 9_000, "maxconn {m}");
         }
-        let n = nginx_config(Proto::Ws, "127.0.0.1:9", &b, Path::new("/tmp/x"), 20000, None);
+        let n = nginx_config(
+            Proto::Ws,
+            "127.0.0.1:9",
+            &b,
+            Path::new("/tmp/x"),
+            20000,
+            None,
+        );
         for needle in [
             "worker_processes auto;",
             "daemon off;",
@@ -1087,8 +1101,44 @@ mod tests {
             assert!(n.contains(needle), "nginx config lacks {needle}:\n{n}");
         }
         assert!(n.contains("worker_connections 19900;"), "{n}");
-        let t = nginx_config(Proto::Tcp, "127.0.0.1:9", &b, Path::new("/tmp/x"), 20000, None);
+        let t = nginx_config(
+            Proto::Tcp,
+            "127.0.0.1:9",
+            &b,
+            Path::new("/tmp/x"),
+            20000,
+            None,
+        );
         assert!(t.contains("stream {") && !t.contains("http {"));
+    }
+
+    #[test]
+    fn tls_peer_configs_terminate_with_the_run_certificate() {
+        let dir = TempDir::new("tlsconf").unwrap();
+        let c = crate::tls::generate_certs(&dir.0, &[TLS_NAME, "127.0.0.1"]).unwrap();
+        let b = vec!["127.0.0.1:1".to_string()];
+        for proto in [Proto::Ws, Proto::Tcp] {
+            let h = haproxy_config(proto, "127.0.0.1:9", &b, 2, 9000, false, Some(&c));
+            let bind = format!("bind 127.0.0.1:9 ssl crt {}\n", c.combined.display());
+            assert!(h.contains(&bind), "{h}");
+            let n = nginx_config(proto, "127.0.0.1:9", &b, &dir.0, 20000, Some(&c));
+            for needle in [
+                "listen 127.0.0.1:9 ssl;".to_string(),
+                format!("ssl_certificate {};", c.cert.display()),
+                format!("ssl_certificate_key {};", c.key.display()),
+                "ssl_session_cache shared:SSL:10m;".to_string(),
+            ] {
+                assert!(n.contains(&needle), "nginx lacks {needle}:\n{n}");
+            }
+        }
+        let pem = std::fs::read_to_string(&c.combined).unwrap();
+        assert!(pem.contains("BEGIN CERTIFICATE") && pem.contains("PRIVATE KEY"));
+        let cmd = render_tls("rw --tls-cert {CERT} --tls-key {KEY} --ca {CA}", &c);
+        assert!(!cmd.contains('{'), "{cmd}");
+        assert!(is_ringway("target/release/ringway run") && !is_ringway("haproxy -f x"));
+        assert!(
+            default_gateway(Proto::Ws, true).is_none_or(|g| g.cmd.contains("--tls-cert {CERT}"))
+        );
     }
 
     #[test]

@@ -503,26 +503,44 @@ mod tests {
     #[test]
     fn tls_flags_parse_and_are_checked() {
         let c = Cli::try_parse_from([
-            "loadgen", "rate", "--tls", "--insecure", "--sni", "a.example", "--no-resume",
+            "loadgen",
+            "rate",
+            "--tls",
+            "--insecure",
+            "--sni",
+            "a.example",
+            "--no-resume",
         ])
         .unwrap();
         let Cmd::Rate(a) = c.cmd else { panic!() };
         let o = a.tls.options().unwrap();
         assert!(o.insecure && !o.resume);
         assert_eq!(o.sni.as_deref(), Some("a.example"));
-        let rc = run_config(&a, Kind::Rate, "127.0.0.1:1".parse().unwrap(), Arc::default())
-            .unwrap();
+        let rc = run_config(
+            &a,
+            Kind::Rate,
+            "127.0.0.1:1".parse().unwrap(),
+            Arc::default(),
+        )
+        .unwrap();
         assert_eq!(rc.tls.as_ref().unwrap().server_name(), "a.example");
         assert!(!rc.tls.as_ref().unwrap().resume);
         // --ca and --insecure exclude each other; TLS flags need --tls.
-        assert!(Cli::try_parse_from(["loadgen", "pingpong", "--tls", "--ca", "x", "--insecure"])
-            .is_err());
+        assert!(
+            Cli::try_parse_from(["loadgen", "pingpong", "--tls", "--ca", "x", "--insecure"])
+                .is_err()
+        );
         assert!(Cli::try_parse_from(["loadgen", "pingpong", "--insecure"]).is_err());
         // --tls alone is refused with a message naming the flags.
         let c = Cli::try_parse_from(["loadgen", "pingpong", "--tls"]).unwrap();
         let Cmd::Pingpong(a) = c.cmd else { panic!() };
-        let e = run_config(&a, Kind::Pingpong, "127.0.0.1:1".parse().unwrap(), Arc::default())
-            .unwrap_err();
+        let e = run_config(
+            &a,
+            Kind::Pingpong,
+            "127.0.0.1:1".parse().unwrap(),
+            Arc::default(),
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("--insecure"), "{e:#}");
     }
 }

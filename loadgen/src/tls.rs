@@ -167,6 +167,7 @@ pub fn error_kind(e: &std::io::Error) -> Option<String> {
             "tls_bad_name".into()
         }
         E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "tls_expired".into(),
+        E::InvalidCertificate(C::BadSignature) => "tls_bad_signature".into(),
         E::InvalidCertificate(_) => "tls_bad_certificate".into(),
         E::AlertReceived(a) => format!("tls_alert_{a:?}").to_lowercase(),
         _ => "tls_handshake".into(),
@@ -183,6 +184,9 @@ pub fn explain(kind: &str) -> Option<&'static str> {
             "the server's certificate does not name the server (set --sni to a name it holds)"
         }
         "tls_expired" => "the server's certificate has expired",
+        "tls_bad_signature" => {
+            "the server's certificate does not verify against the CA in --ca (another CA of the same name?)"
+        }
         "tls_bad_certificate" => "the server's certificate was refused",
         "tls_handshake" => {
             "the TLS handshake failed (is the target speaking TLS? without --tls, drop it)"
@@ -261,8 +265,11 @@ pub fn generate_certs(dir: &Path, names: &[&str]) -> Result<CertSet> {
     let ca_key = KeyPair::generate().context("rcgen: CA key")?;
     let mut ca = CertificateParams::new(Vec::<String>::new()).context("rcgen: CA params")?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // A distinct name per CA, so that another run's CA is an unknown issuer, not a
+    // same-named CA whose signature fails.
+    let tag = crate::ws::XorShift::from_entropy().next_u64();
     ca.distinguished_name
-        .push(DnType::CommonName, "loadgen test CA");
+        .push(DnType::CommonName, format!("loadgen test CA {tag:016x}"));
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca.self_signed(&ca_key).context("rcgen: CA certificate")?;
     let key = KeyPair::generate().context("rcgen: leaf key")?;

@@ -15,10 +15,10 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::stream::{ClientRead, ClientStream, ClientWrite};
 use base64::Engine as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use crate::stream::{ClientRead, ClientStream, ClientWrite};
 
 /// The GUID of RFC 6455 §1.3 that the accept key is derived with.
 pub const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
