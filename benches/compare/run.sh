@@ -17,8 +17,11 @@
 # a 2-core machine they compete, so CPU per message is the comparable figure, not msgs/s.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-TLS_SCENARIOS="tls-rate-full-c8 tls-rate-resumed-c8 tls-bulk-8x64k idle-2000 tls-idle-2000"
-if [ "${1:-}" = --list-tls ]; then echo "$TLS_SCENARIOS"; exit 0; fi
+# The TLS section's scenarios, with the plaintext runs its table sets beside them.
+if [ "${1:-}" = --list-tls ]; then
+    echo "tls-rate-full-c8 tls-rate-resumed-c8 tls-bulk-8x64k bulk-8x64k tls-idle-2000 idle-2000"
+    exit 0
+fi
 OUT=${1:-target/compare}
 RUNS=${2:-3}
 DURATION=${3:-5s}
@@ -57,7 +60,7 @@ run() { # name, mode, scenario args...
     local name=$1 mode=$2; shift 2
     if [ -n "$ONLY" ] && ! [[ " $ONLY " == *" $name "* ]]; then return; fi
     local args=() set=("${gateways[@]}")
-    if [[ " $TLS_SCENARIOS " == *" $name "* ]]; then set=("${tls_gateways[@]}"); fi
+    if [[ $name == tls-* ]]; then set=("${tls_gateways[@]}"); fi
     for a in "${set[@]}"; do args+=("${a//MODE/$mode}"); done
     for i in $(seq 1 "$RUNS"); do
         echo "== $name run $i/$RUNS" >&2

@@ -101,11 +101,13 @@ def load(out):
         per_run[scenario].append(this)
         for s in d.get("skipped", []):
             runs[scenario].setdefault(f"(skipped: {s})", [])
-            SKIPPED.setdefault(s.split(":", 1)[0], s)
+            if scenario.startswith("tls-"):
+                SKIPPED.setdefault(s.split(":", 1)[0], s)
     return runs, per_run, machine
 
 
-# First skip reason seen per target name (the TLS table says why a column is empty).
+# First skip reason seen per target name in a TLS run (the TLS table says why a column is
+# empty).
 SKIPPED = {}
 
 

@@ -49,6 +49,7 @@ pub async fn with_tls_counts(
             resumption: t.resume,
             full_handshakes: now.full - b.full,
             resumed_handshakes: now.resumed - b.resumed,
+            negotiated: t.negotiated(),
         });
     }
     report

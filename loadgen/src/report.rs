@@ -186,6 +186,9 @@ pub struct TlsCounts {
     pub resumption: bool,
     pub full_handshakes: u64,
     pub resumed_handshakes: u64,
+    /// Protocol version and cipher suite negotiated (of the client's first handshake).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub negotiated: Option<String>,
 }
 
 impl Report {
@@ -276,11 +279,15 @@ impl Report {
         if let Some(t) = &self.tls {
             let _ = writeln!(
                 s,
-                "  tls: {} full + {} resumed handshakes (server name {}, resumption {})",
+                "  tls: {} full + {} resumed handshakes (server name {}, resumption {}{})",
                 t.full_handshakes,
                 t.resumed_handshakes,
                 t.sni,
-                if t.resumption { "on" } else { "off" }
+                if t.resumption { "on" } else { "off" },
+                t.negotiated
+                    .as_deref()
+                    .map(|n| format!(", {n}"))
+                    .unwrap_or_default()
             );
         }
         for l in &self.limits_hit {

@@ -43,6 +43,8 @@ pub struct TlsClient {
     pub resume: bool,
     full: AtomicU64,
     resumed: AtomicU64,
+    /// Protocol version and cipher suite of the first handshake ("TLSv1_3 TLS13_...").
+    negotiated: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for TlsClient {
@@ -101,6 +103,7 @@ impl TlsClient {
             resume: opts.resume,
             full: AtomicU64::new(0),
             resumed: AtomicU64::new(0),
+            negotiated: std::sync::OnceLock::new(),
         })
     }
 
@@ -112,13 +115,30 @@ impl TlsClient {
     /// Runs the handshake over `tcp` and counts it as full or resumed.
     pub async fn handshake(&self, tcp: TcpStream) -> std::io::Result<Tls> {
         let s = self.connector.connect(self.name.clone(), tcp).await?;
-        let c = if s.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed) {
+        let session = s.get_ref().1;
+        if self.negotiated.get().is_none() {
+            let v = session.protocol_version().map(|v| format!("{v:?}"));
+            let c = session
+                .negotiated_cipher_suite()
+                .map(|c| format!("{:?}", c.suite()));
+            let _ = self.negotiated.set(format!(
+                "{} {}",
+                v.unwrap_or_default(),
+                c.unwrap_or_default()
+            ));
+        }
+        let c = if session.handshake_kind() == Some(HandshakeKind::Resumed) {
             &self.resumed
         } else {
             &self.full
         };
         c.fetch_add(1, Ordering::Relaxed);
         Ok(s)
+    }
+
+    /// Protocol version and cipher suite of the first completed handshake.
+    pub fn negotiated(&self) -> Option<String> {
+        self.negotiated.get().cloned()
     }
 
     pub fn counts(&self) -> HandshakeCounts {

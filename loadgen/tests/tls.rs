@@ -145,6 +145,13 @@ async fn pingpong_over_wss_and_tls_tcp_with_ca() {
         let h = r.tls.as_ref().expect("a TLS run reports its handshakes");
         assert_eq!(h.full_handshakes + h.resumed_handshakes, 4, "{}", r.human());
         assert_eq!(h.sni, "echo.test");
+        assert!(
+            h.negotiated
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("TLSv1_3 TLS13_"),
+            "{h:?}"
+        );
         let snis = t.snis.lock().unwrap().clone();
         assert_eq!(snis.len(), 4);
         assert!(
