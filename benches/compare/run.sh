@@ -10,6 +10,7 @@
 #   bash benches/compare/run.sh [OUT=target/compare] [RUNS=3] [DURATION=5s]
 #   ONLY="rate-c32 storm-5000" bash benches/compare/run.sh ...   # a subset of scenarios
 #   ONLY="$(bash benches/compare/run.sh --list-tls)" bash benches/compare/run.sh ...  # TLS only
+#   RW=../other/target/release/ringway bash benches/compare/run.sh ...  # another ringway build
 #
 # Needs: cargo build --release --workspace. Installs haproxy, nginx and nginx's stream module
 # with apt-get when they are missing and it can (root); peers that are still missing are
@@ -27,7 +28,8 @@ RUNS=${2:-3}
 DURATION=${3:-5s}
 ONLY=${ONLY:-}
 mkdir -p "$OUT"
-RW=target/release/ringway
+# RW=path/to/ringway measures another build (for example a branch's) in ringway's columns.
+RW=${RW:-target/release/ringway}
 LG=target/release/loadgen
 [ -x "$RW" ] && [ -x "$LG" ] || { echo "build first: cargo build --release --workspace" >&2; exit 2; }
 

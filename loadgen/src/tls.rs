@@ -43,7 +43,8 @@ pub struct TlsClient {
     pub resume: bool,
     full: AtomicU64,
     resumed: AtomicU64,
-    /// Protocol version and cipher suite of the first handshake ("TLSv1_3 TLS13_...").
+    /// Protocol version, cipher suite and key exchange of the first handshake
+    /// ("TLSv1_3 TLS13_AES_256_GCM_SHA384 X25519").
     negotiated: std::sync::OnceLock<String>,
 }
 
@@ -121,10 +122,14 @@ impl TlsClient {
             let c = session
                 .negotiated_cipher_suite()
                 .map(|c| format!("{:?}", c.suite()));
+            let g = session
+                .negotiated_key_exchange_group()
+                .map(|g| format!("{:?}", g.name()));
             let _ = self.negotiated.set(format!(
-                "{} {}",
+                "{} {} {}",
                 v.unwrap_or_default(),
-                c.unwrap_or_default()
+                c.unwrap_or_default(),
+                g.unwrap_or_default()
             ));
         }
         let c = if session.handshake_kind() == Some(HandshakeKind::Resumed) {
@@ -136,7 +141,7 @@ impl TlsClient {
         Ok(s)
     }
 
-    /// Protocol version and cipher suite of the first completed handshake.
+    /// Protocol version, cipher suite and key exchange group of the first completed handshake.
     pub fn negotiated(&self) -> Option<String> {
         self.negotiated.get().cloned()
     }

@@ -369,6 +369,11 @@ async fn compare_tls_peers_forward() {
             assert!(t.report.messages > 0, "{what}: {}", t.report.human());
             let h = t.report.tls.as_ref().unwrap();
             assert!(h.full_handshakes + h.resumed_handshakes > 0, "{what}");
+            // Every peer speaks TLS 1.3 (nginx 1.22 needs ssl_protocols for it).
+            assert!(
+                h.negotiated.as_deref().unwrap_or("").starts_with("TLSv1_3"),
+                "{what}: {h:?}"
+            );
             if kind == Kind::Rate {
                 assert_eq!(
                     h.full_handshakes + h.resumed_handshakes,
