@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Reproduces docs/benchmarks.md: `loadgen compare` for each scenario of issues 3 and 14,
 # direct vs ringway (io_uring and epoll) vs HAProxy vs HAProxy with splice-auto vs nginx,
-# RUNS times each, JSON per run into OUT. Then
+# RUNS times each, JSON per run into OUT; then issue 13's TLS section (the tls-* scenarios:
+# every gateway terminates TLS with one certificate made for the run; HAProxy `bind ... ssl
+# crt`, nginx `listen ... ssl`, ringway `--tls-cert/--tls-key`, skipped with the reason
+# while the ringway binary has no --tls-cert). Then
 # `python3 benches/compare/summarize.py OUT --goals` prints the tables (medians and spread).
 #
 #   bash benches/compare/run.sh [OUT=target/compare] [RUNS=3] [DURATION=5s]
 #   ONLY="rate-c32 storm-5000" bash benches/compare/run.sh ...   # a subset of scenarios
+#   ONLY="$(bash benches/compare/run.sh --list-tls)" bash benches/compare/run.sh ...  # TLS only
+#   RW=../other/target/release/ringway bash benches/compare/run.sh ...  # another ringway build
 #
 # Needs: cargo build --release --workspace. Installs haproxy, nginx and nginx's stream module
 # with apt-get when they are missing and it can (root); peers that are still missing are
@@ -13,12 +18,18 @@
 # a 2-core machine they compete, so CPU per message is the comparable figure, not msgs/s.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# The TLS section's scenarios, with the plaintext runs its table sets beside them.
+if [ "${1:-}" = --list-tls ]; then
+    echo "tls-rate-full-c8 tls-rate-resumed-c8 tls-bulk-8x64k bulk-8x64k tls-idle-2000 idle-2000"
+    exit 0
+fi
 OUT=${1:-target/compare}
 RUNS=${2:-3}
 DURATION=${3:-5s}
 ONLY=${ONLY:-}
 mkdir -p "$OUT"
-RW=target/release/ringway
+# RW=path/to/ringway measures another build (for example a branch's) in ringway's columns.
+RW=${RW:-target/release/ringway}
 LG=target/release/loadgen
 [ -x "$RW" ] && [ -x "$LG" ] || { echo "build first: cargo build --release --workspace" >&2; exit 2; }
 
@@ -40,11 +51,19 @@ gateways=(
     --peer haproxy --peer haproxy-splice --peer nginx
 )
 
+# TLS: no splice peer (HAProxy cannot splice what it decrypts); ringway with its quick form.
+tls_gateways=(
+    --gateway-cmd "$RW run --admin '' --io uring --listen {LISTEN} --backend {BACKENDS} --mode MODE --tls-cert {CERT} --tls-key {KEY}" --name ringway-uring
+    --gateway-cmd "$RW run --admin '' --io epoll --listen {LISTEN} --backend {BACKENDS} --mode MODE --tls-cert {CERT} --tls-key {KEY}" --name ringway-epoll
+    --peer haproxy --peer nginx
+)
+
 run() { # name, mode, scenario args...
     local name=$1 mode=$2; shift 2
     if [ -n "$ONLY" ] && ! [[ " $ONLY " == *" $name "* ]]; then return; fi
-    local args=()
-    for a in "${gateways[@]}"; do args+=("${a//MODE/$mode}"); done
+    local args=() set=("${gateways[@]}")
+    if [[ $name == tls-* ]]; then set=("${tls_gateways[@]}"); fi
+    for a in "${set[@]}"; do args+=("${a//MODE/$mode}"); done
     for i in $(seq 1 "$RUNS"); do
         echo "== $name run $i/$RUNS" >&2
         "$LG" compare "$@" "${args[@]}" --json > "$OUT/$name.$i.json"
@@ -63,4 +82,13 @@ run pingpong-r5k-100x64 http --scenario pingpong --conns 100 --size 64 --rate 50
 run idle-9000 http --scenario idle --conns 9000 --hold "$DURATION"
 run bulk-8x64k http --scenario bulk --conns 8 --frame 65536 --duration "$DURATION"
 run tcp-pingpong-100x64 tcp --scenario pingpong --proto tcp --conns 100 --size 64 --duration "$DURATION"
+# Issue 13, TLS. rate: CPU per full handshake (--no-resume) and per resumed one (the first
+# handshake of each client loop is full, the rest resume; the JSON counts both). bulk: CPU per
+# MB over TLS. idle: RSS per idle TLS WebSocket beside the same count in plaintext (2,000:
+# short runs on a shared machine).
+run tls-rate-full-c8 http --scenario rate --tls --no-resume --concurrency 8 --duration "$DURATION"
+run tls-rate-resumed-c8 http --scenario rate --tls --concurrency 8 --duration "$DURATION"
+run tls-bulk-8x64k http --scenario bulk --tls --conns 8 --frame 65536 --duration "$DURATION"
+run idle-2000 http --scenario idle --conns 2000 --hold "$DURATION"
+run tls-idle-2000 http --scenario idle --tls --conns 2000 --hold "$DURATION"
 python3 benches/compare/summarize.py "$OUT" --goals

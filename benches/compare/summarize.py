@@ -3,6 +3,7 @@
 
     python3 benches/compare/summarize.py OUT            # one table per scenario
     python3 benches/compare/summarize.py OUT --goals    # plus issue 14's goals table
+    python3 benches/compare/summarize.py OUT --tls      # issue 13's TLS table only
 
 Per scenario and target: the median of each figure over the runs and its spread (min-max).
 Figures against direct (throughput ratio, added p50 latency) and between gateways (CPU
@@ -18,7 +19,8 @@ from collections import defaultdict
 
 
 def kind_of(scenario):
-    return scenario.split("-")[0]
+    """rate-c32 -> rate; tls-rate-full-c8 -> rate."""
+    return scenario.removeprefix("tls-").split("-")[0]
 
 
 def thr(report, scenario):
@@ -51,7 +53,16 @@ def fig(report, cost, scenario, direct):
         "established": report.get("established"),
         "established_s": report.get("established_s"),
         "errors": report.get("errors", 0),
+        "resumed_share": resumed_share(report),
     }
+
+
+def resumed_share(report):
+    t = report.get("tls")
+    if not t:
+        return None
+    n = t["full_handshakes"] + t["resumed_handshakes"]
+    return t["resumed_handshakes"] / n if n else None
 
 
 def med(vals):
@@ -90,7 +101,14 @@ def load(out):
         per_run[scenario].append(this)
         for s in d.get("skipped", []):
             runs[scenario].setdefault(f"(skipped: {s})", [])
+            if scenario.startswith("tls-"):
+                SKIPPED.setdefault(s.split(":", 1)[0], s)
     return runs, per_run, machine
+
+
+# First skip reason seen per target name in a TLS run (the TLS table says why a column is
+# empty).
+SKIPPED = {}
 
 
 def tables(runs):
@@ -180,6 +198,61 @@ def goals(runs, per_run):
     print()
 
 
+# Issue 13's TLS table: (label, scenario, figure, scale, digits).
+TLS_ROWS = [
+    ("CPU µs per full handshake (rate, 8 parallel, --no-resume)", "tls-rate-full-c8", "cpu", 1, 1),
+    ("CPU µs per handshake, resumption on (rate, 8 parallel)", "tls-rate-resumed-c8", "cpu", 1, 1),
+    ("  share of those handshakes resumed, %", "tls-rate-resumed-c8", "resumed_share", 100, 0),
+    ("CPU µs per MB over TLS (bulk 8 × 64 KiB)", "tls-bulk-8x64k", "cpu", 1, 0),
+    ("CPU µs per MB in plaintext (bulk 8 × 64 KiB)", "bulk-8x64k", "cpu", 1, 0),
+    ("RSS per idle TLS WebSocket (2,000 held), B", "tls-idle-2000", "rss", 1, 0),
+    ("RSS per idle plaintext WebSocket (2,000 held), B", "idle-2000", "rss", 1, 0),
+]
+TLS_TARGETS = ["ringway-uring", "ringway-epoll", "haproxy", "nginx"]
+
+
+def tls_table(runs, per_run):
+    if not any(s.startswith("tls-") for s in runs):
+        return
+    print("### TLS (issue 13)\n")
+    print("| measure | " + " | ".join(TLS_TARGETS) + " |")
+    print("|---|" + "---|" * len(TLS_TARGETS))
+    for label, scenario, key, scale, digits in TLS_ROWS:
+        cells = []
+        for t in TLS_TARGETS:
+            m = med([None if f[key] is None else f[key] * scale
+                     for f in runs.get(scenario, {}).get(t, [])])
+            cells.append(fmt(*m, digits))
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    # TLS idle RSS ÷ plaintext idle RSS, per target (medians of each: different runs).
+    cells = []
+    for t in TLS_TARGETS:
+        a = med([f["rss"] for f in runs.get("tls-idle-2000", {}).get(t, [])])[0]
+        b = med([f["rss"] for f in runs.get("idle-2000", {}).get(t, [])])[0]
+        cells.append(f"{a / b:.2f}" if a is not None and b else "-")
+    print("| RSS per idle WebSocket, TLS ÷ plaintext | " + " | ".join(cells) + " |")
+    print("\n#### ringway io_uring ÷ HAProxy, within each run\n")
+    print("| measure | ÷ HAProxy | goal |")
+    print("|---|---|---|")
+    for label, scenario, goal in [
+        ("CPU per full handshake", "tls-rate-full-c8", "≤ 0.7"),
+        ("CPU per MB over TLS", "tls-bulk-8x64k", "≤ 1"),
+    ]:
+        vals = []
+        for r in per_run.get(scenario, []):
+            a = (r.get("ringway-uring") or {}).get("cpu")
+            b = (r.get("haproxy") or {}).get("cpu")
+            if a is not None and b:
+                vals.append(a / b)
+        print(f"| {label} | {fmt(*med(vals), 2)} | {goal} |")
+    print()
+    for t in TLS_TARGETS:
+        if t.startswith("ringway") and not any(runs.get(s, {}).get(t) for s in runs
+                                               if s.startswith("tls-")):
+            why = SKIPPED.get(t, "not in these runs")
+            print(f"{t}: no TLS figures ({why.split(': ', 1)[-1]}).\n")
+
+
 def main(argv):
     args = [a for a in argv if not a.startswith("--")]
     out = args[0] if args else "target/compare"
@@ -187,8 +260,12 @@ def main(argv):
     if machine:
         print(f"Machine: {machine.get('nproc')} CPUs ({machine.get('cpu_model')}), "
               f"kernel {machine.get('kernel')}\n")
+    if "--tls" in argv:
+        tls_table(runs, per_run)
+        return
     if "--goals" in argv:
         goals(runs, per_run)
+        tls_table(runs, per_run)
     tables(runs)
 
 

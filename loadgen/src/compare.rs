@@ -25,6 +25,7 @@ use crate::backend::{spawn_backend, Mode};
 use crate::procstat;
 use crate::report::{fmt_us, Latency, Machine, Report};
 use crate::scenario::{self, Kind, Proto, RunConfig};
+use crate::tls::{CertSet, TlsClient, TlsOptions};
 use crate::ws::WsClient;
 
 /// A gateway to measure: a display name and a shell command with `{LISTEN}` and
@@ -78,21 +79,63 @@ pub struct CompareConfig {
     pub backends: usize,
     /// How long a gateway may take to start answering.
     pub startup_timeout: Duration,
+    /// `--tls`: every gateway terminates TLS with one certificate made for this run (the
+    /// echo backends and the direct run stay plaintext).
+    pub tls: Option<TlsCompare>,
 }
 
-/// The default ringway command for a protocol, if the release binary exists.
-pub fn default_gateway(proto: Proto) -> Option<GatewaySpec> {
+#[derive(Debug, Clone, Copy)]
+pub struct TlsCompare {
+    /// Offer session resumption (else every handshake is full).
+    pub resume: bool,
+}
+
+/// The name the run-time certificate is made for, and that clients verify.
+pub const TLS_NAME: &str = "localhost";
+
+/// What `compare --tls` says when the ringway binary cannot terminate TLS.
+pub const RINGWAY_NO_TLS: &str = "this ringway binary has no --tls-cert: TLS termination \
+     (issue 13, branch `tls`) is not merged yet, so ringway's TLS column stays empty";
+
+/// The default ringway command for a protocol (with its TLS quick form under `--tls`), if
+/// the release binary exists.
+pub fn default_gateway(proto: Proto, tls: bool) -> Option<GatewaySpec> {
     let bin = "target/release/ringway";
     Path::new(bin).exists().then(|| GatewaySpec {
         name: "ringway".into(),
         cmd: format!(
-            "{bin} run --admin '' --listen {{LISTEN}} --backend {{BACKENDS}} --mode {}",
+            "{bin} run --admin '' --listen {{LISTEN}} --backend {{BACKENDS}} --mode {}{}",
             match proto {
                 Proto::Ws => "http",
                 Proto::Tcp => "tcp",
+            },
+            if tls {
+                " --tls-cert {CERT} --tls-key {KEY}"
+            } else {
+                ""
             }
         ),
     })
+}
+
+/// Whether a gateway command runs ringway.
+pub fn is_ringway(cmd: &str) -> bool {
+    default_name(cmd, 0) == "ringway"
+}
+
+/// Whether the ringway binary a command starts knows `--tls-cert` (asks its `run --help`).
+/// Nothing is guessed: no flag in the help, no TLS run.
+pub fn ringway_has_tls(cmd: &str) -> bool {
+    let Some(prog) = cmd.split_whitespace().next() else {
+        return false;
+    };
+    Command::new(prog)
+        .args(["run", "--help"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("--tls-cert"))
+        .unwrap_or(false)
 }
 
 /// A name for a command: "ringway" when it runs ringway, else the program's file name.
@@ -157,6 +200,9 @@ pub struct CompareResult {
     pub targets: Vec<TargetResult>,
     /// Targets that could not be measured, with the reason.
     pub skipped: Vec<String>,
+    /// With `--tls`: what the gateways terminated ("direct" stays plaintext).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
 }
 
 /// The headline throughput of a report.
@@ -198,6 +244,15 @@ fn units(kind: Kind, r: &Report) -> (&'static str, f64) {
 pub fn render(cmd: &str, listen: &str, backends: &str) -> String {
     cmd.replace("{LISTEN}", listen)
         .replace("{BACKENDS}", backends)
+}
+
+/// Fills `{CERT}`, `{KEY}` (PEM files like a Kubernetes TLS Secret's), `{PEM}` (both in one
+/// file) and `{CA}`.
+pub fn render_tls(cmd: &str, c: &CertSet) -> String {
+    cmd.replace("{CERT}", &c.cert.display().to_string())
+        .replace("{KEY}", &c.key.display().to_string())
+        .replace("{PEM}", &c.combined.display().to_string())
+        .replace("{CA}", &c.ca.display().to_string())
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
@@ -309,8 +364,12 @@ impl Drop for GatewayProc {
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
+    /// A fresh directory: the process id and a per-process sequence number keep two
+    /// directories of the same tag (parallel runs in one process) apart.
     pub fn new(tag: &str) -> io::Result<TempDir> {
-        let p = std::env::temp_dir().join(format!("loadgen-{}-{tag}", std::process::id()));
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("loadgen-{}-{n}-{tag}", std::process::id()));
         std::fs::create_dir_all(&p)?;
         Ok(TempDir(p))
     }
@@ -344,6 +403,7 @@ pub fn haproxy_config(
     threads: usize,
     maxconn: u64,
     splice: bool,
+    tls: Option<&CertSet>,
 ) -> String {
     let mode = match proto {
         Proto::Ws => "http",
@@ -366,6 +426,14 @@ pub fn haproxy_config(
         );
         s = s.replace("    no log\n", "    no log\n    option splice-auto\n");
     }
+    if let Some(c) = tls {
+        // The certificate and key in one PEM; tickets and the session cache are HAProxy's
+        // defaults (on).
+        s = s.replace(
+            &format!("    bind {listen}\n"),
+            &format!("    bind {listen} ssl crt {}\n", c.combined.display()),
+        );
+    }
     for (i, b) in backends.iter().enumerate() {
         let _ = writeln!(s, "    server b{i} {b}");
     }
@@ -380,6 +448,7 @@ pub fn nginx_config(
     backends: &[String],
     dir: &Path,
     nofile: u64,
+    tls: Option<&CertSet>,
 ) -> String {
     let d = dir.display();
     let mut s = String::new();
@@ -409,6 +478,22 @@ pub fn nginx_config(
         .iter()
         .map(|b| format!("        server {b};\n"))
         .collect();
+    // `listen ... ssl` with the certificate; TLS 1.3 allowed (nginx 1.22's default stops at
+    // 1.2, which made it a different protocol from every other target); a shared session
+    // cache beside the (default on) tickets, as a production nginx would have.
+    let (ssl, ssl_conf) = match tls {
+        Some(c) => (
+            " ssl",
+            format!(
+                "        ssl_certificate {};\n        ssl_certificate_key {};\n\
+                 \x20       ssl_protocols TLSv1.2 TLSv1.3;\n\
+                 \x20       ssl_session_cache shared:SSL:10m;\n        ssl_session_tickets on;\n",
+                c.cert.display(),
+                c.key.display()
+            ),
+        ),
+        None => ("", String::new()),
+    };
     match proto {
         Proto::Ws => {
             let _ = write!(
@@ -417,7 +502,7 @@ pub fn nginx_config(
                  \x20   client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n\
                  \x20   fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n\
                  \x20   upstream be {{\n{servers}    }}\n\
-                 \x20   server {{\n        listen {listen};\n        location / {{\n\
+                 \x20   server {{\n        listen {listen}{ssl};\n{ssl_conf}        location / {{\n\
                  \x20           proxy_pass http://be;\n            proxy_http_version 1.1;\n\
                  \x20           proxy_set_header Upgrade $http_upgrade;\n\
                  \x20           proxy_set_header Connection \"upgrade\";\n\
@@ -429,16 +514,48 @@ pub fn nginx_config(
             let _ = write!(
                 s,
                 "stream {{\n    upstream be {{\n{servers}    }}\n\
-                 \x20   server {{\n        listen {listen};\n        proxy_pass be;\n        proxy_timeout 1h;\n    }}\n}}\n"
+                 \x20   server {{\n        listen {listen}{ssl};\n{ssl_conf}        proxy_pass be;\n        proxy_timeout 1h;\n    }}\n}}\n"
             );
         }
     }
     s
 }
 
-/// Checks that a target forwards: one WebSocket echo or one TCP echo, bounded by `timeout`.
-pub async fn probe(addr: std::net::SocketAddr, proto: Proto, timeout: Duration) -> Result<()> {
+/// Checks that a target forwards: one WebSocket echo or one TCP echo (over TLS with
+/// `tls`), bounded by `timeout`.
+pub async fn probe(
+    addr: std::net::SocketAddr,
+    proto: Proto,
+    tls: Option<&TlsClient>,
+    timeout: Duration,
+) -> Result<()> {
     let fut = async {
+        if let Some(t) = tls {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let mut s = crate::stream::ClientStream::Tls(Box::new(t.handshake(tcp).await?));
+            match proto {
+                Proto::Ws => {
+                    let host = format!("{TLS_NAME}:{}", addr.port());
+                    let (mut c, _) = WsClient::handshake(s, &host, "/", &[]).await?;
+                    c.send_binary(b"probe").await?;
+                    let mut out = Vec::new();
+                    c.recv_into(&mut out).await?;
+                    if out != b"probe" {
+                        bail!("wrong echo");
+                    }
+                }
+                Proto::Tcp => {
+                    s.write_all(b"probe").await?;
+                    s.flush().await?;
+                    let mut b = [0u8; 5];
+                    s.read_exact(&mut b).await?;
+                    if &b != b"probe" {
+                        bail!("wrong echo");
+                    }
+                }
+            }
+            return Ok(());
+        }
         match proto {
             Proto::Ws => {
                 let (mut c, _) = WsClient::connect(&addr.to_string(), "/", &[]).await?;
@@ -470,6 +587,7 @@ async fn wait_ready(
     gw: &mut GatewayProc,
     addr: std::net::SocketAddr,
     proto: Proto,
+    tls: Option<&TlsClient>,
     limit: Duration,
 ) -> Result<()> {
     let until = Instant::now() + limit;
@@ -481,7 +599,7 @@ async fn wait_ready(
                 gw.log_tail()
             );
         }
-        match probe(addr, proto, Duration::from_secs(2)).await {
+        match probe(addr, proto, tls, Duration::from_secs(2)).await {
             Ok(()) => return Ok(()),
             Err(e) => last = e,
         }
@@ -524,6 +642,25 @@ pub async fn run_compare(cfg: &CompareConfig, note: &dyn Fn(&str)) -> Result<Com
         backends: backend_addrs.clone(),
         targets: vec![],
         skipped: vec![],
+        tls: None,
+    };
+    // One certificate for every gateway, made now, removed with the directory.
+    let cert_dir = TempDir::new("tls")?;
+    let certs = match cfg.tls {
+        None => None,
+        Some(t) => {
+            let c = crate::tls::generate_certs(&cert_dir.0, &[TLS_NAME, "127.0.0.1"])?;
+            result.tls = Some(format!(
+                "gateways terminate TLS (rustls client, ECDSA P-256 certificate for {TLS_NAME}, \
+                 resumption {}); direct is plaintext to the echo backend",
+                if t.resume { "on" } else { "off" }
+            ));
+            note(&format!(
+                "TLS certificate for {TLS_NAME} in {}",
+                cert_dir.0.display()
+            ));
+            Some(c)
+        }
     };
 
     note(&format!("direct → {}", backends[0].addr));
@@ -573,7 +710,30 @@ pub async fn run_compare(cfg: &CompareConfig, note: &dyn Fn(&str)) -> Result<Com
         let addr: std::net::SocketAddr = listen.parse()?;
         let dir = TempDir::new(&spec.name)?;
         let cmd = match peer {
-            None => render(&spec.cmd, &listen, &backends_arg),
+            None => {
+                let cmd = render(&spec.cmd, &listen, &backends_arg);
+                match &certs {
+                    None => cmd,
+                    Some(c) => {
+                        if is_ringway(&cmd) && !ringway_has_tls(&cmd) {
+                            let msg = format!("{}: {RINGWAY_NO_TLS}", spec.name);
+                            note(&msg);
+                            result.skipped.push(msg);
+                            continue;
+                        }
+                        if !spec.cmd.contains("{CERT}") && !spec.cmd.contains("{PEM}") {
+                            let msg = format!(
+                                "{}: with --tls a --gateway-cmd needs {{CERT}} and {{KEY}} (or {{PEM}})",
+                                spec.name
+                            );
+                            note(&msg);
+                            result.skipped.push(msg);
+                            continue;
+                        }
+                        render_tls(&cmd, c)
+                    }
+                }
+            }
             Some(p @ (Peer::Haproxy | Peer::HaproxySplice)) => {
                 let threads = result.machine.nproc;
                 let splice = p == Peer::HaproxySplice;
@@ -588,6 +748,7 @@ pub async fn run_compare(cfg: &CompareConfig, note: &dyn Fn(&str)) -> Result<Com
                         threads,
                         maxconn,
                         splice,
+                        certs.as_ref(),
                     ),
                 )?;
                 format!("exec {} -f {} -db", Peer::Haproxy.binary(), cfgp.display())
@@ -600,6 +761,7 @@ pub async fn run_compare(cfg: &CompareConfig, note: &dyn Fn(&str)) -> Result<Com
                     &backend_addrs,
                     &dir.0,
                     result.machine.nofile_hard,
+                    certs.as_ref(),
                 );
                 std::fs::write(&cfgp, conf)?;
                 format!(
@@ -612,7 +774,28 @@ pub async fn run_compare(cfg: &CompareConfig, note: &dyn Fn(&str)) -> Result<Com
         };
         note(&format!("{} → {listen}: {cmd}", spec.name));
         let mut gw = GatewayProc::spawn(&cmd, dir.0.join("gateway.log"))?;
-        if let Err(e) = wait_ready(&mut gw, addr, cfg.run.proto, cfg.startup_timeout).await {
+        // A fresh client per gateway: no session of one is offered to the next.
+        let tls = match (&certs, cfg.tls) {
+            (Some(c), Some(t)) => Some(std::sync::Arc::new(TlsClient::new(
+                &TlsOptions {
+                    ca: Some(c.ca.clone()),
+                    insecure: false,
+                    sni: Some(TLS_NAME.into()),
+                    resume: t.resume,
+                },
+                TLS_NAME,
+            )?)),
+            _ => None,
+        };
+        if let Err(e) = wait_ready(
+            &mut gw,
+            addr,
+            cfg.run.proto,
+            tls.as_deref(),
+            cfg.startup_timeout,
+        )
+        .await
+        {
             let msg = format!("{}: {e:#}", spec.name);
             note(&msg);
             result.skipped.push(msg);
@@ -624,7 +807,11 @@ pub async fn run_compare(cfg: &CompareConfig, note: &dyn Fn(&str)) -> Result<Com
         let cpu0 = procstat::tree_cpu_time(pid);
         let mut run = cfg.run.clone();
         run.target = addr;
-        run.host = listen.clone();
+        run.host = match &tls {
+            Some(_) => format!("{TLS_NAME}:{port}"),
+            None => listen.clone(),
+        };
+        run.tls = tls;
         let (report, rss_hold) = scenario_run(cfg.kind, &run, Some(pid)).await;
         let cpu = procstat::tree_cpu_time(pid).saturating_sub(cpu0);
         let rss_end = rss_hold.unwrap_or_else(|| procstat::tree_rss_bytes(pid));
@@ -665,8 +852,13 @@ async fn scenario_run(kind: Kind, run: &RunConfig, gw: Option<i32>) -> (Report, 
     let cell = Cell::new(None);
     let rep = match (kind, gw) {
         (Kind::Idle, Some(pid)) => {
-            scenario::idle::run_with_probe(run, || cell.set(Some(procstat::tree_rss_bytes(pid))))
-                .await
+            crate::with_tls_counts(
+                run,
+                scenario::idle::run_with_probe(run, || {
+                    cell.set(Some(procstat::tree_rss_bytes(pid)))
+                }),
+            )
+            .await
         }
         _ => crate::run_scenario(kind, run).await,
     };
@@ -728,6 +920,9 @@ pub fn human(r: &CompareResult) -> String {
         r.backends.len()
     );
     let _ = writeln!(s, "{}", r.machine.human());
+    if let Some(t) = &r.tls {
+        let _ = writeln!(s, "tls: {t}");
+    }
     let cost_col = match r.scenario {
         Kind::Pingpong => "CPU µs/msg",
         Kind::Rate => "CPU µs/hs",
@@ -800,6 +995,21 @@ pub fn human(r: &CompareResult) -> String {
             );
         }
     }
+    for t in &r.targets {
+        if let Some(h) = &t.report.tls {
+            let _ = writeln!(
+                s,
+                "tls ({}): {} full + {} resumed handshakes{}",
+                t.name,
+                h.full_handshakes,
+                h.resumed_handshakes,
+                h.negotiated
+                    .as_deref()
+                    .map(|n| format!(", {n}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
     for k in &r.skipped {
         let _ = writeln!(s, "skipped: {k}");
     }
@@ -844,7 +1054,7 @@ mod tests {
     #[test]
     fn peer_configs_have_the_required_settings() {
         let b = vec!["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()];
-        let h = haproxy_config(Proto::Ws, "127.0.0.1:9", &b, 4, 9000, false);
+        let h = haproxy_config(Proto::Ws, "127.0.0.1:9", &b, 4, 9000, false, None);
         for needle in [
             "nbthread 4",
             "mode http",
@@ -857,9 +1067,9 @@ mod tests {
         }
         assert!(!h.contains("\nlog") && !h.contains("    log "));
         assert!(!h.contains("splice"));
-        assert!(haproxy_config(Proto::Tcp, "x", &b, 1, 1, false).contains("mode tcp"));
+        assert!(haproxy_config(Proto::Tcp, "x", &b, 1, 1, false, None).contains("mode tcp"));
         for proto in [Proto::Ws, Proto::Tcp] {
-            let s = haproxy_config(proto, "127.0.0.1:9", &b, 2, 9000, true);
+            let s = haproxy_config(proto, "127.0.0.1:9", &b, 2, 9000, true, None);
             let defaults = s.split("frontend").next().unwrap();
             assert!(
                 defaults.contains("    option splice-auto\n"),
@@ -875,7 +1085,14 @@ mod tests {
             assert!(2 * m + 2 * pipes + 50 <= 20_000, "maxconn {m}");
             assert!(m >= 9_000, "maxconn {m}");
         }
-        let n = nginx_config(Proto::Ws, "127.0.0.1:9", &b, Path::new("/tmp/x"), 20000);
+        let n = nginx_config(
+            Proto::Ws,
+            "127.0.0.1:9",
+            &b,
+            Path::new("/tmp/x"),
+            20000,
+            None,
+        );
         for needle in [
             "worker_processes auto;",
             "daemon off;",
@@ -892,8 +1109,45 @@ mod tests {
             assert!(n.contains(needle), "nginx config lacks {needle}:\n{n}");
         }
         assert!(n.contains("worker_connections 19900;"), "{n}");
-        let t = nginx_config(Proto::Tcp, "127.0.0.1:9", &b, Path::new("/tmp/x"), 20000);
+        let t = nginx_config(
+            Proto::Tcp,
+            "127.0.0.1:9",
+            &b,
+            Path::new("/tmp/x"),
+            20000,
+            None,
+        );
         assert!(t.contains("stream {") && !t.contains("http {"));
+    }
+
+    #[test]
+    fn tls_peer_configs_terminate_with_the_run_certificate() {
+        let dir = TempDir::new("tlsconf").unwrap();
+        let c = crate::tls::generate_certs(&dir.0, &[TLS_NAME, "127.0.0.1"]).unwrap();
+        let b = vec!["127.0.0.1:1".to_string()];
+        for proto in [Proto::Ws, Proto::Tcp] {
+            let h = haproxy_config(proto, "127.0.0.1:9", &b, 2, 9000, false, Some(&c));
+            let bind = format!("bind 127.0.0.1:9 ssl crt {}\n", c.combined.display());
+            assert!(h.contains(&bind), "{h}");
+            let n = nginx_config(proto, "127.0.0.1:9", &b, &dir.0, 20000, Some(&c));
+            for needle in [
+                "listen 127.0.0.1:9 ssl;".to_string(),
+                format!("ssl_certificate {};", c.cert.display()),
+                format!("ssl_certificate_key {};", c.key.display()),
+                "ssl_session_cache shared:SSL:10m;".to_string(),
+                "ssl_protocols TLSv1.2 TLSv1.3;".to_string(),
+            ] {
+                assert!(n.contains(&needle), "nginx lacks {needle}:\n{n}");
+            }
+        }
+        let pem = std::fs::read_to_string(&c.combined).unwrap();
+        assert!(pem.contains("BEGIN CERTIFICATE") && pem.contains("PRIVATE KEY"));
+        let cmd = render_tls("rw --tls-cert {CERT} --tls-key {KEY} --ca {CA}", &c);
+        assert!(!cmd.contains('{'), "{cmd}");
+        assert!(is_ringway("target/release/ringway run") && !is_ringway("haproxy -f x"));
+        assert!(
+            default_gateway(Proto::Ws, true).is_none_or(|g| g.cmd.contains("--tls-cert {CERT}"))
+        );
     }
 
     #[test]

@@ -98,6 +98,9 @@ fn set_bind_no_port(sock: &TcpSocket) {
 /// A short stable name for an I/O error: the errno name for the limits that matter,
 /// the error kind otherwise.
 pub fn io_error_kind(e: &io::Error) -> String {
+    if let Some(k) = crate::tls::error_kind(e) {
+        return k;
+    }
     if let Some(code) = e.raw_os_error() {
         if let Some(name) = errno_name(code) {
             return name.to_string();

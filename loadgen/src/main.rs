@@ -86,6 +86,40 @@ struct ScenarioArgs {
     /// Draw the latency distribution as SVG into this file.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// TLS flags, for every scenario and for compare.
+#[derive(Args, Debug, Clone, Default)]
+struct TlsArgs {
+    /// Speak TLS to the target: `wss://` with --proto ws, TLS raw TCP with --proto tcp.
+    #[arg(long)]
+    tls: bool,
+    /// PEM file of the CA that signed the target's certificate (with --tls).
+    #[arg(long, requires = "tls", conflicts_with = "insecure")]
+    ca: Option<std::path::PathBuf>,
+    /// Accept any certificate (with --tls; signatures are still checked).
+    #[arg(long, requires = "tls")]
+    insecure: bool,
+    /// Server name to send and verify (default: the --target host).
+    #[arg(long, requires = "tls")]
+    sni: Option<String>,
+    /// Turn session resumption off: every handshake is a full one (rate and storm then
+    /// measure CPU per full handshake; with resumption, per resumed one).
+    #[arg(long, requires = "tls")]
+    no_resume: bool,
+}
+
+impl TlsArgs {
+    fn options(&self) -> Option<loadgen::tls::TlsOptions> {
+        self.tls.then(|| loadgen::tls::TlsOptions {
+            ca: self.ca.clone(),
+            insecure: self.insecure,
+            sni: self.sni.clone(),
+            resume: !self.no_resume,
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -146,8 +180,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v * mult))
 }
 
-fn run_config(a: &ScenarioArgs, kind: Kind, target: SocketAddr, live: Arc<Live>) -> RunConfig {
+fn run_config(
+    a: &ScenarioArgs,
+    kind: Kind,
+    target: SocketAddr,
+    live: Arc<Live>,
+) -> Result<RunConfig> {
     let mut c = RunConfig::new(target, a.proto);
+    if let Some(o) = a.tls.options() {
+        c.tls = Some(Arc::new(loadgen::tls::TlsClient::new(&o, &a.target)?));
+    }
     c.path = a.path.clone();
     c.host = a.target.clone();
     c.conns = a.conns.unwrap_or(match kind {
@@ -168,7 +210,7 @@ fn run_config(a: &ScenarioArgs, kind: Kind, target: SocketAddr, live: Arc<Live>)
     c.frame = a.frame;
     c.connect_timeout = a.connect_timeout;
     c.live = live;
-    c.clamp()
+    Ok(c.clamp())
 }
 
 /// A progress line on stderr for runs longer than 3 s, only on a terminal. Returns a
@@ -228,7 +270,10 @@ async fn scenario_cmd(kind: Kind, a: ScenarioArgs) -> Result<()> {
     }
     let target = resolve(&a.target).await?;
     let live = Arc::new(Live::default());
-    let cfg = run_config(&a, kind, target, live.clone());
+    let cfg = run_config(&a, kind, target, live.clone())?;
+    if cfg.tls.is_some() {
+        tls_preflight(&cfg).await?;
+    }
     let expected = match kind {
         Kind::Idle => cfg.hold + cfg.duration.min(Duration::from_secs(1)),
         Kind::Storm => cfg.hold + cfg.duration,
@@ -254,6 +299,21 @@ async fn scenario_cmd(kind: Kind, a: ScenarioArgs) -> Result<()> {
         }
     }
     print_report(&report, a.json)
+}
+
+/// One connection before the run, so that a TLS setup error (wrong CA, wrong name, not a
+/// TLS port) is one clear message instead of a run of identical failures.
+async fn tls_preflight(cfg: &RunConfig) -> Result<()> {
+    match loadgen::scenario::Conn::open(cfg, 0).await {
+        Ok(c) => {
+            c.close().await;
+            Ok(())
+        }
+        Err(e) => match loadgen::tls::explain(&e.0) {
+            Some(why) => bail!("TLS handshake with {} failed ({}): {why}", cfg.host, e.0),
+            None => bail!("connecting to {} over TLS failed: {}", cfg.host, e.0),
+        },
+    }
 }
 
 fn print_report(report: &Report, json: bool) -> Result<()> {
@@ -289,7 +349,12 @@ async fn compare_cmd(a: CompareArgs) -> Result<()> {
     let s = &a.scenario_args;
     let live = Arc::new(Live::default());
     // The target is replaced per run; any address will do here.
-    let mut run = run_config(s, a.scenario, "127.0.0.1:1".parse()?, live);
+    if s.tls.ca.is_some() || s.tls.insecure || s.tls.sni.is_some() {
+        bail!("compare --tls makes its own CA and certificate (for localhost): drop --ca/--insecure/--sni");
+    }
+    let mut plain = s.clone();
+    plain.tls = TlsArgs::default();
+    let mut run = run_config(&plain, a.scenario, "127.0.0.1:1".parse()?, live)?;
     run.host = String::new();
     let mut gateways: Vec<GatewaySpec> = a
         .gateway_cmd
@@ -305,7 +370,7 @@ async fn compare_cmd(a: CompareArgs) -> Result<()> {
         })
         .collect();
     if gateways.is_empty() {
-        match compare::default_gateway(s.proto) {
+        match compare::default_gateway(s.proto, s.tls.tls) {
             Some(g) => gateways.push(g),
             None => eprintln!("note: no --gateway-cmd and no target/release/ringway: measuring direct and peers only"),
         }
@@ -320,6 +385,9 @@ async fn compare_cmd(a: CompareArgs) -> Result<()> {
         peers: a.peer.clone(),
         backends: a.backends.clamp(1, 64),
         startup_timeout: a.startup_timeout,
+        tls: s.tls.tls.then_some(compare::TlsCompare {
+            resume: !s.tls.no_resume,
+        }),
     };
     let quiet = s.json;
     let note = move |m: &str| {
@@ -423,11 +491,56 @@ mod tests {
             Kind::Storm,
             "127.0.0.1:1".parse().unwrap(),
             Arc::default(),
-        );
+        )
+        .unwrap();
         assert_eq!(rc.conns, 5000);
         assert_eq!(rc.hold, Duration::from_secs(1));
         let c = Cli::try_parse_from(["loadgen", "storm", "--conns", "7"]).unwrap();
         let Cmd::Storm(a) = c.cmd else { panic!() };
         assert_eq!(a.conns, Some(7));
+    }
+
+    #[test]
+    fn tls_flags_parse_and_are_checked() {
+        let c = Cli::try_parse_from([
+            "loadgen",
+            "rate",
+            "--tls",
+            "--insecure",
+            "--sni",
+            "a.example",
+            "--no-resume",
+        ])
+        .unwrap();
+        let Cmd::Rate(a) = c.cmd else { panic!() };
+        let o = a.tls.options().unwrap();
+        assert!(o.insecure && !o.resume);
+        assert_eq!(o.sni.as_deref(), Some("a.example"));
+        let rc = run_config(
+            &a,
+            Kind::Rate,
+            "127.0.0.1:1".parse().unwrap(),
+            Arc::default(),
+        )
+        .unwrap();
+        assert_eq!(rc.tls.as_ref().unwrap().server_name(), "a.example");
+        assert!(!rc.tls.as_ref().unwrap().resume);
+        // --ca and --insecure exclude each other; TLS flags need --tls.
+        assert!(
+            Cli::try_parse_from(["loadgen", "pingpong", "--tls", "--ca", "x", "--insecure"])
+                .is_err()
+        );
+        assert!(Cli::try_parse_from(["loadgen", "pingpong", "--insecure"]).is_err());
+        // --tls alone is refused with a message naming the flags.
+        let c = Cli::try_parse_from(["loadgen", "pingpong", "--tls"]).unwrap();
+        let Cmd::Pingpong(a) = c.cmd else { panic!() };
+        let e = run_config(
+            &a,
+            Kind::Pingpong,
+            "127.0.0.1:1".parse().unwrap(),
+            Arc::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("--insecure"), "{e:#}");
     }
 }

@@ -170,8 +170,25 @@ pub struct Report {
     pub errors_by_kind: BTreeMap<String, u64>,
     /// Machine limits that stopped part of the run, explained.
     pub limits_hit: Vec<String>,
+    /// With `--tls`: the run's handshakes by kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsCounts>,
     #[serde(skip)]
     pub hist: Option<Latency>,
+}
+
+/// TLS handshakes a run made (probes and earlier runs not included).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct TlsCounts {
+    /// The server name verified (sent as SNI when it is a DNS name).
+    pub sni: String,
+    /// Whether resumption was offered (`--no-resume` turns it off).
+    pub resumption: bool,
+    pub full_handshakes: u64,
+    pub resumed_handshakes: u64,
+    /// Protocol version and cipher suite negotiated (of the client's first handshake).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub negotiated: Option<String>,
 }
 
 impl Report {
@@ -254,6 +271,25 @@ impl Report {
             let _ = write!(s, " ({})", kinds.join(", "));
         }
         let _ = writeln!(s);
+        for k in self.errors_by_kind.keys() {
+            if let Some(why) = crate::tls::explain(k) {
+                let _ = writeln!(s, "  {k}: {why}");
+            }
+        }
+        if let Some(t) = &self.tls {
+            let _ = writeln!(
+                s,
+                "  tls: {} full + {} resumed handshakes (server name {}, resumption {}{})",
+                t.full_handshakes,
+                t.resumed_handshakes,
+                t.sni,
+                if t.resumption { "on" } else { "off" },
+                t.negotiated
+                    .as_deref()
+                    .map(|n| format!(", {n}"))
+                    .unwrap_or_default()
+            );
+        }
         for l in &self.limits_hit {
             let _ = writeln!(s, "  LIMIT HIT: {l}");
         }

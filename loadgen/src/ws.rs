@@ -15,9 +15,9 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::stream::{ClientRead, ClientStream, ClientWrite};
 use base64::Engine as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 /// The GUID of RFC 6455 §1.3 that the accept key is derived with.
@@ -502,12 +502,15 @@ impl<W: AsyncWrite + Unpin> WsWriter<W> {
         let mask = self.rng.as_mut().map(|r| r.mask());
         encode_frame(&mut self.buf, fin, opcode, payload, mask);
         self.io.write_all(&self.buf).await?;
+        // TLS may hold encrypted bytes until flushed; for plain TCP this is a no-op.
+        self.io.flush().await?;
         Ok(())
     }
 
     /// Writes bytes that are already complete frames (for example pre-masked bulk frames).
     pub async fn send_raw(&mut self, frames: &[u8]) -> Result<(), WsError> {
         self.io.write_all(frames).await?;
+        self.io.flush().await?;
         Ok(())
     }
 
@@ -598,8 +601,8 @@ fn header_has_token(v: Option<&str>, token: &str) -> bool {
 
 /// A WebSocket client connection. `recv` answers pings by itself.
 pub struct WsClient {
-    pub reader: WsReader<OwnedReadHalf>,
-    pub writer: WsWriter<OwnedWriteHalf>,
+    pub reader: WsReader<ClientRead>,
+    pub writer: WsWriter<ClientWrite>,
 }
 
 impl WsClient {
@@ -624,16 +627,16 @@ impl WsClient {
         }
     }
 
-    /// Performs the upgrade on an already connected stream (the load scenarios bind their
-    /// own source address first). Verifies status 101, `Upgrade`, `Connection` and
-    /// `Sec-WebSocket-Accept`.
+    /// Performs the upgrade on an already connected stream, plain TCP or TLS (the load
+    /// scenarios bind their own source address first). Verifies status 101, `Upgrade`,
+    /// `Connection` and `Sec-WebSocket-Accept`.
     pub async fn handshake(
-        stream: TcpStream,
+        stream: impl Into<ClientStream>,
         host: &str,
         path: &str,
         extra_headers: &[(&str, &str)],
     ) -> Result<(WsClient, Response), WsError> {
-        let (mut rd, mut wr) = stream.into_split();
+        let (mut rd, mut wr) = stream.into().into_split();
         let mut rng = XorShift::from_entropy();
         let mut raw = [0u8; 16];
         rng.fill(&mut raw);
@@ -650,6 +653,7 @@ impl WsClient {
         }
         req.push_str("\r\n");
         wr.write_all(req.as_bytes()).await?;
+        wr.flush().await?;
 
         let mut buf = Vec::with_capacity(512);
         let (end, leftover) = read_head(&mut rd, &mut buf).await?;
@@ -771,7 +775,7 @@ impl WsClient {
         }
     }
 
-    pub fn into_split(self) -> (WsReader<OwnedReadHalf>, WsWriter<OwnedWriteHalf>) {
+    pub fn into_split(self) -> (WsReader<ClientRead>, WsWriter<ClientWrite>) {
         (self.reader, self.writer)
     }
 }

@@ -133,6 +133,7 @@ async fn compare_reports_direct_and_skips_broken_or_missing_gateways() {
         },
         backends: 2,
         startup_timeout: Duration::from_secs(3),
+        tls: None,
     };
     let r = run_compare(&c, &|_| {}).await.unwrap();
     assert_eq!(r.targets.len(), 1);
@@ -206,6 +207,7 @@ asyncio.run(main())
         peers: vec![],
         backends: 2,
         startup_timeout: Duration::from_secs(10),
+        tls: None,
     };
     let r = run_compare(&c, &|_| {}).await.unwrap();
     assert!(r.skipped.is_empty(), "{:?}", r.skipped);

@@ -190,6 +190,7 @@ asyncio.run(main())
         peers: vec![],
         backends: 2,
         startup_timeout: Duration::from_secs(10),
+        tls: None,
     };
     let r = run_compare(&c, &|_| {}).await.unwrap();
     assert!(r.skipped.is_empty(), "{:?}", r.skipped);
@@ -232,6 +233,7 @@ async fn haproxy_splice_peer_forwards() {
             peers: vec![Peer::HaproxySplice],
             backends: 2,
             startup_timeout: Duration::from_secs(10),
+            tls: None,
         };
         let r = run_compare(&c, &|_| {}).await.unwrap();
         assert!(r.skipped.is_empty(), "{:?}", r.skipped);

@@ -171,6 +171,8 @@ async fn stream_one(conn: Conn, frame: Vec<u8>, deadline: Instant, live: Arc<Liv
                         Err(_) => break,
                     }
                 }
+                // TLS may still hold the last records; plain TCP flushes nothing.
+                let _ = tokio::time::timeout_at(deadline + DRAIN, wr.flush()).await;
                 d.store(true, Ordering::Release);
                 err
             });

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::report::Report;
+use crate::stream::ClientStream;
+use crate::tls::TlsClient;
 use crate::ws::{Recv, WsClient, WsError};
 
 pub mod bulk;
@@ -92,6 +93,8 @@ pub struct RunConfig {
     pub frame: usize,
     pub connect_timeout: Duration,
     pub live: Arc<Live>,
+    /// `--tls`: every connection runs a TLS handshake first (`wss://`, TLS raw TCP).
+    pub tls: Option<Arc<TlsClient>>,
 }
 
 impl RunConfig {
@@ -110,6 +113,7 @@ impl RunConfig {
             frame: 64 * 1024,
             connect_timeout: Duration::from_secs(5),
             live: Arc::new(Live::default()),
+            tls: None,
         }
     }
 
@@ -127,7 +131,11 @@ impl RunConfig {
     pub fn base_report(&self, scenario: &str) -> Report {
         Report {
             scenario: scenario.into(),
-            proto: self.proto.name().into(),
+            proto: match (self.proto, self.tls.is_some()) {
+                (Proto::Ws, true) => "wss".into(),
+                (Proto::Tcp, true) => "tls".into(),
+                (p, false) => p.name().into(),
+            },
             target: self.target.to_string(),
             conns: self.conns,
             ..Default::default()
@@ -138,7 +146,8 @@ impl RunConfig {
 /// One client connection.
 pub enum Conn {
     Ws(Box<WsClient>),
-    Tcp(TcpStream),
+    /// Raw TCP, plain or TLS.
+    Tcp(ClientStream),
 }
 
 /// A classified failure: the kind is what reports count.
@@ -158,10 +167,19 @@ impl From<std::io::Error> for ConnError {
 }
 
 impl Conn {
-    /// Connects client number `idx` (which picks its source address) and, for WebSocket,
-    /// upgrades. Both steps are bounded by `connect_timeout`.
+    /// Connects client number `idx` (which picks its source address), runs the TLS
+    /// handshake with `--tls`, and, for WebSocket, upgrades. Each step is bounded by
+    /// `connect_timeout`.
     pub async fn open(cfg: &RunConfig, idx: u64) -> Result<Conn, ConnError> {
-        let stream = crate::limits::connect(cfg.target, idx, cfg.connect_timeout).await?;
+        let tcp = crate::limits::connect(cfg.target, idx, cfg.connect_timeout).await?;
+        let stream = match &cfg.tls {
+            None => ClientStream::Plain(tcp),
+            Some(t) => match tokio::time::timeout(cfg.connect_timeout, t.handshake(tcp)).await {
+                Ok(Ok(s)) => ClientStream::Tls(Box::new(s)),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(ConnError("tls_handshake_timeout".into())),
+            },
+        };
         match cfg.proto {
             Proto::Tcp => Ok(Conn::Tcp(stream)),
             Proto::Ws => {
@@ -188,6 +206,7 @@ impl Conn {
             }
             Conn::Tcp(s) => {
                 s.write_all(payload).await?;
+                s.flush().await?;
                 scratch.resize(payload.len(), 0);
                 s.read_exact(scratch).await?;
             }
