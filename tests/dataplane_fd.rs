@@ -194,4 +194,44 @@ async fn fds_tcp(io: &'static str) {
     check_round(&gw, "200 tcp tunnels", round).await;
 }
 
-both_io!(fds_ws, fds_timeouts, fds_tcp);
+/// Reloads (SIGHUP) while clients connect: each reload wakes every accept loop, which must not
+/// drop an accept that the kernel may already have completed (an io_uring accept op finishes in
+/// the kernel; a dropped one could take a connection with it). Every client gets its answer,
+/// and fds return to the baseline.
+async fn fds_reload_accepting(io: &'static str) {
+    let be = tagged_backend("r").await;
+    let gw = Gateway::start_config(io, &config(be.addr, "http"));
+    let addr = gw.addr;
+    let pid = gw.pid().to_string();
+    let round = || {
+        let pid = pid.clone();
+        async move {
+            let mut tasks = Vec::new();
+            for i in 0..150u64 {
+                tasks.push(tokio::spawn(async move {
+                    if i % 10 == 0 {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    let mut c = Conn::connect(addr).await;
+                    c.send(&get("/reload")).await;
+                    let r = c.response(false).await.expect("an answer despite reloads");
+                    assert_eq!(r.status, 200);
+                }));
+            }
+            for _ in 0..10 {
+                let st = std::process::Command::new("kill")
+                    .args(["-HUP", &pid])
+                    .status()
+                    .expect("kill -HUP");
+                assert!(st.success());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }
+    };
+    check_round(&gw, "reloads while accepting", round).await;
+}
+
+both_io!(fds_ws, fds_timeouts, fds_tcp, fds_reload_accepting);

@@ -1,14 +1,16 @@
 //! The io backend seam. The proxy is written once, generic over [`Driver`]; the two backends
 //! differ only in where readiness comes from:
 //!
-//! - [`Uring`]: a tokio-uring runtime per worker; readiness from one-shot `POLL_ADD` ops on the
-//!   worker's ring (submissions batched into one `io_uring_enter` per loop turn).
+//! - [`Uring`]: ringway's own runtime per worker ([`ring`]), on the `io-uring` crate; readiness
+//!   from one-shot `POLL_ADD` ops on the worker's ring, accepts as ring ops (submissions batched
+//!   into one `io_uring_enter` per loop turn, which is also the only place the worker waits).
 //! - [`Epoll`]: a tokio current-thread runtime per worker; readiness from epoll (`AsyncFd`).
 //!
 //! In both, the actual transfer is a non-blocking syscall (read, write, splice, accept4)
 //! made when the fd is ready, so every byte-moving line of code is shared.
 
 mod epoll;
+pub mod ring;
 mod uring;
 
 use std::future::Future;
@@ -41,6 +43,13 @@ pub trait Driver: 'static {
     const KIND: IoKind;
     /// An fd registered with this backend.
     type Fd<T: sys::reactor::OwnsFd + 'static>: Ready<T>;
+
+    /// Accepts one connection (non-blocking socket, CLOEXEC) and its peer's address. Default:
+    /// readiness, then accept4.
+    #[allow(async_fn_in_trait)]
+    async fn accept(listener: &Self::Fd<TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+        listener.read_with(sys::socket::accept_nonblocking).await
+    }
 }
 
 /// A registered, non-blocking fd. `f` is the non-blocking operation; it is retried after
@@ -85,7 +94,7 @@ pub async fn connect<D: Driver>(
 
 /// Accepts one connection (non-blocking socket, CLOEXEC).
 pub async fn accept<D: Driver>(listener: &Listener<D>) -> io::Result<(TcpStream, SocketAddr)> {
-    listener.read_with(sys::socket::accept_nonblocking).await
+    D::accept(listener).await
 }
 
 /// Reads what is available into `buf` (at least one byte, or 0 at EOF).
@@ -121,32 +130,50 @@ pub async fn write_all<D: Driver>(s: &Stream<D>, mut buf: &[u8]) -> io::Result<(
     Ok(())
 }
 
-/// Waits for `dur` on the worker's timer. Worker code never calls `tokio::time` directly: the
-/// io backend owns the clock (a ring-native backend keeps its own timers).
+/// Waits for `dur` on the worker's timer. Worker code never calls `tokio::time` directly: on a
+/// ring worker the clock is the ring runtime's (its nearest deadline is the ring wait's
+/// timeout); elsewhere (epoll workers, tests) it is tokio's.
 pub async fn sleep(dur: Duration) {
-    tokio::time::sleep(dur).await
+    if ring::on_ring() {
+        ring::sleep(dur).await
+    } else {
+        tokio::time::sleep(dur).await
+    }
 }
 
 /// Waits until `deadline` on the worker's timer.
 pub async fn sleep_until(deadline: std::time::Instant) {
-    tokio::time::sleep_until(deadline.into()).await
+    if ring::on_ring() {
+        ring::sleep_until(deadline).await
+    } else {
+        tokio::time::sleep_until(deadline.into()).await
+    }
 }
 
 /// Runs `f` for at most `dur`: `Err(Elapsed)` when the time ran out first (and `f` is dropped).
 pub async fn timeout<F: Future>(dur: Duration, f: F) -> Result<F::Output, Elapsed> {
-    tokio::time::timeout(dur, f).await.map_err(|_| Elapsed)
+    if ring::on_ring() {
+        ring::timeout(dur, f).await.map_err(|()| Elapsed)
+    } else {
+        tokio::time::timeout(dur, f).await.map_err(|_| Elapsed)
+    }
 }
 
 /// The time given to [`timeout`] ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elapsed;
 
-/// Spawns a task on the current worker (both backends run a tokio LocalSet-style executor).
-pub fn spawn_local<F: Future + 'static>(f: F) -> tokio::task::JoinHandle<F::Output>
+/// Spawns a task on the current worker: the ring runtime's executor on a ring worker, tokio's
+/// LocalSet elsewhere. Detached: the task runs to its end (or until the worker stops).
+pub fn spawn_local<F: Future + 'static>(f: F)
 where
     F::Output: 'static,
 {
-    tokio::task::spawn_local(f)
+    if ring::on_ring() {
+        ring::spawn(f)
+    } else {
+        drop(tokio::task::spawn_local(f));
+    }
 }
 
 /// The most a graceful close reads and discards, and for how long.

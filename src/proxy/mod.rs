@@ -141,6 +141,9 @@ pub async fn accept_loop<D: Driver>(
     };
     let mut phase = worker.shared.phase.subscribe();
     let mut generation = worker.shared.generation.subscribe();
+    // One accept stays pending across phase and generation wake-ups: on io_uring an accept is
+    // a kernel op, and dropping one the kernel just completed would drop its connection.
+    let mut next = std::pin::pin!(rio::accept::<D>(&listener));
     loop {
         if *phase.borrow_and_update() == Phase::StopAccepting {
             return;
@@ -153,10 +156,11 @@ pub async fn accept_loop<D: Driver>(
             }
         }
         let accepted = tokio::select! {
-            r = rio::accept::<D>(&listener) => r,
+            r = &mut next => r,
             _ = phase.changed() => continue,
             _ = generation.changed() => continue,
         };
+        next.set(rio::accept::<D>(&listener));
         let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {

@@ -6,8 +6,8 @@
 pub mod cpu;
 pub mod pipe;
 pub mod reactor;
+pub mod ring;
 pub mod socket;
-pub mod uring;
 
 use std::io;
 
