@@ -202,7 +202,11 @@ async fn fds_reload_accepting(io: &'static str) {
     let be = tagged_backend("r").await;
     let gw = Gateway::start_config(io, &config(be.addr, "http"));
     let addr = gw.addr;
+    // The control thread installs its SIGHUP handler just after "listening" is logged, and
+    // until then SIGHUP's default action ends the process (src/control.rs): give it time.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = gw.pid().to_string();
+    let gwr = &gw;
     let round = || {
         let pid = pid.clone();
         async move {
@@ -212,10 +216,16 @@ async fn fds_reload_accepting(io: &'static str) {
                     if i % 10 == 0 {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
-                    let mut c = Conn::connect(addr).await;
+                    let s = match tokio::net::TcpStream::connect(addr).await {
+                        Ok(s) => s,
+                        Err(e) => return Err(format!("client {i}: connect: {e}")),
+                    };
+                    let mut c = Conn::new(s);
                     c.send(&get("/reload")).await;
-                    let r = c.response(false).await.expect("an answer despite reloads");
-                    assert_eq!(r.status, 200);
+                    match c.response(false).await {
+                        Ok(r) if r.status == 200 => Ok(()),
+                        other => Err(format!("client {i}: {other:?}")),
+                    }
                 }));
             }
             for _ in 0..10 {
@@ -226,9 +236,18 @@ async fn fds_reload_accepting(io: &'static str) {
                 assert!(st.success());
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
+            let mut failed = Vec::new();
             for t in tasks {
-                t.await.unwrap();
+                if let Err(e) = t.await.unwrap() {
+                    failed.push(e);
+                }
             }
+            assert!(
+                failed.is_empty(),
+                "{}: every client gets its answer despite reloads: {failed:?}\n--- log ---\n{}",
+                gwr.io,
+                gwr.log()
+            );
         }
     };
     check_round(&gw, "reloads while accepting", round).await;

@@ -50,6 +50,13 @@ pub trait Driver: 'static {
     async fn accept(listener: &Self::Fd<TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
         listener.read_with(sys::socket::accept_nonblocking).await
     }
+
+    /// The ring-native copy path's handle on a socket (multishot receive into the core's
+    /// buffer pool, sends as ring ops), if this backend has one. Default: none, so tunnels copy
+    /// on readiness.
+    fn ring_sock(_s: &Self::Fd<TcpStream>) -> Option<ring::RingSock> {
+        None
+    }
 }
 
 /// A registered, non-blocking fd. `f` is the non-blocking operation; it is retried after

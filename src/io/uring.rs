@@ -23,6 +23,10 @@ impl Driver for Uring {
         let owner: Rc<dyn Any> = listener.0.clone();
         ring::accept(owner, listener.0.as_raw_fd()).await
     }
+
+    fn ring_sock(s: &UringFd<TcpStream>) -> Option<ring::RingSock> {
+        ring::RingSock::new(s.0.clone(), s.0.as_raw_fd())
+    }
 }
 
 /// The fd's owner is reference-counted so a pending op can keep it open (see `sys::ring`).

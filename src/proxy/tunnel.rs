@@ -25,6 +25,9 @@ use crate::sys::{self, socket};
 
 use super::Worker;
 
+#[path = "tunnel_ring.rs"]
+mod ring_copy;
+
 /// A read that fills the scratch buffer switches the direction to splice.
 pub const SCRATCH_SIZE: usize = 16 * 1024;
 /// This many consecutive splice reads below `SMALL_READ` switch back to copying.
@@ -106,8 +109,8 @@ pub async fn run<D: Driver>(
     let track = idle.is_some();
     let drain = watch_drain.then_some(stats);
 
-    let a = pump::<D>(w, client, backend, &up, track.then_some(&last));
-    let b = pump::<D>(w, backend, client, &down, track.then_some(&last));
+    let a = direction::<D>(w, client, backend, &up, track.then_some(&last));
+    let b = direction::<D>(w, backend, client, &down, track.then_some(&last));
     tokio::pin!(a, b);
     let watchdog = idle_watchdog(idle, &last);
     tokio::pin!(watchdog);
@@ -226,16 +229,28 @@ async fn drain_watch(stats: Option<&BackendStats>) {
     }
 }
 
-/// One direction: src → dst until src's EOF (then shutdown dst's write side).
+/// How a readiness pump stopped without an error.
+enum PumpEnd {
+    /// src's EOF, passed on as dst's half-close.
+    Eof,
+    /// A run of small reads while splicing (`until_small`): hand back to the ring copy path.
+    Small,
+}
+
+/// One direction: src → dst until src's EOF (then shutdown dst's write side). With
+/// `until_small` (the bulk phase of a ring-native direction) it starts splicing and returns
+/// [`PumpEnd::Small`] where it would switch back to copying.
 async fn pump<D: Driver>(
     w: &Worker,
     src: &Stream<D>,
     dst: &Stream<D>,
     moved: &Counted<'_>,
     last: Option<&Cell<Instant>>,
-) -> Result<(), DirError> {
+    until_small: bool,
+) -> Result<PumpEnd, DirError> {
     let strategy = w.strategy;
-    let mut splicing = strategy == Strategy::Splice;
+    let mut splicing = strategy == Strategy::Splice || until_small;
+    let mut leave = false;
     let mut small: u8 = 0;
     // Bytes read but not yet accepted by dst (copy mode). Allocated only when dst is slow.
     let mut pending: Vec<u8> = Vec::new();
@@ -254,6 +269,9 @@ async fn pump<D: Driver>(
             let r = drain_pipe::<D>(dst, &mut p).await;
             w.put_pipe(p);
             r.map_err(DirError::Dst)?;
+        }
+        if leave {
+            return Ok(PumpEnd::Small);
         }
 
         // 2. Move the next batch.
@@ -298,6 +316,7 @@ async fn pump<D: Driver>(
                         if small >= SMALL_STREAK {
                             splicing = false;
                             small = 0;
+                            leave = until_small;
                         }
                     } else {
                         small = 0;
@@ -340,6 +359,7 @@ async fn pump<D: Driver>(
             if n == SCRATCH_SIZE && strategy == Strategy::Adaptive {
                 splicing = true;
                 small = 0;
+                leave = false;
             }
             n
         };
@@ -357,7 +377,7 @@ async fn pump<D: Driver>(
                 r.map_err(DirError::Dst)?;
             }
             let _ = dst.get_ref().shutdown(Shutdown::Write);
-            return Ok(());
+            return Ok(PumpEnd::Eof);
         }
         moved.add(n as u64);
         if let Some(last) = last {
@@ -371,4 +391,32 @@ async fn drain_pipe<D: Driver>(dst: &Stream<D>, p: &mut Pipe) -> io::Result<()> 
         dst.write_with(|d| p.drain_to(d.as_fd())).await?;
     }
     Ok(())
+}
+
+/// One direction, on whichever path the backend offers: the ring-native copy path (multishot
+/// receive into the core's buffer pool, sends as ring ops) with splice on readiness for bulk,
+/// or the readiness pump (copy through the scratch buffer, splice for bulk).
+async fn direction<D: Driver>(
+    w: &Worker,
+    src: &Stream<D>,
+    dst: &Stream<D>,
+    moved: &Counted<'_>,
+    last: Option<&Cell<Instant>>,
+) -> Result<(), DirError> {
+    let socks = match (D::ring_sock(src), D::ring_sock(dst)) {
+        (Some(s), Some(d)) if w.strategy != Strategy::Splice => Some((s, d)),
+        _ => None,
+    };
+    let Some((rs, rd)) = socks else {
+        return pump::<D>(w, src, dst, moved, last, false).await.map(drop);
+    };
+    loop {
+        match ring_copy::ring_copy(w, dst.get_ref(), &rs, &rd, moved, last).await? {
+            ring_copy::RingEnd::Eof => return Ok(()),
+            ring_copy::RingEnd::Bulk => match pump::<D>(w, src, dst, moved, last, true).await? {
+                PumpEnd::Eof => return Ok(()),
+                PumpEnd::Small => {}
+            },
+        }
+    }
 }

@@ -3,6 +3,7 @@
 //! use of it. Everything above this module is safe Rust.
 #![allow(unsafe_code)]
 
+pub mod bufring;
 pub mod cpu;
 pub mod pipe;
 pub mod reactor;

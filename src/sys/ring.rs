@@ -29,6 +29,13 @@ use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
+use super::bufring::{BufRing, Lease, BGID};
+
+/// The core's receive buffers: 512 × 16 KiB (8 MiB of address space per core, touched as
+/// used). A receive that fills a whole buffer hands the direction to splice.
+const POOL_BUFS: u16 = 512;
+pub const POOL_BUF_SIZE: u32 = 16 * 1024;
+
 pub const POLLIN: u32 = libc::POLLIN as u32;
 pub const POLLOUT: u32 = libc::POLLOUT as u32;
 
@@ -44,6 +51,10 @@ pub enum Keep {
     Owner(Rc<dyn Any>),
     /// The owner of the fd and a heap buffer the kernel writes into (accept's sockaddr).
     OwnerAndBuf(Rc<dyn Any>, Box<dyn Any>),
+    /// A multishot receive into the core's buffer pool: its completions carry buffers.
+    Recv(Rc<dyn Any>),
+    /// A send: the buffer it reads, returned to the pool when the slot is freed.
+    Send(Rc<dyn Any>, Lease),
 }
 
 /// One completion: the result (`>= 0` or `-errno`) and the CQE flags.
@@ -108,6 +119,9 @@ pub enum Setup {
 
 pub struct Ring {
     ring: IoUring,
+    /// The core's provided-buffer pool (None if the kernel refused it: no ring copy path).
+    /// Declared after `ring`: it is unmapped only after the ring's fd is closed.
+    bufs: Option<Rc<BufRing>>,
     slots: Vec<Slot>,
     free: Vec<usize>,
     in_flight: usize,
@@ -183,8 +197,20 @@ impl Ring {
     }
 
     fn with(ring: IoUring, setup: Setup, wake: Arc<WakeFd>) -> Ring {
+        let bufs = if super::bufring::disabled() {
+            None
+        } else {
+            match BufRing::new(&ring, POOL_BUFS, POOL_BUF_SIZE) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no provided-buffer ring: tunnels copy on readiness");
+                    None
+                }
+            }
+        };
         let mut r = Ring {
             ring,
+            bufs,
             slots: Vec::new(),
             free: Vec::new(),
             in_flight: 0,
@@ -260,9 +286,10 @@ impl Ring {
     }
 
     fn release(&mut self, index: usize) {
+        let bufs = self.bufs.as_ref();
         let s = &mut self.slots[index];
         while let Some(c) = s.results.pop_front() {
-            discard(&s.keep, c);
+            discard(&s.keep, bufs, c);
         }
         s.live = false;
         s.keep = Keep::Nothing;
@@ -308,6 +335,71 @@ impl Ring {
         // not move its contents) until the completion; `owner` keeps the listener's fd open.
         unsafe { self.push_raw(&sqe) };
         key
+    }
+
+    /// Does this ring have a buffer pool (the ring-native copy path)?
+    pub fn has_pool(&self) -> bool {
+        self.bufs.is_some()
+    }
+
+    /// A multishot receive on `fd` (owned by `owner`) into the core's buffer pool.
+    pub fn recv_multi(&mut self, owner: Rc<dyn Any>, fd: RawFd) -> Option<OpKey> {
+        self.bufs.as_ref()?;
+        let key = self.alloc(Keep::Recv(owner));
+        let sqe = opcode::RecvMulti::new(types::Fd(fd), BGID)
+            .build()
+            .user_data(key.0);
+        // SAFETY: the SQE names `fd` (kept open by `owner` in the slot) and the buffer group,
+        // whose memory the ring owns and unmaps only after its fd is closed.
+        unsafe { self.push_raw(&sqe) };
+        Some(key)
+    }
+
+    /// The buffer a receive completion filled, as a lease (None for a completion without one).
+    pub fn lease(&self, cqe: &Cqe) -> Option<Lease> {
+        let bid = cqueue::buffer_select(cqe.flags)?;
+        let pool = self.bufs.as_ref()?;
+        Some(pool.lease(bid, cqe.res.max(0) as u32))
+    }
+
+    /// Sends the bytes of `lease` on `fd` (owned by `owner`). The slot keeps the lease (so the
+    /// buffer is not given back) until the send's completion.
+    pub fn send(&mut self, owner: Rc<dyn Any>, fd: RawFd, lease: Lease) -> OpKey {
+        let (ptr, len) = (lease.as_ptr(), lease.len() as u32);
+        let key = self.alloc(Keep::Send(owner, lease));
+        let sqe = opcode::Send::new(types::Fd(fd), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(key.0);
+        // SAFETY: `ptr..ptr+len` is inside the pool mapping, lent to this slot (not given
+        // back) until the completion; `owner` keeps `fd` open.
+        unsafe { self.push_raw(&sqe) };
+        key
+    }
+
+    /// Takes back the lease of a completed send (to send the rest after a short send).
+    pub fn take_lease(&mut self, key: OpKey) -> Option<Lease> {
+        let s = self.slot(key)?;
+        if !s.finished {
+            return None;
+        }
+        match std::mem::replace(&mut s.keep, Keep::Nothing) {
+            Keep::Send(_, l) => Some(l),
+            other => {
+                s.keep = other;
+                None
+            }
+        }
+    }
+
+    /// Asks the kernel to end op `key` (a multishot receive being paused); its remaining
+    /// completions, and the final `ECANCELED`, still arrive.
+    pub fn cancel(&mut self, key: OpKey) {
+        if self.slot(key).is_some_and(|s| !s.finished) {
+            let sqe = opcode::AsyncCancel::new(key.0).build().user_data(IGNORE);
+            // SAFETY: a cancel names only a user_data.
+            unsafe { self.push_raw(&sqe) };
+        }
     }
 
     /// The connection an accept op's completion `cqe` (taken from `key`) accepted.
@@ -358,6 +450,7 @@ impl Ring {
     /// The future of `key` is gone. Frees the slot if the kernel is done with it; otherwise
     /// cancels the op and frees the slot at its last completion.
     pub fn forget(&mut self, key: OpKey) {
+        let bufs = self.bufs.clone();
         let Some(s) = self.slot(key) else { return };
         if s.finished {
             self.release(key.index());
@@ -366,7 +459,7 @@ impl Ring {
         s.ignored = true;
         s.waker = None;
         while let Some(c) = s.results.pop_front() {
-            discard(&s.keep, c);
+            discard(&s.keep, bufs.as_ref(), c);
         }
         let sqe = opcode::AsyncCancel::new(key.0).build().user_data(IGNORE);
         // SAFETY: a cancel names only a user_data, no memory or fd.
@@ -447,12 +540,20 @@ impl Ring {
     }
 
     fn complete(&mut self, key: OpKey, cqe: Cqe) {
-        let Some(s) = self.slot(key) else { return };
+        let bufs = self.bufs.clone();
+        let Some(s) = self.slot(key) else {
+            if let Some(b) = &bufs {
+                if let Some(bid) = cqueue::buffer_select(cqe.flags) {
+                    b.give_back(bid);
+                }
+            }
+            return;
+        };
         if !cqe.more() {
             s.finished = true;
         }
         if s.ignored {
-            discard(&s.keep, cqe);
+            discard(&s.keep, bufs.as_ref(), cqe);
             if s.finished {
                 self.release(key.index());
             }
@@ -503,6 +604,7 @@ impl Ring {
                     std::mem::forget(s.keep);
                 }
             }
+            std::mem::forget(self.bufs.take());
         }
     }
 }
@@ -518,13 +620,19 @@ impl Drop for Ring {
     }
 }
 
-/// Releases what a completion nobody will take gave us: an accepted fd is closed.
-fn discard(keep: &Keep, cqe: Cqe) {
-    if let Keep::OwnerAndBuf(_, b) = keep {
-        if b.is::<AcceptAddr>() && cqe.res >= 0 {
+/// Releases what a completion nobody will take gave us: an accepted fd is closed, a filled
+/// buffer goes back to the pool.
+fn discard(keep: &Keep, bufs: Option<&Rc<BufRing>>, cqe: Cqe) {
+    match keep {
+        Keep::OwnerAndBuf(_, b) if b.is::<AcceptAddr>() && cqe.res >= 0 => {
             // SAFETY: a successful accept's result is a new fd that nothing else owns (its
             // future is gone), so closing it here is its only close.
             unsafe { libc::close(cqe.res) };
+        }
+        _ => {
+            if let (Some(b), Some(bid)) = (bufs, cqueue::buffer_select(cqe.flags)) {
+                b.give_back(bid);
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use super::with;
+use crate::sys::bufring::Lease;
 use crate::sys::ring::{Cqe, OpKey, Take};
 
 struct Op {
@@ -90,5 +91,116 @@ impl Future for Accept {
         };
         self.op.finish();
         Poll::Ready(r)
+    }
+}
+
+/// A socket as the ring-native copy path sees it: its fd and what keeps the fd open.
+pub struct RingSock {
+    owner: Rc<dyn Any>,
+    fd: RawFd,
+}
+
+impl RingSock {
+    /// `None` off a ring worker or when the core has no buffer pool.
+    pub fn new(owner: Rc<dyn Any>, fd: RawFd) -> Option<RingSock> {
+        with(|rt| rt.ring.borrow().has_pool())
+            .unwrap_or(false)
+            .then_some(RingSock { owner, fd })
+    }
+
+    /// Arms a multishot receive into the core's buffer pool.
+    pub fn recv_multi(&self) -> RecvMulti {
+        let key = with(|rt| rt.ring.borrow_mut().recv_multi(self.owner.clone(), self.fd)).flatten();
+        RecvMulti {
+            op: Op { key },
+            cancelled: false,
+        }
+    }
+
+    /// Sends the bytes of `lease` (one send in flight per direction: the caller queues).
+    pub fn send(&self, lease: Lease) -> SendOp {
+        let key = with(move |rt| {
+            rt.ring
+                .borrow_mut()
+                .send(self.owner.clone(), self.fd, lease)
+        });
+        SendOp { op: Op { key } }
+    }
+}
+
+/// What a multishot receive yields.
+pub enum Received {
+    Data(Lease),
+    Eof,
+    /// The receive ended without an error (cancelled, or the pool ran dry: `nobufs`); arm a
+    /// new one to go on.
+    Ended {
+        nobufs: bool,
+    },
+    Err(io::Error),
+}
+
+pub struct RecvMulti {
+    op: Op,
+    cancelled: bool,
+}
+
+impl RecvMulti {
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Received> {
+        if self.op.key.is_none() {
+            return Poll::Ready(Received::Ended { nobufs: false });
+        }
+        let c = match std::task::ready!(self.op.poll_cqe(cx)) {
+            Ok(c) => c,
+            Err(e) => return Poll::Ready(Received::Err(e)),
+        };
+        if !c.more() {
+            // The op is over after this completion: free its slot now.
+            self.op.finish();
+        }
+        let lease = with(|rt| rt.ring.borrow().lease(&c)).flatten();
+        Poll::Ready(match (c.res, lease) {
+            (n, Some(l)) if n > 0 => Received::Data(l),
+            (0, _) => Received::Eof,
+            (n, _) if n == -libc::ENOBUFS => Received::Ended { nobufs: true },
+            (n, _) if n == -libc::ECANCELED => Received::Ended { nobufs: false },
+            (n, _) if n < 0 => Received::Err(io::Error::from_raw_os_error(-n)),
+            _ => Received::Err(io::Error::other("receive completion without a buffer")),
+        })
+    }
+
+    /// Asks the kernel to stop this receive (backpressure, or a switch to splice); what it
+    /// already received still comes, then `Ended`.
+    pub fn cancel(&mut self) {
+        if !self.cancelled {
+            self.cancelled = true;
+            if let Some(k) = self.op.key {
+                with(|rt| rt.ring.borrow_mut().cancel(k));
+            }
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled
+    }
+}
+
+pub struct SendOp {
+    op: Op,
+}
+
+impl SendOp {
+    /// Resolves with the bytes sent and the lease (its rest, after a short send).
+    pub fn poll_done(&mut self, cx: &mut Context<'_>) -> Poll<(io::Result<u32>, Option<Lease>)> {
+        let c = match std::task::ready!(self.op.poll_cqe(cx)) {
+            Ok(c) => c,
+            Err(e) => return Poll::Ready((Err(e), None)),
+        };
+        let lease = self
+            .op
+            .key
+            .and_then(|k| with(|rt| rt.ring.borrow_mut().take_lease(k)).flatten());
+        self.op.finish();
+        Poll::Ready((c.result(), lease))
     }
 }
