@@ -57,6 +57,26 @@ pub trait Driver: 'static {
     fn ring_sock(_s: &Self::Fd<TcpStream>) -> Option<ring::RingSock> {
         None
     }
+
+    /// Reads what is available into `buf` (at least one byte, or 0 at EOF). Default:
+    /// readiness, then read(2).
+    #[allow(async_fn_in_trait)]
+    async fn read(s: &Self::Fd<TcpStream>, buf: &mut [u8]) -> io::Result<usize> {
+        use std::io::Read;
+        s.read_with(|mut t| t.read(buf)).await
+    }
+
+    /// Opens a connection to `addr` (non-blocking, no Nagle). Default: connect(2), then
+    /// writability and SO_ERROR.
+    #[allow(async_fn_in_trait)]
+    async fn connect(addr: SocketAddr) -> io::Result<Self::Fd<TcpStream>> {
+        let (stream, done) = sys::socket::start_connect(addr)?;
+        let stream = <Self::Fd<TcpStream>>::new(stream)?;
+        if !done {
+            stream.write_with(sys::socket::finish_connect).await?;
+        }
+        Ok(stream)
+    }
 }
 
 /// A registered, non-blocking fd. `f` is the non-blocking operation; it is retried after
@@ -84,14 +104,7 @@ pub async fn connect<D: Driver>(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<Stream<D>, ConnectError> {
-    let attempt = async {
-        let (stream, done) = sys::socket::start_connect(addr)?;
-        let stream = <Stream<D>>::new(stream)?;
-        if !done {
-            stream.write_with(sys::socket::finish_connect).await?;
-        }
-        Ok::<_, io::Error>(stream)
-    };
+    let attempt = D::connect(addr);
     match self::timeout(timeout, attempt).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(ConnectError::Failed(e)),
@@ -106,8 +119,7 @@ pub async fn accept<D: Driver>(listener: &Listener<D>) -> io::Result<(TcpStream,
 
 /// Reads what is available into `buf` (at least one byte, or 0 at EOF).
 pub async fn read<D: Driver>(s: &Stream<D>, buf: &mut [u8]) -> io::Result<usize> {
-    use std::io::Read;
-    s.read_with(|mut t| t.read(buf)).await
+    D::read(s, buf).await
 }
 
 /// Appends one read of at most `max` bytes to `buf` (0 = EOF). The buffer is the

@@ -27,6 +27,23 @@ impl Driver for Uring {
     fn ring_sock(s: &UringFd<TcpStream>) -> Option<ring::RingSock> {
         ring::RingSock::new(s.0.clone(), s.0.as_raw_fd())
     }
+
+    async fn read(s: &UringFd<TcpStream>, buf: &mut [u8]) -> io::Result<usize> {
+        let owner: Rc<dyn Any> = s.0.clone();
+        if let Some(r) = ring::recv_into(owner, s.0.as_raw_fd(), buf).await {
+            return r;
+        }
+        // No pool, or it ran dry: readiness, then read(2).
+        use std::io::Read;
+        s.read_with(|mut t| t.read(buf)).await
+    }
+
+    async fn connect(addr: SocketAddr) -> io::Result<UringFd<TcpStream>> {
+        let s = Rc::new(sys::socket::new_stream(addr)?);
+        let owner: Rc<dyn Any> = s.clone();
+        ring::connect(owner, s.as_raw_fd(), addr).await?;
+        Ok(UringFd(s))
+    }
 }
 
 /// The fd's owner is reference-counted so a pending op can keep it open (see `sys::ring`).

@@ -205,7 +205,6 @@ pub async fn accept_loop<D: Driver>(
             _admission: admission,
         };
         rio::spawn_local(async move {
-            crate::sys::socket::tune_client(&stream);
             let client = match <rio::Stream<D>>::new(stream) {
                 Ok(c) => c,
                 Err(_) => return,

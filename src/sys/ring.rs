@@ -355,6 +355,36 @@ impl Ring {
         Some(key)
     }
 
+    /// A one-shot receive of at most `len` bytes on `fd` (owned by `owner`) into a buffer of
+    /// the core's pool: readiness and the read in one op, no syscall.
+    pub fn recv_once(&mut self, owner: Rc<dyn Any>, fd: RawFd, len: u32) -> Option<OpKey> {
+        self.bufs.as_ref()?;
+        let key = self.alloc(Keep::Recv(owner));
+        let sqe = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), len.min(POOL_BUF_SIZE))
+            .buf_group(BGID)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+            .user_data(key.0);
+        // SAFETY: the SQE names `fd` (kept open by `owner` in the slot) and the buffer group,
+        // whose memory the ring owns until after its fd is closed; no caller memory.
+        unsafe { self.push_raw(&sqe) };
+        Some(key)
+    }
+
+    /// Connects the socket `fd` (owned by `owner`) to `addr`; completes with 0 or `-errno`.
+    pub fn connect(&mut self, owner: Rc<dyn Any>, fd: RawFd, addr: SocketAddr) -> OpKey {
+        let addr = Box::new(socket2::SockAddr::from(addr));
+        let (ptr, len) = (addr.as_ptr(), addr.len());
+        let key = self.alloc(Keep::OwnerAndBuf(owner, addr));
+        let sqe = opcode::Connect::new(types::Fd(fd), ptr.cast(), len)
+            .build()
+            .user_data(key.0);
+        // SAFETY: the address is a heap allocation the slot owns until the completion (moving
+        // the Box does not move it); `owner` keeps `fd` open.
+        unsafe { self.push_raw(&sqe) };
+        key
+    }
+
     /// The buffer a receive completion filled, as a lease (None for a completion without one).
     pub fn lease(&self, cqe: &Cqe) -> Option<Lease> {
         let bid = cqueue::buffer_select(cqe.flags)?;

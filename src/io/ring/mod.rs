@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
-pub use ops::{accept, poll, Received, RecvMulti, RingSock, SendOp};
+pub use ops::{accept, connect, poll, recv_into, Received, RecvMulti, RingSock, SendOp};
 pub use time::{sleep, sleep_until, timeout, Sleep};
 
 use crate::sys::ring::{Ring, Setup, WakeFd};

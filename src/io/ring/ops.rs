@@ -204,3 +204,42 @@ impl SendOp {
         Poll::Ready((c.result(), lease))
     }
 }
+
+/// Reads at most `buf.len()` bytes from `fd` (owned by `owner`) with one ring op (a receive
+/// into the core's pool, copied out). `None` when the core has no pool or it ran dry: read on
+/// readiness instead.
+pub async fn recv_into(owner: Rc<dyn Any>, fd: RawFd, buf: &mut [u8]) -> Option<io::Result<usize>> {
+    let len = buf.len().min(u32::MAX as usize) as u32;
+    let key = with(|rt| rt.ring.borrow_mut().recv_once(owner, fd, len)).flatten()?;
+    let mut op = Op { key: Some(key) };
+    let c = match std::future::poll_fn(|cx| op.poll_cqe(cx)).await {
+        Ok(c) => c,
+        Err(e) => return Some(Err(e)),
+    };
+    op.finish();
+    if c.res == -libc::ENOBUFS {
+        return None;
+    }
+    if c.res < 0 {
+        return Some(Err(io::Error::from_raw_os_error(-c.res)));
+    }
+    let lease = with(|rt| rt.ring.borrow().lease(&c)).flatten();
+    Some(Ok(match lease {
+        Some(l) => {
+            let n = l.len().min(buf.len());
+            buf[..n].copy_from_slice(&l.as_slice()[..n]);
+            n
+        }
+        None => 0, // EOF: no buffer taken
+    }))
+}
+
+/// Connects the socket `fd` (owned by `owner`) to `addr` with one ring op: no connect,
+/// getsockopt(SO_ERROR) or getpeername syscalls.
+pub async fn connect(owner: Rc<dyn Any>, fd: RawFd, addr: SocketAddr) -> io::Result<()> {
+    let key = with(|rt| rt.ring.borrow_mut().connect(owner, fd, addr));
+    let mut op = Op { key };
+    let c = std::future::poll_fn(|cx| op.poll_cqe(cx)).await?;
+    op.finish();
+    c.result().map(drop)
+}
