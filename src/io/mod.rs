@@ -87,6 +87,20 @@ pub trait Ready<T>: Sized {
     fn get_ref(&self) -> &T;
     async fn read_with<R>(&self, f: impl FnMut(&T) -> io::Result<R>) -> io::Result<R>;
     async fn write_with<R>(&self, f: impl FnMut(&T) -> io::Result<R>) -> io::Result<R>;
+
+    /// [`Ready::read_with`], trying `f` before waiting when `likely_ready` (the last call
+    /// moved a full batch, so more bytes are probably queued: a bulk stream). A backend whose
+    /// readiness is sticky (epoll) ignores the hint; a one-shot poll backend saves a poll
+    /// round trip per batch with it.
+    #[allow(async_fn_in_trait)]
+    async fn read_with_hint<R>(
+        &self,
+        likely_ready: bool,
+        f: impl FnMut(&T) -> io::Result<R>,
+    ) -> io::Result<R> {
+        let _ = likely_ready;
+        self.read_with(f).await
+    }
 }
 
 pub type Stream<D> = <D as Driver>::Fd<TcpStream>;
@@ -152,20 +166,36 @@ pub async fn write_all<D: Driver>(s: &Stream<D>, mut buf: &[u8]) -> io::Result<(
 /// Waits for `dur` on the worker's timer. Worker code never calls `tokio::time` directly: on a
 /// ring worker the clock is the ring runtime's (its nearest deadline is the ring wait's
 /// timeout); elsewhere (epoll workers, tests) it is tokio's.
-pub async fn sleep(dur: Duration) {
-    if ring::on_ring() {
-        ring::sleep(dur).await
-    } else {
-        tokio::time::sleep(dur).await
-    }
+pub fn sleep(dur: Duration) -> Sleep {
+    sleep_until(std::time::Instant::now() + dur)
 }
 
 /// Waits until `deadline` on the worker's timer.
-pub async fn sleep_until(deadline: std::time::Instant) {
+pub fn sleep_until(deadline: std::time::Instant) -> Sleep {
     if ring::on_ring() {
-        ring::sleep_until(deadline).await
+        Sleep::Ring(ring::sleep_until(deadline))
     } else {
-        tokio::time::sleep_until(deadline.into()).await
+        Sleep::Tokio(Box::pin(tokio::time::sleep_until(deadline.into())))
+    }
+}
+
+/// The future of [`sleep`] and [`sleep_until`]. Small on a ring worker (a deadline and a timer
+/// key: idle tunnels each hold one); tokio's larger timer is boxed.
+pub enum Sleep {
+    Ring(ring::Sleep),
+    Tokio(std::pin::Pin<Box<tokio::time::Sleep>>),
+}
+
+impl Future for Sleep {
+    type Output = ();
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        match self.get_mut() {
+            Sleep::Ring(s) => std::pin::Pin::new(s).poll(cx),
+            Sleep::Tokio(s) => s.as_mut().poll(cx),
+        }
     }
 }
 

@@ -96,6 +96,14 @@ impl<T: OwnsFd + 'static> Ready<T> for UringFd<T> {
         self.with(POLLIN, READ_TRY_FIRST, f).await
     }
 
+    async fn read_with_hint<R>(
+        &self,
+        likely_ready: bool,
+        f: impl FnMut(&T) -> io::Result<R>,
+    ) -> io::Result<R> {
+        self.with(POLLIN, likely_ready, f).await
+    }
+
     async fn write_with<R>(&self, f: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
         // Try first: sockets are almost always writable.
         self.with(POLLOUT, true, f).await

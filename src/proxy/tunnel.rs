@@ -33,6 +33,8 @@ pub const SCRATCH_SIZE: usize = 16 * 1024;
 /// This many consecutive splice reads below `SMALL_READ` switch back to copying.
 const SMALL_STREAK: u8 = 8;
 const SMALL_READ: usize = 2048;
+/// A splice at least this big suggests a bulk stream with more bytes already queued.
+const BIG_READ: usize = 64 * 1024;
 /// Byte counters of a live tunnel reach the backend's metrics at least every this many bytes.
 const FLUSH_BYTES: u64 = 1 << 20;
 /// How often a tunnel of an upstream with `drain_timeout` checks its backend's deadline.
@@ -251,6 +253,9 @@ async fn pump<D: Driver>(
     let strategy = w.strategy;
     let mut splicing = strategy == Strategy::Splice || until_small;
     let mut leave = false;
+    // The last splice moved a big batch: more is probably queued, so try before waiting (on
+    // io_uring a wait is a poll round trip per batch; see docs/benchmarks.md, bulk).
+    let mut likely_ready = false;
     let mut small: u8 = 0;
     // Bytes read but not yet accepted by dst (copy mode). Allocated only when dst is slow.
     let mut pending: Vec<u8> = Vec::new();
@@ -282,7 +287,7 @@ async fn pump<D: Driver>(
             match w.get_pipe() {
                 Some(mut p) => {
                     let r = src
-                        .read_with(|s| {
+                        .read_with_hint(likely_ready, |s| {
                             let n = p.fill_from(s.as_fd())?;
                             if n > 0 {
                                 // Push it on right away: usually dst takes it all.
@@ -306,6 +311,7 @@ async fn pump<D: Driver>(
                             return Err(DirError::Src(e));
                         }
                     };
+                    likely_ready = n >= BIG_READ;
                     if p.is_empty() {
                         w.put_pipe(p);
                     } else {
@@ -413,10 +419,14 @@ async fn direction<D: Driver>(
     loop {
         match ring_copy::ring_copy(w, dst.get_ref(), &rs, &rd, moved, last).await? {
             ring_copy::RingEnd::Eof => return Ok(()),
-            ring_copy::RingEnd::Bulk => match pump::<D>(w, src, dst, moved, last, true).await? {
-                PumpEnd::Eof => return Ok(()),
-                PumpEnd::Small => {}
-            },
+            // Boxed: the bulk phase's state (pipe, pending bytes, readiness futures) is
+            // allocated only while a direction streams, not carried by every idle tunnel.
+            ring_copy::RingEnd::Bulk => {
+                match Box::pin(pump::<D>(w, src, dst, moved, last, true)).await? {
+                    PumpEnd::Eof => return Ok(()),
+                    PumpEnd::Small => {}
+                }
+            }
         }
     }
 }

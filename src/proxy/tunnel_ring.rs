@@ -29,7 +29,7 @@ use crate::sys::ring::POOL_BUF_SIZE;
 
 /// The most a direction queues for a slow reader before it stops receiving.
 pub const QUEUE_MAX: usize = 64 * 1024;
-/// After the pool ran dry, wait this long before receiving again.
+/// After the pool ran dry at its maximum, wait this long before receiving again.
 const NOBUFS_BACKOFF: Duration = Duration::from_millis(1);
 
 pub enum RingEnd {

@@ -35,6 +35,10 @@ pub struct BufRing {
     size: u32,
     tail: Cell<u16>,
     lent: Cell<usize>,
+    /// Buffers handed to the kernel so far (bids `0..provided`): the pool starts small and
+    /// grows when the kernel runs out, so its resident size follows the peak in flight (the
+    /// ring hands buffers out in FIFO order, so every provided buffer ends up touched).
+    provided: Cell<u16>,
 }
 
 fn map(len: usize) -> io::Result<*mut u8> {
@@ -56,8 +60,9 @@ fn map(len: usize) -> io::Result<*mut u8> {
 }
 
 impl BufRing {
-    /// Maps `count` (a power of two) buffers of `size` bytes and registers them with `ring`.
-    pub fn new(ring: &IoUring, count: u16, size: u32) -> io::Result<Rc<BufRing>> {
+    /// Maps room for `count` (a power of two) buffers of `size` bytes, registers the ring with
+    /// `ring` and provides the first `initial` buffers.
+    pub fn new(ring: &IoUring, count: u16, size: u32, initial: u16) -> io::Result<Rc<BufRing>> {
         assert!(count.is_power_of_two());
         let entries_len = count as usize * std::mem::size_of::<BufRingEntry>();
         let bufs_len = count as usize * size as usize;
@@ -79,6 +84,7 @@ impl BufRing {
             size,
             tail: Cell::new(0),
             lent: Cell::new(0),
+            provided: Cell::new(0),
         };
         // SAFETY: `entries` is page aligned (mmap) and `count` entries long; it stays mapped
         // until `r` is dropped, which the owner does only after the ring is closed (see
@@ -87,15 +93,30 @@ impl BufRing {
             ring.submitter()
                 .register_buf_ring_with_flags(entries as u64, count, BGID, 0)?
         };
-        for bid in 0..count {
-            r.push(bid);
-        }
-        r.publish();
+        r.grow(initial);
         Ok(Rc::new(r))
+    }
+
+    /// Provides up to `n` more buffers (the kernel ran out); false when the pool is at its
+    /// maximum.
+    pub fn grow(&self, n: u16) -> bool {
+        let from = self.provided.get();
+        let to = from.saturating_add(n).min(self.count);
+        for bid in from..to {
+            self.push(bid);
+        }
+        self.provided.set(to);
+        self.publish();
+        to > from
     }
 
     pub fn size(&self) -> u32 {
         self.size
+    }
+
+    /// Are all the buffers the pool may have provided already?
+    pub fn at_max(&self) -> bool {
+        self.provided.get() >= self.count
     }
 
     /// Buffers currently lent out (filled by the kernel and not yet returned).

@@ -31,9 +31,13 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::bufring::{BufRing, Lease, BGID};
 
-/// The core's receive buffers: 512 × 16 KiB (8 MiB of address space per core, touched as
-/// used). A receive that fills a whole buffer hands the direction to splice.
-const POOL_BUFS: u16 = 512;
+/// The core's receive buffers: up to 1024 × 16 KiB of address space per core, of which 32
+/// are provided at first and more, 32 at a time, whenever the kernel runs out (so resident
+/// memory follows the peak of bytes in flight, not the pool's maximum). A receive that fills a
+/// whole buffer hands the direction to splice.
+const POOL_BUFS: u16 = 1024;
+const POOL_INITIAL: u16 = 32;
+const POOL_GROW: u16 = 32;
 pub const POOL_BUF_SIZE: u32 = 16 * 1024;
 
 pub const POLLIN: u32 = libc::POLLIN as u32;
@@ -200,7 +204,7 @@ impl Ring {
         let bufs = if super::bufring::disabled() {
             None
         } else {
-            match BufRing::new(&ring, POOL_BUFS, POOL_BUF_SIZE) {
+            match BufRing::new(&ring, POOL_BUFS, POOL_BUF_SIZE, POOL_INITIAL) {
                 Ok(b) => Some(b),
                 Err(e) => {
                     tracing::warn!(error = %e, "no provided-buffer ring: tunnels copy on readiness");
@@ -335,6 +339,12 @@ impl Ring {
         // not move its contents) until the completion; `owner` keeps the listener's fd open.
         unsafe { self.push_raw(&sqe) };
         key
+    }
+
+    /// Has the buffer pool provided every buffer it may (so a dry pool stays dry until
+    /// buffers come back)?
+    pub fn pool_at_max(&self) -> bool {
+        self.bufs.as_ref().is_none_or(|b| b.at_max())
     }
 
     /// Does this ring have a buffer pool (the ring-native copy path)?
@@ -571,6 +581,11 @@ impl Ring {
 
     fn complete(&mut self, key: OpKey, cqe: Cqe) {
         let bufs = self.bufs.clone();
+        if cqe.res == -libc::ENOBUFS {
+            if let Some(b) = &bufs {
+                b.grow(POOL_GROW);
+            }
+        }
         let Some(s) = self.slot(key) else {
             if let Some(b) = &bufs {
                 if let Some(bid) = cqueue::buffer_select(cqe.flags) {

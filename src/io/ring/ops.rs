@@ -132,8 +132,8 @@ impl RingSock {
 pub enum Received {
     Data(Lease),
     Eof,
-    /// The receive ended without an error (cancelled, or the pool ran dry: `nobufs`); arm a
-    /// new one to go on.
+    /// The receive ended without an error (cancelled, or the pool ran dry: `nobufs` when it
+    /// cannot grow, so wait a little); arm a new one to go on.
     Ended {
         nobufs: bool,
     },
@@ -162,7 +162,10 @@ impl RecvMulti {
         Poll::Ready(match (c.res, lease) {
             (n, Some(l)) if n > 0 => Received::Data(l),
             (0, _) => Received::Eof,
-            (n, _) if n == -libc::ENOBUFS => Received::Ended { nobufs: true },
+            (n, _) if n == -libc::ENOBUFS => Received::Ended {
+                // the pool grew on this completion unless it was at its maximum
+                nobufs: with(|rt| rt.ring.borrow().pool_at_max()).unwrap_or(true),
+            },
             (n, _) if n == -libc::ECANCELED => Received::Ended { nobufs: false },
             (n, _) if n < 0 => Received::Err(io::Error::from_raw_os_error(-n)),
             _ => Received::Err(io::Error::other("receive completion without a buffer")),
