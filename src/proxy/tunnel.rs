@@ -235,21 +235,34 @@ async fn drain_watch(stats: Option<&BackendStats>) {
 enum PumpEnd {
     /// src's EOF, passed on as dst's half-close.
     Eof,
-    /// A run of small reads while splicing (`until_small`): hand back to the ring copy path.
-    Small,
+    /// A run of small reads while splicing ([`PumpMode::UntilSmall`]), or one batch moved
+    /// ([`PumpMode::OneBatch`]): hand back to the ring copy path.
+    Handback,
+}
+
+/// How long a readiness pump runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PumpMode {
+    /// Until src's EOF (the epoll path, and forced splice).
+    Whole,
+    /// The bulk phase of a ring-native direction: splice until a run of small reads.
+    UntilSmall,
+    /// One batch by copy through the scratch buffer: the core's buffer pool ran dry.
+    OneBatch,
 }
 
 /// One direction: src → dst until src's EOF (then shutdown dst's write side). With
-/// `until_small` (the bulk phase of a ring-native direction) it starts splicing and returns
-/// [`PumpEnd::Small`] where it would switch back to copying.
+/// [`PumpMode::UntilSmall`] (the bulk phase of a ring-native direction) it starts splicing and
+/// returns where it would switch back to copying.
 async fn pump<D: Driver>(
     w: &Worker,
     src: &Stream<D>,
     dst: &Stream<D>,
     moved: &Counted<'_>,
     last: Option<&Cell<Instant>>,
-    until_small: bool,
+    mode: PumpMode,
 ) -> Result<PumpEnd, DirError> {
+    let until_small = mode == PumpMode::UntilSmall;
     let strategy = w.strategy;
     let mut splicing = strategy == Strategy::Splice || until_small;
     let mut leave = false;
@@ -276,7 +289,7 @@ async fn pump<D: Driver>(
             r.map_err(DirError::Dst)?;
         }
         if leave {
-            return Ok(PumpEnd::Small);
+            return Ok(PumpEnd::Handback);
         }
 
         // 2. Move the next batch.
@@ -389,6 +402,9 @@ async fn pump<D: Driver>(
         if let Some(last) = last {
             last.set(Instant::now());
         }
+        if mode == PumpMode::OneBatch {
+            leave = true; // after flushing what dst has not taken yet
+        }
     }
 }
 
@@ -414,19 +430,21 @@ async fn direction<D: Driver>(
         _ => None,
     };
     let Some((rs, rd)) = socks else {
-        return pump::<D>(w, src, dst, moved, last, false).await.map(drop);
+        return pump::<D>(w, src, dst, moved, last, PumpMode::Whole)
+            .await
+            .map(drop);
     };
     loop {
-        match ring_copy::ring_copy(w, dst.get_ref(), &rs, &rd, moved, last).await? {
+        let mode = match ring_copy::ring_copy(w, dst.get_ref(), &rs, &rd, moved, last).await? {
             ring_copy::RingEnd::Eof => return Ok(()),
-            // Boxed: the bulk phase's state (pipe, pending bytes, readiness futures) is
-            // allocated only while a direction streams, not carried by every idle tunnel.
-            ring_copy::RingEnd::Bulk => {
-                match Box::pin(pump::<D>(w, src, dst, moved, last, true)).await? {
-                    PumpEnd::Eof => return Ok(()),
-                    PumpEnd::Small => {}
-                }
-            }
+            ring_copy::RingEnd::Bulk => PumpMode::UntilSmall,
+            ring_copy::RingEnd::NoBuffers => PumpMode::OneBatch,
+        };
+        // Boxed: the readiness phase's state (pipe, pending bytes, readiness futures) is
+        // allocated only while a direction streams, not carried by every idle tunnel.
+        match Box::pin(pump::<D>(w, src, dst, moved, last, mode)).await? {
+            PumpEnd::Eof => return Ok(()),
+            PumpEnd::Handback => {}
         }
     }
 }

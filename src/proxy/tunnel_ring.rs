@@ -11,32 +11,33 @@
 //!   slow reader makes the gateway hold at most about `QUEUE_MAX` + one buffer per direction.
 //! - A receive that fills a whole buffer means bulk: the receive is stopped, the queue
 //!   flushed in order, and the direction continues with splice on readiness (see `tunnel.rs`).
+//! - When the core's pool is dry at its maximum, the direction moves one batch on readiness
+//!   (through the core's scratch buffer) and comes back: no wait, no per-connection buffer.
 //! - src's EOF becomes `shutdown(SHUT_WR)` on dst once everything queued is sent.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::future::Future;
 use std::net::{Shutdown, TcpStream};
-use std::pin::Pin;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{Counted, DirError, Strategy};
-use crate::io::ring::{self, Received, RecvMulti, RingSock, SendOp, Sleep};
+use crate::io::ring::{Received, RecvMulti, RingSock, SendOp};
 use crate::proxy::Worker;
 use crate::sys::bufring::Lease;
 use crate::sys::ring::POOL_BUF_SIZE;
 
 /// The most a direction queues for a slow reader before it stops receiving.
 pub const QUEUE_MAX: usize = 64 * 1024;
-/// After the pool ran dry at its maximum, wait this long before receiving again.
-const NOBUFS_BACKOFF: Duration = Duration::from_millis(1);
 
 pub enum RingEnd {
     /// src's EOF, passed on as dst's half-close.
     Eof,
     /// A full buffer: continue with splice.
     Bulk,
+    /// The core's buffer pool is dry at its maximum: move one batch on readiness (through the
+    /// core's scratch buffer), then come back.
+    NoBuffers,
 }
 
 pub async fn ring_copy(
@@ -56,7 +57,7 @@ pub async fn ring_copy(
     let mut sending: Option<SendOp> = None;
     let mut eof = false;
     let mut bulk = false;
-    let mut backoff: Option<Sleep> = None;
+    let mut nobufs = false;
 
     std::future::poll_fn(|cx| loop {
         let mut again = false;
@@ -124,10 +125,10 @@ pub async fn ring_copy(
                         eof = true;
                         again = true;
                     }
-                    Poll::Ready(Received::Ended { nobufs }) => {
+                    Poll::Ready(Received::Ended { nobufs: dry }) => {
                         recv = None;
-                        if nobufs {
-                            backoff = Some(ring::sleep(NOBUFS_BACKOFF));
+                        if dry {
+                            nobufs = true;
                         }
                         again = true;
                     }
@@ -135,16 +136,9 @@ pub async fn ring_copy(
                     Poll::Pending => {}
                 }
             }
-            None if !eof && !bulk && queued < QUEUE_MAX / 2 => {
-                let waited = match backoff.as_mut() {
-                    Some(s) => Pin::new(s).poll(cx).is_ready(),
-                    None => true,
-                };
-                if waited {
-                    backoff = None;
-                    recv = Some(rs.recv_multi());
-                    again = true;
-                }
+            None if !eof && !bulk && !nobufs && queued < QUEUE_MAX / 2 => {
+                recv = Some(rs.recv_multi());
+                again = true;
             }
             None => {}
         }
@@ -157,6 +151,9 @@ pub async fn ring_copy(
             }
             if bulk {
                 return Poll::Ready(Ok(RingEnd::Bulk));
+            }
+            if nobufs {
+                return Poll::Ready(Ok(RingEnd::NoBuffers));
             }
         }
         if !again {

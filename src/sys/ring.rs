@@ -31,11 +31,12 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::bufring::{BufRing, Lease, BGID};
 
-/// The core's receive buffers: up to 1024 × 16 KiB of address space per core, of which 32
-/// are provided at first and more, 32 at a time, whenever the kernel runs out (so resident
-/// memory follows the peak of bytes in flight, not the pool's maximum). A receive that fills a
-/// whole buffer hands the direction to splice.
-const POOL_BUFS: u16 = 1024;
+/// The core's receive buffers: up to 256 × 16 KiB (4 MiB) per core, of which 32 are provided
+/// at first and more, 32 at a time, whenever the kernel runs out (so resident memory follows
+/// the peak of bytes in flight, up to 4 MiB). Past that, reads and tunnel copies fall back to
+/// readiness and the core's scratch buffer. A receive that fills a whole buffer hands the
+/// direction to splice.
+const POOL_BUFS: u16 = 256;
 const POOL_INITIAL: u16 = 32;
 const POOL_GROW: u16 = 32;
 pub const POOL_BUF_SIZE: u32 = 16 * 1024;
@@ -204,7 +205,14 @@ impl Ring {
         let bufs = if super::bufring::disabled() {
             None
         } else {
-            match BufRing::new(&ring, POOL_BUFS, POOL_BUF_SIZE, POOL_INITIAL) {
+            // Test hook: RINGWAY_URING_POOL=N (a power of two) caps the pool at N buffers,
+            // so tests can drive it dry.
+            let max = std::env::var("RINGWAY_URING_POOL")
+                .ok()
+                .and_then(|v| v.parse::<u16>().ok())
+                .filter(|n| n.is_power_of_two())
+                .unwrap_or(POOL_BUFS);
+            match BufRing::new(&ring, max, POOL_BUF_SIZE, POOL_INITIAL.min(max)) {
                 Ok(b) => Some(b),
                 Err(e) => {
                     tracing::warn!(error = %e, "no provided-buffer ring: tunnels copy on readiness");
