@@ -3,7 +3,8 @@
 # release binary of the tokio-uring backend, BEFORE=path) vs after on io_uring and epoll,
 # RUNS times each, JSON per run into OUT; then summarize.py prints medians and spread.
 #
-#   BEFORE=path/to/old/ringway bash benches/compare/ring.sh [OUT=target/ring] [RUNS=3] [DURATION=4s]
+#   [BEFORE=path/to/old/ringway] [PEERS="haproxy nginx"] [SCEN="rate pp64 ..."] \
+#       bash benches/compare/ring.sh [OUT=target/ring] [RUNS=3] [DURATION=4s]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-target/ring}
@@ -21,6 +22,7 @@ gateways+=(
     --gateway-cmd "$RW run --admin '' --io uring --listen {LISTEN} --backend {BACKENDS} --mode MODE" --name uring
     --gateway-cmd "$RW run --admin '' --io epoll --listen {LISTEN} --backend {BACKENDS} --mode MODE" --name epoll
 )
+for p in ${PEERS:-}; do gateways+=(--peer "$p"); done
 run() { # name, mode, scenario args...
     local name=$1 mode=$2; shift 2
     local args=()

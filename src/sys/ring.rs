@@ -31,15 +31,16 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::bufring::{BufRing, Lease, BGID};
 
-/// The core's receive buffers: up to 256 × 16 KiB (4 MiB) per core, of which 32 are provided
+/// The core's receive buffers: up to 256 × 4 KiB (1 MiB) per core, of which 32 are provided
 /// at first and more, 32 at a time, whenever the kernel runs out (so resident memory follows
-/// the peak of bytes in flight, up to 4 MiB). Past that, reads and tunnel copies fall back to
+/// the peak of bytes in flight, up to 1 MiB). Past that, reads and tunnel copies fall back to
 /// readiness and the core's scratch buffer. A receive that fills a whole buffer hands the
-/// direction to splice.
+/// direction to splice. (A burst on every connection, like loadgen's idle check, makes the
+/// whole pool resident: 4 KiB buffers keep that at 1 MiB per core.)
 const POOL_BUFS: u16 = 256;
 const POOL_INITIAL: u16 = 32;
 const POOL_GROW: u16 = 32;
-pub const POOL_BUF_SIZE: u32 = 16 * 1024;
+pub const POOL_BUF_SIZE: u32 = 4 * 1024;
 
 pub const POLLIN: u32 = libc::POLLIN as u32;
 pub const POLLOUT: u32 = libc::POLLOUT as u32;
