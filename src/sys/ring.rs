@@ -619,6 +619,11 @@ impl Ring {
         }
     }
 
+    /// Op slots allocated (live or free).
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
     /// Ops the kernel has not finished with.
     pub fn in_flight(&self) -> usize {
         self.in_flight

@@ -177,7 +177,23 @@ impl Runtime {
     }
 
     fn run(&self, done: &Cell<bool>) -> io::Result<()> {
+        let stats = std::env::var_os("RINGWAY_RING_STATS").is_some();
+        let mut next_stats = std::time::Instant::now();
         loop {
+            if stats && std::time::Instant::now() >= next_stats {
+                next_stats += std::time::Duration::from_secs(2);
+                let tasks = self.tasks.borrow();
+                let live = tasks.iter().filter(|t| t.live).count();
+                let ring = self.ring.borrow();
+                eprintln!(
+                    "ring stats: tasks {} live {} slots {} in_flight {} timers {}",
+                    tasks.len(),
+                    live,
+                    ring.slot_count(),
+                    ring.in_flight(),
+                    self.timers.len()
+                );
+            }
             self.take_remote();
             let n = self.runq.borrow().len();
             for _ in 0..n {

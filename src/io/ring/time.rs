@@ -17,6 +17,10 @@ pub(super) struct Timers {
 }
 
 impl Timers {
+    pub(super) fn len(&self) -> usize {
+        self.map.borrow().len()
+    }
+
     /// Wakes every timer that is due; returns the next deadline.
     pub(super) fn fire(&self) -> Option<Instant> {
         let mut due = Vec::new();
