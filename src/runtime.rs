@@ -1,5 +1,5 @@
-//! Process layout: one worker thread per core, each pinned, each with its own runtime (a
-//! tokio-uring ring, or tokio's epoll reactor) and its own SO_REUSEPORT socket per listener.
+//! Process layout: one worker thread per core, each pinned, each with its own runtime (ringway's
+//! own io_uring runtime, or tokio's epoll reactor) and its own SO_REUSEPORT socket per listener.
 //! All sockets are bound here, before any worker starts, so a bind error stops the process
 //! at startup instead of leaving half a gateway running.
 
@@ -22,21 +22,23 @@ use crate::sys;
 const BACKLOG: i32 = 4096;
 const RING_ENTRIES: u32 = 1024;
 
-/// Decides the io backend: `auto` probes for a ring and falls back to epoll.
+/// Decides the io backend: `auto` probes the ring and the ops a ring worker needs, and falls
+/// back to epoll naming what was missing.
 pub fn choose_io(mode: IoMode) -> anyhow::Result<IoKind> {
     match mode {
         IoMode::Epoll => Ok(IoKind::Epoll),
-        IoMode::Uring => {
-            sys::uring::probe().context(
-                "io = \"uring\" but io_uring cannot be set up (seccomp profile? \
-                 kernel.io_uring_disabled?); use io = \"auto\" to fall back to epoll",
-            )?;
-            Ok(IoKind::Uring)
-        }
-        IoMode::Auto => match sys::uring::probe() {
+        IoMode::Uring => match sys::ring::probe() {
             Ok(()) => Ok(IoKind::Uring),
-            Err(e) => {
-                tracing::warn!(error = %e, "io_uring unavailable, falling back to epoll");
+            Err(missing) => bail!(
+                "io = \"uring\" but io_uring cannot be used: {missing} is missing (seccomp \
+                 profile? kernel.io_uring_disabled? old kernel?); use io = \"auto\" to fall \
+                 back to epoll"
+            ),
+        },
+        IoMode::Auto => match sys::ring::probe() {
+            Ok(()) => Ok(IoKind::Uring),
+            Err(missing) => {
+                tracing::warn!(%missing, "io_uring unusable, falling back to epoll");
                 Ok(IoKind::Epoll)
             }
         },
@@ -214,40 +216,31 @@ fn worker_thread(
         }
     }
     match io {
-        IoKind::Uring => {
-            let mut b = tokio_uring::builder();
-            b.entries(RING_ENTRIES);
-            b.uring_builder(&ring_flags());
-            match tokio_uring::Runtime::new(&b) {
-                Ok(rt) => {
-                    tracing::debug!(worker = id, cpu, io = "io_uring", "worker started");
-                    rt.block_on(async {
-                        sys::uring::set_ring_active(true);
-                        worker_main::<Uring>(id, shared, sockets, cmds).await;
-                        sys::uring::set_ring_active(false);
-                    });
-                }
-                Err(e) => {
-                    // The probe passed but this ring failed (memlock?): run this core on epoll.
-                    tracing::warn!(worker = id, error = %e, "io_uring ring failed; this worker uses epoll");
-                    run_epoll(id, shared, sockets, cmds);
-                }
+        IoKind::Uring => match crate::io::ring::Runtime::new(RING_ENTRIES, ring_setup()) {
+            Ok(rt) => {
+                tracing::debug!(worker = id, cpu, io = "io_uring", setup = ?rt.setup(), "worker started");
+                rt.block_on(worker_main::<Uring>(id, shared, sockets, cmds));
             }
-        }
+            Err(e) => {
+                // The probe passed but this ring failed (memlock?): run this core on epoll.
+                tracing::warn!(worker = id, error = %e, "io_uring ring failed; this worker uses epoll");
+                run_epoll(id, shared, sockets, cmds);
+            }
+        },
         IoKind::Epoll => run_epoll(id, shared, sockets, cmds),
     }
 }
 
-/// Ring setup flags. COOP_TASKRUN: completions' task work runs when the worker next enters
-/// the kernel instead of interrupting it (it enters every loop turn anyway). Measured in
-/// docs/benchmarks.md. DEFER_TASKRUN is not used: it hangs under tokio-uring, which waits
-/// for the ring through epoll rather than io_uring_enter.
-fn ring_flags() -> io_uring::Builder {
-    let mut b = io_uring::IoUring::builder();
-    if std::env::var_os("RINGWAY_URING_NO_COOP").is_none() {
-        b.setup_coop_taskrun();
+/// Ring setup: `SINGLE_ISSUER | DEFER_TASKRUN` (completion work runs only when the worker
+/// enters the kernel, which it does once per loop turn anyway), falling back to COOP_TASKRUN
+/// on kernels without it. `RINGWAY_URING_SETUP=coop|plain` forces a weaker one (to measure;
+/// docs/benchmarks.md).
+fn ring_setup() -> sys::ring::Setup {
+    match std::env::var("RINGWAY_URING_SETUP").as_deref() {
+        Ok("coop") => sys::ring::Setup::CoopTaskrun,
+        Ok("plain") => sys::ring::Setup::Plain,
+        _ => sys::ring::Setup::DeferTaskrun,
     }
-    b
 }
 
 fn run_epoll(

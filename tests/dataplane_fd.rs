@@ -194,4 +194,63 @@ async fn fds_tcp(io: &'static str) {
     check_round(&gw, "200 tcp tunnels", round).await;
 }
 
-both_io!(fds_ws, fds_timeouts, fds_tcp);
+/// Reloads (SIGHUP) while clients connect: each reload wakes every accept loop, which must not
+/// drop an accept that the kernel may already have completed (an io_uring accept op finishes in
+/// the kernel; a dropped one could take a connection with it). Every client gets its answer,
+/// and fds return to the baseline.
+async fn fds_reload_accepting(io: &'static str) {
+    let be = tagged_backend("r").await;
+    let gw = Gateway::start_config(io, &config(be.addr, "http"));
+    let addr = gw.addr;
+    // The control thread installs its SIGHUP handler just after "listening" is logged, and
+    // until then SIGHUP's default action ends the process (src/control.rs): give it time.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = gw.pid().to_string();
+    let gwr = &gw;
+    let round = || {
+        let pid = pid.clone();
+        async move {
+            let mut tasks = Vec::new();
+            for i in 0..150u64 {
+                tasks.push(tokio::spawn(async move {
+                    if i % 10 == 0 {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    let s = match tokio::net::TcpStream::connect(addr).await {
+                        Ok(s) => s,
+                        Err(e) => return Err(format!("client {i}: connect: {e}")),
+                    };
+                    let mut c = Conn::new(s);
+                    c.send(&get("/reload")).await;
+                    match c.response(false).await {
+                        Ok(r) if r.status == 200 => Ok(()),
+                        other => Err(format!("client {i}: {other:?}")),
+                    }
+                }));
+            }
+            for _ in 0..10 {
+                let st = std::process::Command::new("kill")
+                    .args(["-HUP", &pid])
+                    .status()
+                    .expect("kill -HUP");
+                assert!(st.success());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let mut failed = Vec::new();
+            for t in tasks {
+                if let Err(e) = t.await.unwrap() {
+                    failed.push(e);
+                }
+            }
+            assert!(
+                failed.is_empty(),
+                "{}: every client gets its answer despite reloads: {failed:?}\n--- log ---\n{}",
+                gwr.io,
+                gwr.log()
+            );
+        }
+    };
+    check_round(&gw, "reloads while accepting", round).await;
+}
+
+both_io!(fds_ws, fds_timeouts, fds_tcp, fds_reload_accepting);

@@ -1,14 +1,16 @@
 //! The io backend seam. The proxy is written once, generic over [`Driver`]; the two backends
 //! differ only in where readiness comes from:
 //!
-//! - [`Uring`]: a tokio-uring runtime per worker; readiness from one-shot `POLL_ADD` ops on the
-//!   worker's ring (submissions batched into one `io_uring_enter` per loop turn).
+//! - [`Uring`]: ringway's own runtime per worker ([`ring`]), on the `io-uring` crate; readiness
+//!   from one-shot `POLL_ADD` ops on the worker's ring, accepts as ring ops (submissions batched
+//!   into one `io_uring_enter` per loop turn, which is also the only place the worker waits).
 //! - [`Epoll`]: a tokio current-thread runtime per worker; readiness from epoll (`AsyncFd`).
 //!
 //! In both, the actual transfer is a non-blocking syscall (read, write, splice, accept4)
 //! made when the fd is ready, so every byte-moving line of code is shared.
 
 mod epoll;
+pub mod ring;
 mod uring;
 
 use std::future::Future;
@@ -41,6 +43,40 @@ pub trait Driver: 'static {
     const KIND: IoKind;
     /// An fd registered with this backend.
     type Fd<T: sys::reactor::OwnsFd + 'static>: Ready<T>;
+
+    /// Accepts one connection (non-blocking socket, CLOEXEC) and its peer's address. Default:
+    /// readiness, then accept4.
+    #[allow(async_fn_in_trait)]
+    async fn accept(listener: &Self::Fd<TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+        listener.read_with(sys::socket::accept_nonblocking).await
+    }
+
+    /// The ring-native copy path's handle on a socket (multishot receive into the core's
+    /// buffer pool, sends as ring ops), if this backend has one. Default: none, so tunnels copy
+    /// on readiness.
+    fn ring_sock(_s: &Self::Fd<TcpStream>) -> Option<ring::RingSock> {
+        None
+    }
+
+    /// Reads what is available into `buf` (at least one byte, or 0 at EOF). Default:
+    /// readiness, then read(2).
+    #[allow(async_fn_in_trait)]
+    async fn read(s: &Self::Fd<TcpStream>, buf: &mut [u8]) -> io::Result<usize> {
+        use std::io::Read;
+        s.read_with(|mut t| t.read(buf)).await
+    }
+
+    /// Opens a connection to `addr` (non-blocking, no Nagle). Default: connect(2), then
+    /// writability and SO_ERROR.
+    #[allow(async_fn_in_trait)]
+    async fn connect(addr: SocketAddr) -> io::Result<Self::Fd<TcpStream>> {
+        let (stream, done) = sys::socket::start_connect(addr)?;
+        let stream = <Self::Fd<TcpStream>>::new(stream)?;
+        if !done {
+            stream.write_with(sys::socket::finish_connect).await?;
+        }
+        Ok(stream)
+    }
 }
 
 /// A registered, non-blocking fd. `f` is the non-blocking operation; it is retried after
@@ -51,6 +87,20 @@ pub trait Ready<T>: Sized {
     fn get_ref(&self) -> &T;
     async fn read_with<R>(&self, f: impl FnMut(&T) -> io::Result<R>) -> io::Result<R>;
     async fn write_with<R>(&self, f: impl FnMut(&T) -> io::Result<R>) -> io::Result<R>;
+
+    /// [`Ready::read_with`], trying `f` before waiting when `likely_ready` (the last call
+    /// moved a full batch, so more bytes are probably queued: a bulk stream). A backend whose
+    /// readiness is sticky (epoll) ignores the hint; a one-shot poll backend saves a poll
+    /// round trip per batch with it.
+    #[allow(async_fn_in_trait)]
+    async fn read_with_hint<R>(
+        &self,
+        likely_ready: bool,
+        f: impl FnMut(&T) -> io::Result<R>,
+    ) -> io::Result<R> {
+        let _ = likely_ready;
+        self.read_with(f).await
+    }
 }
 
 pub type Stream<D> = <D as Driver>::Fd<TcpStream>;
@@ -68,14 +118,7 @@ pub async fn connect<D: Driver>(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<Stream<D>, ConnectError> {
-    let attempt = async {
-        let (stream, done) = sys::socket::start_connect(addr)?;
-        let stream = <Stream<D>>::new(stream)?;
-        if !done {
-            stream.write_with(sys::socket::finish_connect).await?;
-        }
-        Ok::<_, io::Error>(stream)
-    };
+    let attempt = D::connect(addr);
     match self::timeout(timeout, attempt).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(ConnectError::Failed(e)),
@@ -85,13 +128,12 @@ pub async fn connect<D: Driver>(
 
 /// Accepts one connection (non-blocking socket, CLOEXEC).
 pub async fn accept<D: Driver>(listener: &Listener<D>) -> io::Result<(TcpStream, SocketAddr)> {
-    listener.read_with(sys::socket::accept_nonblocking).await
+    D::accept(listener).await
 }
 
 /// Reads what is available into `buf` (at least one byte, or 0 at EOF).
 pub async fn read<D: Driver>(s: &Stream<D>, buf: &mut [u8]) -> io::Result<usize> {
-    use std::io::Read;
-    s.read_with(|mut t| t.read(buf)).await
+    D::read(s, buf).await
 }
 
 /// Appends one read of at most `max` bytes to `buf` (0 = EOF). The buffer is the
@@ -121,32 +163,66 @@ pub async fn write_all<D: Driver>(s: &Stream<D>, mut buf: &[u8]) -> io::Result<(
     Ok(())
 }
 
-/// Waits for `dur` on the worker's timer. Worker code never calls `tokio::time` directly: the
-/// io backend owns the clock (a ring-native backend keeps its own timers).
-pub async fn sleep(dur: Duration) {
-    tokio::time::sleep(dur).await
+/// Waits for `dur` on the worker's timer. Worker code never calls `tokio::time` directly: on a
+/// ring worker the clock is the ring runtime's (its nearest deadline is the ring wait's
+/// timeout); elsewhere (epoll workers, tests) it is tokio's.
+pub fn sleep(dur: Duration) -> Sleep {
+    sleep_until(std::time::Instant::now() + dur)
 }
 
 /// Waits until `deadline` on the worker's timer.
-pub async fn sleep_until(deadline: std::time::Instant) {
-    tokio::time::sleep_until(deadline.into()).await
+pub fn sleep_until(deadline: std::time::Instant) -> Sleep {
+    if ring::on_ring() {
+        Sleep::Ring(ring::sleep_until(deadline))
+    } else {
+        Sleep::Tokio(Box::pin(tokio::time::sleep_until(deadline.into())))
+    }
+}
+
+/// The future of [`sleep`] and [`sleep_until`]. Small on a ring worker (a deadline and a timer
+/// key: idle tunnels each hold one); tokio's larger timer is boxed.
+pub enum Sleep {
+    Ring(ring::Sleep),
+    Tokio(std::pin::Pin<Box<tokio::time::Sleep>>),
+}
+
+impl Future for Sleep {
+    type Output = ();
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        match self.get_mut() {
+            Sleep::Ring(s) => std::pin::Pin::new(s).poll(cx),
+            Sleep::Tokio(s) => s.as_mut().poll(cx),
+        }
+    }
 }
 
 /// Runs `f` for at most `dur`: `Err(Elapsed)` when the time ran out first (and `f` is dropped).
 pub async fn timeout<F: Future>(dur: Duration, f: F) -> Result<F::Output, Elapsed> {
-    tokio::time::timeout(dur, f).await.map_err(|_| Elapsed)
+    if ring::on_ring() {
+        ring::timeout(dur, f).await.map_err(|()| Elapsed)
+    } else {
+        tokio::time::timeout(dur, f).await.map_err(|_| Elapsed)
+    }
 }
 
 /// The time given to [`timeout`] ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elapsed;
 
-/// Spawns a task on the current worker (both backends run a tokio LocalSet-style executor).
-pub fn spawn_local<F: Future + 'static>(f: F) -> tokio::task::JoinHandle<F::Output>
+/// Spawns a task on the current worker: the ring runtime's executor on a ring worker, tokio's
+/// LocalSet elsewhere. Detached: the task runs to its end (or until the worker stops).
+pub fn spawn_local<F: Future + 'static>(f: F)
 where
     F::Output: 'static,
 {
-    tokio::task::spawn_local(f)
+    if ring::on_ring() {
+        ring::spawn(f)
+    } else {
+        drop(tokio::task::spawn_local(f));
+    }
 }
 
 /// The most a graceful close reads and discards, and for how long.

@@ -1,12 +1,15 @@
-//! The io_uring backend: readiness from POLL_ADD ops on the worker's tokio-uring ring.
+//! The io_uring backend: readiness from one-shot POLL_ADD ops on the worker's own ring
+//! (`io::ring`), accepts as ring ops.
 
+use std::any::Any;
 use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
-use super::{Driver, IoKind, Ready};
+use super::{ring, Driver, IoKind, Ready};
 use crate::sys::reactor::OwnsFd;
-use crate::sys::{self, uring::PollReady};
+use crate::sys::{self, ring::POLLIN, ring::POLLOUT};
 
 pub struct Uring;
 
@@ -15,9 +18,35 @@ const READ_TRY_FIRST: bool = false;
 impl Driver for Uring {
     const KIND: IoKind = IoKind::Uring;
     type Fd<T: OwnsFd + 'static> = UringFd<T>;
+
+    async fn accept(listener: &UringFd<TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+        let owner: Rc<dyn Any> = listener.0.clone();
+        ring::accept(owner, listener.0.as_raw_fd()).await
+    }
+
+    fn ring_sock(s: &UringFd<TcpStream>) -> Option<ring::RingSock> {
+        ring::RingSock::new(s.0.clone(), s.0.as_raw_fd())
+    }
+
+    async fn read(s: &UringFd<TcpStream>, buf: &mut [u8]) -> io::Result<usize> {
+        let owner: Rc<dyn Any> = s.0.clone();
+        if let Some(r) = ring::recv_into(owner, s.0.as_raw_fd(), buf).await {
+            return r;
+        }
+        // No pool, or it ran dry: readiness, then read(2).
+        use std::io::Read;
+        s.read_with(|mut t| t.read(buf)).await
+    }
+
+    async fn connect(addr: SocketAddr) -> io::Result<UringFd<TcpStream>> {
+        let s = Rc::new(sys::socket::new_stream(addr)?);
+        let owner: Rc<dyn Any> = s.clone();
+        ring::connect(owner, s.as_raw_fd(), addr).await?;
+        Ok(UringFd(s))
+    }
 }
 
-/// The fd's owner is reference-counted so a pending poll can keep it open (see `sys::uring`).
+/// The fd's owner is reference-counted so a pending op can keep it open (see `sys::ring`).
 pub struct UringFd<T>(Rc<T>);
 
 impl<T: AsRawFd + 'static> UringFd<T> {
@@ -36,14 +65,20 @@ impl<T: AsRawFd + 'static> UringFd<T> {
                 }
             }
             try_now = true;
-            let fd = self.0.as_raw_fd();
-            match PollReady::new(self.0.clone(), fd, events).await {
+            let owner: Rc<dyn Any> = self.0.clone();
+            match ring::poll(owner, self.0.as_raw_fd(), events).await {
                 Ok(_) => {}
-                Err(e) if sys::uring::is_spurious(&e) => {}
+                Err(e) if is_spurious(&e) => {}
                 Err(e) => return Err(e),
             }
         }
     }
+}
+
+/// The errors an interrupted poll completes with (`EINTR`, and the kernel-internal
+/// `ERESTARTSYS` = 512): wait again.
+fn is_spurious(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EINTR) | Some(512))
 }
 
 impl<T: OwnsFd + 'static> Ready<T> for UringFd<T> {
@@ -58,11 +93,19 @@ impl<T: OwnsFd + 'static> Ready<T> for UringFd<T> {
     async fn read_with<R>(&self, f: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
         // Poll first: a read usually follows one that drained the socket (ping-pong), so an
         // optimistic read would cost an EAGAIN syscall per message.
-        self.with(sys::uring::POLLIN, READ_TRY_FIRST, f).await
+        self.with(POLLIN, READ_TRY_FIRST, f).await
+    }
+
+    async fn read_with_hint<R>(
+        &self,
+        likely_ready: bool,
+        f: impl FnMut(&T) -> io::Result<R>,
+    ) -> io::Result<R> {
+        self.with(POLLIN, likely_ready, f).await
     }
 
     async fn write_with<R>(&self, f: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
         // Try first: sockets are almost always writable.
-        self.with(sys::uring::POLLOUT, true, f).await
+        self.with(POLLOUT, true, f).await
     }
 }

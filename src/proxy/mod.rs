@@ -162,6 +162,9 @@ pub async fn accept_loop<D: Driver>(
     };
     let mut phase = worker.shared.phase.subscribe();
     let mut generation = worker.shared.generation.subscribe();
+    // One accept stays pending across phase and generation wake-ups: on io_uring an accept is
+    // a kernel op, and dropping one the kernel just completed would drop its connection.
+    let mut next = std::pin::pin!(rio::accept::<D>(&listener));
     loop {
         if *phase.borrow_and_update() == Phase::StopAccepting {
             return;
@@ -174,10 +177,11 @@ pub async fn accept_loop<D: Driver>(
             }
         }
         let accepted = tokio::select! {
-            r = rio::accept::<D>(&listener) => r,
+            r = &mut next => r,
             _ = phase.changed() => continue,
             _ = generation.changed() => continue,
         };
+        next.set(rio::accept::<D>(&listener));
         let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
@@ -230,7 +234,6 @@ pub async fn accept_loop<D: Driver>(
             trusted,
         };
         rio::spawn_local(async move {
-            crate::sys::socket::tune_client(&stream);
             let client = match <rio::Stream<D>>::new(stream) {
                 Ok(c) => c,
                 Err(_) => return,

@@ -25,11 +25,16 @@ use crate::sys::{self, socket};
 
 use super::Worker;
 
+#[path = "tunnel_ring.rs"]
+mod ring_copy;
+
 /// A read that fills the scratch buffer switches the direction to splice.
 pub const SCRATCH_SIZE: usize = 16 * 1024;
 /// This many consecutive splice reads below `SMALL_READ` switch back to copying.
 const SMALL_STREAK: u8 = 8;
 const SMALL_READ: usize = 2048;
+/// A splice at least this big suggests a bulk stream with more bytes already queued.
+const BIG_READ: usize = 64 * 1024;
 /// Byte counters of a live tunnel reach the backend's metrics at least every this many bytes.
 const FLUSH_BYTES: u64 = 1 << 20;
 /// How often a tunnel of an upstream with `drain_timeout` checks its backend's deadline.
@@ -106,8 +111,8 @@ pub async fn run<D: Driver>(
     let track = idle.is_some();
     let drain = watch_drain.then_some(stats);
 
-    let a = pump::<D>(w, client, backend, &up, track.then_some(&last));
-    let b = pump::<D>(w, backend, client, &down, track.then_some(&last));
+    let a = direction::<D>(w, client, backend, &up, track.then_some(&last));
+    let b = direction::<D>(w, backend, client, &down, track.then_some(&last));
     tokio::pin!(a, b);
     let watchdog = idle_watchdog(idle, &last);
     tokio::pin!(watchdog);
@@ -226,16 +231,44 @@ async fn drain_watch(stats: Option<&BackendStats>) {
     }
 }
 
-/// One direction: src → dst until src's EOF (then shutdown dst's write side).
+/// How a readiness pump stopped without an error.
+enum PumpEnd {
+    /// src's EOF, passed on as dst's half-close.
+    Eof,
+    /// A run of small reads while splicing ([`PumpMode::UntilSmall`]), or one batch moved
+    /// ([`PumpMode::OneBatch`]): hand back to the ring copy path.
+    Handback,
+}
+
+/// How long a readiness pump runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PumpMode {
+    /// Until src's EOF (the epoll path, and forced splice).
+    Whole,
+    /// The bulk phase of a ring-native direction: splice until a run of small reads.
+    UntilSmall,
+    /// One batch by copy through the scratch buffer: the core's buffer pool ran dry.
+    OneBatch,
+}
+
+/// One direction: src → dst until src's EOF (then shutdown dst's write side). With
+/// [`PumpMode::UntilSmall`] (the bulk phase of a ring-native direction) it starts splicing and
+/// returns where it would switch back to copying.
 async fn pump<D: Driver>(
     w: &Worker,
     src: &Stream<D>,
     dst: &Stream<D>,
     moved: &Counted<'_>,
     last: Option<&Cell<Instant>>,
-) -> Result<(), DirError> {
+    mode: PumpMode,
+) -> Result<PumpEnd, DirError> {
+    let until_small = mode == PumpMode::UntilSmall;
     let strategy = w.strategy;
-    let mut splicing = strategy == Strategy::Splice;
+    let mut splicing = strategy == Strategy::Splice || until_small;
+    let mut leave = false;
+    // The last splice moved a big batch: more is probably queued, so try before waiting (on
+    // io_uring a wait is a poll round trip per batch; see docs/benchmarks.md, bulk).
+    let mut likely_ready = false;
     let mut small: u8 = 0;
     // Bytes read but not yet accepted by dst (copy mode). Allocated only when dst is slow.
     let mut pending: Vec<u8> = Vec::new();
@@ -255,6 +288,9 @@ async fn pump<D: Driver>(
             w.put_pipe(p);
             r.map_err(DirError::Dst)?;
         }
+        if leave {
+            return Ok(PumpEnd::Handback);
+        }
 
         // 2. Move the next batch.
         if strategy == Strategy::Splice {
@@ -264,7 +300,7 @@ async fn pump<D: Driver>(
             match w.get_pipe() {
                 Some(mut p) => {
                     let r = src
-                        .read_with(|s| {
+                        .read_with_hint(likely_ready, |s| {
                             let n = p.fill_from(s.as_fd())?;
                             if n > 0 {
                                 // Push it on right away: usually dst takes it all.
@@ -288,6 +324,7 @@ async fn pump<D: Driver>(
                             return Err(DirError::Src(e));
                         }
                     };
+                    likely_ready = n >= BIG_READ;
                     if p.is_empty() {
                         w.put_pipe(p);
                     } else {
@@ -298,6 +335,7 @@ async fn pump<D: Driver>(
                         if small >= SMALL_STREAK {
                             splicing = false;
                             small = 0;
+                            leave = until_small;
                         }
                     } else {
                         small = 0;
@@ -340,6 +378,7 @@ async fn pump<D: Driver>(
             if n == SCRATCH_SIZE && strategy == Strategy::Adaptive {
                 splicing = true;
                 small = 0;
+                leave = false;
             }
             n
         };
@@ -357,11 +396,14 @@ async fn pump<D: Driver>(
                 r.map_err(DirError::Dst)?;
             }
             let _ = dst.get_ref().shutdown(Shutdown::Write);
-            return Ok(());
+            return Ok(PumpEnd::Eof);
         }
         moved.add(n as u64);
         if let Some(last) = last {
             last.set(Instant::now());
+        }
+        if mode == PumpMode::OneBatch {
+            leave = true; // after flushing what dst has not taken yet
         }
     }
 }
@@ -371,4 +413,38 @@ async fn drain_pipe<D: Driver>(dst: &Stream<D>, p: &mut Pipe) -> io::Result<()> 
         dst.write_with(|d| p.drain_to(d.as_fd())).await?;
     }
     Ok(())
+}
+
+/// One direction, on whichever path the backend offers: the ring-native copy path (multishot
+/// receive into the core's buffer pool, sends as ring ops) with splice on readiness for bulk,
+/// or the readiness pump (copy through the scratch buffer, splice for bulk).
+async fn direction<D: Driver>(
+    w: &Worker,
+    src: &Stream<D>,
+    dst: &Stream<D>,
+    moved: &Counted<'_>,
+    last: Option<&Cell<Instant>>,
+) -> Result<(), DirError> {
+    let socks = match (D::ring_sock(src), D::ring_sock(dst)) {
+        (Some(s), Some(d)) if w.strategy != Strategy::Splice => Some((s, d)),
+        _ => None,
+    };
+    let Some((rs, rd)) = socks else {
+        return pump::<D>(w, src, dst, moved, last, PumpMode::Whole)
+            .await
+            .map(drop);
+    };
+    loop {
+        let mode = match ring_copy::ring_copy(w, dst.get_ref(), &rs, &rd, moved, last).await? {
+            ring_copy::RingEnd::Eof => return Ok(()),
+            ring_copy::RingEnd::Bulk => PumpMode::UntilSmall,
+            ring_copy::RingEnd::NoBuffers => PumpMode::OneBatch,
+        };
+        // Boxed: the readiness phase's state (pipe, pending bytes, readiness futures) is
+        // allocated only while a direction streams, not carried by every idle tunnel.
+        match Box::pin(pump::<D>(w, src, dst, moved, last, mode)).await? {
+            PumpEnd::Eof => return Ok(()),
+            PumpEnd::Handback => {}
+        }
+    }
 }

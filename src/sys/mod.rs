@@ -3,11 +3,12 @@
 //! use of it. Everything above this module is safe Rust.
 #![allow(unsafe_code)]
 
+pub mod bufring;
 pub mod cpu;
 pub mod pipe;
 pub mod reactor;
+pub mod ring;
 pub mod socket;
-pub mod uring;
 
 use std::io;
 

@@ -17,6 +17,9 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener>
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
+    // Accepted sockets inherit these from the listener (Linux clones the listening socket's
+    // options into each child), so no setsockopt per connection.
+    tune_client_options(&SockRef::from(&socket));
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     Ok(socket.into())
@@ -51,7 +54,7 @@ fn unsafe_zeroed_storage() -> libc::sockaddr_storage {
     unsafe { std::mem::zeroed() }
 }
 
-fn sockaddr_to_std(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+pub(crate) fn sockaddr_to_std(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match storage.ss_family as libc::c_int {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in, which fits inside it.
@@ -74,15 +77,21 @@ fn sockaddr_to_std(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-/// Starts a non-blocking connect. `Ok((stream, true))` when already connected (loopback can
-/// be), `Ok((stream, false))` while in progress: wait for writability, then [`finish_connect`].
-pub fn start_connect(addr: SocketAddr) -> io::Result<(TcpStream, bool)> {
+/// A new non-blocking, CLOEXEC TCP socket for `addr`'s family, without Nagle (backend side).
+pub fn new_stream(addr: SocketAddr) -> io::Result<TcpStream> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking().cloexec(),
         Some(Protocol::TCP),
     )?;
     socket.set_nodelay(true)?;
+    Ok(socket.into())
+}
+
+/// Starts a non-blocking connect. `Ok((stream, true))` when already connected (loopback can
+/// be), `Ok((stream, false))` while in progress: wait for writability, then [`finish_connect`].
+pub fn start_connect(addr: SocketAddr) -> io::Result<(TcpStream, bool)> {
+    let socket = Socket::from(new_stream(addr)?);
     match socket.connect(&addr.into()) {
         Ok(()) => Ok((socket.into(), true)),
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok((socket.into(), false)),
@@ -106,10 +115,10 @@ pub fn finish_connect(stream: &TcpStream) -> io::Result<()> {
 }
 
 /// Client sockets: no Nagle (WebSocket messages are latency-bound), keepalive so a dead
-/// peer behind a silent NAT is found eventually even with `tunnel_idle` off.
-pub fn tune_client(stream: &TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let sock = SockRef::from(stream);
+/// peer behind a silent NAT is found eventually even with `tunnel_idle` off. Set once on each
+/// listener; accepted sockets inherit them.
+fn tune_client_options(sock: &SockRef<'_>) {
+    let _ = sock.set_nodelay(true);
     let ka = socket2::TcpKeepalive::new()
         .with_time(std::time::Duration::from_secs(60))
         .with_interval(std::time::Duration::from_secs(10))
@@ -121,4 +130,37 @@ pub fn tune_client(stream: &TcpStream) {
 /// passed on to the other.
 pub fn set_reset_on_close(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The options a client socket needs arrive with accept (set once on the listener).
+    #[test]
+    fn accepted_sockets_inherit_nodelay_and_keepalive() {
+        let l = bind_reuseport("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = l.local_addr().unwrap();
+        let _c = TcpStream::connect(addr).unwrap();
+        let (s, peer) = loop {
+            match accept_nonblocking(&l) {
+                Ok(x) => break x,
+                Err(e) if crate::sys::would_block(&e) => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(peer, _c.local_addr().unwrap());
+        let r = SockRef::from(&s);
+        assert!(s.nodelay().unwrap());
+        assert!(r.keepalive().unwrap());
+        assert_eq!(
+            r.keepalive_time().unwrap(),
+            std::time::Duration::from_secs(60)
+        );
+        assert_eq!(
+            r.keepalive_interval().unwrap(),
+            std::time::Duration::from_secs(10)
+        );
+        assert_eq!(r.keepalive_retries().unwrap(), 6);
+    }
 }
