@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::config::{Config, ConfigErrors};
 use crate::runtime::{self, DataPlane};
@@ -39,6 +39,16 @@ pub fn run(mut config: Config, path: Option<PathBuf>, overrides: Overrides) -> i
         }
     };
     warn_about_kernel();
+    // Signal handlers go in before the data plane starts: a SIGHUP that arrives once the
+    // listeners are up (a reload right after "listening") must reload, not kill the process.
+    let signals = {
+        let _rt = rt.enter();
+        Signals::install()
+    };
+    let Some(signals) = signals else {
+        tracing::error!("cannot install signal handlers");
+        return 1;
+    };
     let plane = match DataPlane::start(config) {
         Ok(p) => p,
         Err(e) => {
@@ -60,7 +70,7 @@ pub fn run(mut config: Config, path: Option<PathBuf>, overrides: Overrides) -> i
                 }
             }
         }
-        control_loop(shared, path, overrides).await;
+        control_loop(shared, path, overrides, signals).await;
         // Keep this runtime (admin, discovery) serving while the workers drain: /readyz must
         // keep answering 503 and /metrics keep counting until the process exits.
         let _ = tokio::task::spawn_blocking(move || plane.stop()).await;
@@ -89,15 +99,35 @@ fn warn_about_kernel() {
 /// How often TLS certificate files are checked for changes.
 const CERT_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 
-async fn control_loop(shared: Arc<Shared>, path: Option<PathBuf>, overrides: Overrides) {
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
+/// SIGTERM, SIGINT and SIGHUP, installed once at startup.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    /// Must run inside the control runtime's context.
+    fn install() -> Option<Signals> {
+        Some(Signals {
+            term: signal(SignalKind::terminate()).ok()?,
+            int: signal(SignalKind::interrupt()).ok()?,
+            hup: signal(SignalKind::hangup()).ok()?,
+        })
+    }
+}
+
+async fn control_loop(
+    shared: Arc<Shared>,
+    path: Option<PathBuf>,
+    overrides: Overrides,
+    signals: Signals,
+) {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     // Certificate files are polled (not inotify): a Secret volume's symlink swap and a plain
     // rewrite look the same to a stat, and 5 s bounds how stale a rotated certificate is.
     let mut cert_poll = tokio::time::interval(CERT_POLL);

@@ -51,7 +51,10 @@ async fn probes_answer_while_forty_clients_sit_idle() {
                 matches!(s.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
             })
             .count();
-        assert_eq!(still_open, 40, "{path} was answered only after idle clients were cut");
+        assert_eq!(
+            still_open, 40,
+            "{path} was answered only after idle clients were cut"
+        );
     }
     // A scrape is answered too.
     assert_eq!(http_get(gw.admin, "/metrics").await.unwrap().0, 200);
