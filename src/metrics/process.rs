@@ -8,10 +8,6 @@
 
 use std::path::Path;
 
-/// Clock ticks per second of `/proc/PID/stat` times. Linux fixes USER_HZ at 100 in its ABI on
-/// every architecture ringway builds for (`sysconf(_SC_CLK_TCK)` answers 100), and reading it
-/// here would take an `unsafe` call outside `sys/`.
-const USER_HZ: f64 = 100.0;
 
 /// One scrape's worth; a figure `/proc` could not give is `None` (its sample is left out).
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -83,7 +79,7 @@ pub fn parse_cpu_seconds(stat: &str) -> Option<f64> {
     let mut fields = rest.split_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) as f64 / USER_HZ)
+    Some((utime + stime) as f64 / crate::sys::clock_ticks_per_second() as f64)
 }
 
 #[cfg(test)]

@@ -18,6 +18,18 @@ pub fn would_block(e: &io::Error) -> bool {
 }
 
 /// Raises RLIMIT_NOFILE to the hard limit: a gateway needs two fds per proxied connection.
+/// Clock ticks per second of `/proc/PID/stat` CPU times (`sysconf(_SC_CLK_TCK)`, USER_HZ);
+/// 100 when the call fails (the value Linux fixes in its ABI).
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf takes a plain integer name and touches no memory of ours.
+    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if n > 0 {
+        n as u64
+    } else {
+        100
+    }
+}
+
 pub fn raise_nofile_limit() -> io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
