@@ -16,22 +16,14 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::balance::{now_ms, BackendStats};
-use crate::io::{self as rio, Driver, Ready, Stream};
-use crate::sys::{self, socket};
+use crate::balance::BackendStats;
+use crate::io::{Driver, Ready, Stream};
+use crate::sys;
 use crate::tls::stream::Plain;
 use crate::tls::TlsStream;
 
-use super::tunnel::{End, Moved};
+use super::tunnel::{supervise, Counted, Dir, DirError, End, Moved};
 use super::Worker;
-
-const FLUSH_BYTES: u64 = 1 << 20;
-const DRAIN_CHECK: Duration = Duration::from_secs(1);
-
-enum DirError {
-    Src(io::Error),
-    Dst(io::Error),
-}
 
 /// Runs a TLS client's tunnel until both directions are done, one side resets, it idles out
 /// or its backend's drain deadline passes.
@@ -43,43 +35,13 @@ pub async fn run<D: Driver>(
     stats: &BackendStats,
     watch_drain: bool,
 ) -> (End, Moved) {
-    let up = Counted::new(stats, true);
-    let down = Counted::new(stats, false);
+    let up = Counted::new(stats, Dir::Up);
+    let down = Counted::new(stats, Dir::Down);
     let last = Cell::new(Instant::now());
     let a = pump_up::<D>(client, backend, &up, &last);
     let b = pump_down::<D>(w, backend, client, &down, &last);
-    tokio::pin!(a, b);
-    let watchdog = idle_watchdog(idle, &last);
-    tokio::pin!(watchdog);
-    let drained = drain_watch(watch_drain.then_some(stats));
-    tokio::pin!(drained);
-
-    let (mut a_done, mut b_done) = (false, false);
-    let end = loop {
-        tokio::select! {
-            r = &mut a, if !a_done => {
-                a_done = true;
-                match r {
-                    Ok(()) => {}
-                    Err(DirError::Src(e)) => { tracing::debug!(error = %e, "TLS client side failed"); socket::set_reset_on_close(backend.get_ref()); break End::ClientReset }
-                    Err(DirError::Dst(e)) => { tracing::debug!(error = %e, "backend side failed"); socket::set_reset_on_close(client.socket()); break End::BackendReset }
-                }
-            }
-            r = &mut b, if !b_done => {
-                b_done = true;
-                match r {
-                    Ok(()) => {}
-                    Err(DirError::Src(e)) => { tracing::debug!(error = %e, "backend side failed"); socket::set_reset_on_close(client.socket()); break End::BackendReset }
-                    Err(DirError::Dst(e)) => { tracing::debug!(error = %e, "TLS client side failed"); socket::set_reset_on_close(backend.get_ref()); break End::ClientReset }
-                }
-            }
-            () = &mut watchdog => break End::IdleTimeout,
-            () = &mut drained => break End::Drained,
-        }
-        if a_done && b_done {
-            break End::Closed;
-        }
-    };
+    let drain = watch_drain.then_some(stats);
+    let end = supervise(a, b, client.socket(), backend.get_ref(), idle, &last, drain).await;
     up.flush();
     down.flush();
     (
@@ -129,14 +91,14 @@ async fn pump_up<D: Driver>(
                     })
                     .await
                     .map_err(DirError::Dst)??;
-                moved.add(n as u64, last);
+                add(moved, n as u64, last);
                 continue;
             }
             Some(e) => return Err(DirError::Dst(e)),
             None => {}
         }
         match got {
-            Plain::Data(n) => moved.add(n as u64, last),
+            Plain::Data(n) => add(moved, n as u64, last),
             Plain::End => {
                 let _ = backend.get_ref().shutdown(Shutdown::Write);
                 return Ok(());
@@ -191,74 +153,14 @@ async fn pump_down<D: Driver>(
             return client.shutdown_write().await.map_err(DirError::Dst);
         }
         client.flush().await.map_err(DirError::Dst)?;
-        moved.add(n as u64, last);
+        add(moved, n as u64, last);
     }
 }
 
-/// One direction's bytes, flushed into the backend's counters every `FLUSH_BYTES`.
-struct Counted<'a> {
-    stats: &'a BackendStats,
-    up: bool,
-    total: Cell<u64>,
-    flushed: Cell<u64>,
-}
-
-impl<'a> Counted<'a> {
-    fn new(stats: &'a BackendStats, up: bool) -> Self {
-        Counted {
-            stats,
-            up,
-            total: Cell::new(0),
-            flushed: Cell::new(0),
-        }
-    }
-
-    fn add(&self, n: u64, last: &Cell<Instant>) {
-        if n == 0 {
-            return;
-        }
+/// Counts `n` bytes moved one way, and the tunnel as not idle.
+fn add(moved: &Counted<'_>, n: u64, last: &Cell<Instant>) {
+    if n > 0 {
         last.set(Instant::now());
-        let total = self.total.get() + n;
-        self.total.set(total);
-        if total - self.flushed.get() >= FLUSH_BYTES {
-            self.flush();
-        }
-    }
-
-    fn flush(&self) {
-        let delta = self.total.get() - self.flushed.get();
-        if delta > 0 {
-            if self.up {
-                self.stats.add_bytes(delta, 0);
-            } else {
-                self.stats.add_bytes(0, delta);
-            }
-            self.flushed.set(self.total.get());
-        }
-    }
-}
-
-async fn idle_watchdog(idle: Option<Duration>, last: &Cell<Instant>) {
-    let Some(idle) = idle else {
-        return std::future::pending().await;
-    };
-    loop {
-        let deadline = last.get() + idle;
-        if Instant::now() >= deadline {
-            return;
-        }
-        rio::sleep_until(deadline).await;
-    }
-}
-
-async fn drain_watch(stats: Option<&BackendStats>) {
-    let Some(stats) = stats else {
-        return std::future::pending().await;
-    };
-    loop {
-        rio::sleep(DRAIN_CHECK).await;
-        if stats.drain_deadline().is_some_and(|at| now_ms() >= at) {
-            return;
-        }
+        moved.add(n);
     }
 }

@@ -13,6 +13,7 @@
 //!   wait in a small per-direction buffer freed as soon as it drains).
 
 use std::cell::Cell;
+use std::future::Future;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsFd;
@@ -91,9 +92,20 @@ impl Strategy {
 }
 
 /// Which side failed inside a direction.
-enum DirError {
+pub(super) enum DirError {
     Src(io::Error),
     Dst(io::Error),
+}
+
+impl DirError {
+    /// (whether the client's side failed, the error), for a direction that reads from the
+    /// client (`from_client`) or from the backend.
+    fn side(self, from_client: bool) -> (bool, io::Error) {
+        match self {
+            DirError::Src(e) => (from_client, e),
+            DirError::Dst(e) => (!from_client, e),
+        }
+    }
 }
 
 /// Runs a tunnel until both directions are done, or one side resets, or it idles out.
@@ -113,38 +125,8 @@ pub async fn run<D: Driver>(
 
     let a = direction::<D>(w, client, backend, &up, track.then_some(&last));
     let b = direction::<D>(w, backend, client, &down, track.then_some(&last));
-    tokio::pin!(a, b);
-    let watchdog = idle_watchdog(idle, &last);
-    tokio::pin!(watchdog);
-    let drained = drain_watch(drain);
-    tokio::pin!(drained);
-
-    let (mut a_done, mut b_done) = (false, false);
-    let end = loop {
-        tokio::select! {
-            r = &mut a, if !a_done => {
-                a_done = true;
-                match r {
-                    Ok(()) => {}
-                    Err(DirError::Src(e)) => { tracing::debug!(error = %e, "client side failed"); socket::set_reset_on_close(backend.get_ref()); break End::ClientReset }
-                    Err(DirError::Dst(e)) => { tracing::debug!(error = %e, "backend side failed"); socket::set_reset_on_close(client.get_ref()); break End::BackendReset }
-                }
-            }
-            r = &mut b, if !b_done => {
-                b_done = true;
-                match r {
-                    Ok(()) => {}
-                    Err(DirError::Src(e)) => { tracing::debug!(error = %e, "backend side failed"); socket::set_reset_on_close(client.get_ref()); break End::BackendReset }
-                    Err(DirError::Dst(e)) => { tracing::debug!(error = %e, "client side failed"); socket::set_reset_on_close(backend.get_ref()); break End::ClientReset }
-                }
-            }
-            () = &mut watchdog => break End::IdleTimeout,
-            () = &mut drained => break End::Drained,
-        }
-        if a_done && b_done {
-            break End::Closed;
-        }
-    };
+    let (c, k) = (client.get_ref(), backend.get_ref());
+    let end = supervise(a, b, c, k, idle, &last, drain).await;
     // The pumps may have been dropped mid-way: whatever they did not flush is added here.
     up.flush();
     down.flush();
@@ -157,23 +139,68 @@ pub async fn run<D: Driver>(
     )
 }
 
+/// Drives both directions of a tunnel (`up`: client → backend, `down`: backend → client) to
+/// the tunnel's end, whatever moves the bytes (the readiness pump, the ring copy path, or the
+/// TLS pump): both done is a clean close; an error on one side resets the other (RST on close);
+/// the idle watchdog and the backend's drain deadline end it too. Shared so every kind of
+/// tunnel ends the same way.
+pub(super) async fn supervise(
+    up: impl Future<Output = Result<(), DirError>>,
+    down: impl Future<Output = Result<(), DirError>>,
+    client: &TcpStream,
+    backend: &TcpStream,
+    idle: Option<Duration>,
+    last: &Cell<Instant>,
+    drain: Option<&BackendStats>,
+) -> End {
+    tokio::pin!(up, down);
+    let watchdog = idle_watchdog(idle, last);
+    tokio::pin!(watchdog);
+    let drained = drain_watch(drain);
+    tokio::pin!(drained);
+    let (mut up_done, mut down_done) = (false, false);
+    loop {
+        // Src of `up` and Dst of `down` are the client; the other two are the backend.
+        let failed = tokio::select! {
+            r = &mut up, if !up_done => { up_done = true; r.err().map(|e| e.side(true)) }
+            r = &mut down, if !down_done => { down_done = true; r.err().map(|e| e.side(false)) }
+            () = &mut watchdog => return End::IdleTimeout,
+            () = &mut drained => return End::Drained,
+        };
+        match failed {
+            Some((true, e)) => {
+                tracing::debug!(error = %e, "client side failed");
+                socket::set_reset_on_close(backend);
+                return End::ClientReset;
+            }
+            Some((false, e)) => {
+                tracing::debug!(error = %e, "backend side failed");
+                socket::set_reset_on_close(client);
+                return End::BackendReset;
+            }
+            None if up_done && down_done => return End::Closed,
+            None => {}
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
-enum Dir {
+pub(super) enum Dir {
     Up,
     Down,
 }
 
 /// Bytes one direction moved, flushed into the backend's counters every `FLUSH_BYTES` so the
 /// byte metrics of an hour-long tunnel move while it lives (one atomic add per MiB).
-struct Counted<'a> {
+pub(super) struct Counted<'a> {
     stats: &'a BackendStats,
     dir: Dir,
-    total: Cell<u64>,
+    pub(super) total: Cell<u64>,
     flushed: Cell<u64>,
 }
 
 impl<'a> Counted<'a> {
-    fn new(stats: &'a BackendStats, dir: Dir) -> Self {
+    pub(super) fn new(stats: &'a BackendStats, dir: Dir) -> Self {
         Counted {
             stats,
             dir,
@@ -183,7 +210,7 @@ impl<'a> Counted<'a> {
     }
 
     #[inline]
-    fn add(&self, n: u64) {
+    pub(super) fn add(&self, n: u64) {
         let total = self.total.get() + n;
         self.total.set(total);
         if total - self.flushed.get() >= FLUSH_BYTES {
@@ -191,7 +218,7 @@ impl<'a> Counted<'a> {
         }
     }
 
-    fn flush(&self) {
+    pub(super) fn flush(&self) {
         let delta = self.total.get() - self.flushed.get();
         if delta > 0 {
             match self.dir {
