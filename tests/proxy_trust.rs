@@ -2,6 +2,9 @@
 //! items 3 and 4; issue 10, item 6): `proxy_protocol_from`, per-source limits on the carried
 //! address, the pending-header guard, and refusals a client can read.
 
+#[macro_use]
+#[path = "common/both_io.rs"]
+mod both_io;
 #[path = "common/ops_harness.rs"]
 mod harness;
 
@@ -85,28 +88,6 @@ fn start(io: &str, tag: &str, text: &str) -> Gateway {
     let path = temp_dir(&format!("{tag}-{io}")).join("ringway.toml");
     std::fs::write(&path, text).unwrap();
     Gateway::start(&["--config", path.to_str().unwrap(), "--io", io])
-}
-
-/// Runs each `async fn NAME(io)` on both io backends, as `uring::NAME` and `epoll::NAME`.
-macro_rules! both_io {
-    ($($name:ident),* $(,)?) => {
-        mod uring {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name("uring").await
-                }
-            )*
-        }
-        mod epoll {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name("epoll").await
-                }
-            )*
-        }
-    };
 }
 
 fn config(mode: &str, backend: SocketAddr, listener: &str, top: &str) -> String {

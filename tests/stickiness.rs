@@ -4,6 +4,9 @@
 //! bounded load off (the default) and on (`load_factor = 1.25`: a key stays with its live
 //! connections).
 
+#[macro_use]
+#[path = "common/both_io.rs"]
+mod both_io;
 #[path = "common/ops_harness.rs"]
 mod harness;
 
@@ -219,28 +222,6 @@ async fn hash_ip_is_sticky_by_default(io: &'static str) {
 
 async fn hash_ip_with_bounded_load_keeps_siblings_together(io: &'static str) {
     scenario(io, "sticky-bounded", "load_factor = 1.25").await;
-}
-
-/// Runs each `async fn NAME(io)` on both io backends, as `uring::NAME` and `epoll::NAME`.
-macro_rules! both_io {
-    ($($name:ident),* $(,)?) => {
-        mod uring {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name("uring").await
-                }
-            )*
-        }
-        mod epoll {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name("epoll").await
-                }
-            )*
-        }
-    };
 }
 
 both_io!(

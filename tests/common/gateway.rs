@@ -21,29 +21,8 @@ use tokio::net::{TcpListener, TcpStream};
 /// Generous bound for any single network step (a step that should take microseconds).
 pub const STEP: Duration = Duration::from_secs(10);
 
-/// Generates `mod uring { #[tokio::test] fn NAME() }` and `mod epoll { ... }` for each
-/// `async fn NAME(io: &'static str)` in the including file.
-#[macro_export]
-macro_rules! both_io {
-    ($($name:ident),* $(,)?) => {
-        mod uring {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name("uring").await
-                }
-            )*
-        }
-        mod epoll {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name("epoll").await
-                }
-            )*
-        }
-    };
-}
+// `both_io!`: one test body run on both io backends (shared with the ops harness's tests).
+include!("both_io.rs");
 
 /// Bounded await: a hung gateway fails the test instead of hanging CI.
 pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
