@@ -18,7 +18,7 @@ use crate::error::Kind;
 use crate::io::IoKind;
 use crate::metrics::process::ProcessStats;
 use crate::metrics::{Histogram, HistogramSnapshot};
-use crate::state::Shared;
+use crate::state::{Generation, Shared};
 
 /// Content-Type of the exposition (Prometheus negotiates OpenMetrics and accepts it as is).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -127,139 +127,159 @@ impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let shared = &*self.0;
         let gen = shared.gen.load();
-        let cores = &shared.metrics.cores;
-
-        family(&mut enc, &names::CONNECTIONS_ACTIVE, |m| {
-            gen.listeners
-                .iter()
-                .try_for_each(|l| gauge(m, [("listener", &l.name)], l.active()))
-        })?;
-        family(&mut enc, &names::CONNECTIONS, |m| {
-            gen.listeners
-                .iter()
-                .try_for_each(|l| counter(m, [("listener", &l.name)], l.accepted_total()))
-        })?;
-        family(&mut enc, &names::CONNECTIONS_REJECTED, |m| {
-            gen.listeners
-                .iter()
-                .try_for_each(|l| counter(m, [("listener", &l.name)], l.rejected_total()))
-        })?;
-
-        // One table load per upstream, so every per-backend family of a scrape agrees.
-        let tables: Vec<_> = gen
-            .upstreams
-            .iter()
-            .map(|u| (&u.cfg.name, u.lb.load_full()))
-            .collect();
-        let each_backend =
-            |m: &mut MetricEncoder,
-             f: &mut dyn FnMut(&mut MetricEncoder, &str, &Backend) -> fmt::Result|
-             -> fmt::Result {
-                for (up, table) in &tables {
-                    for b in table.backends() {
-                        f(m, up, b)?;
-                    }
-                }
-                Ok(())
-            };
-        family(&mut enc, &names::UPSTREAM_CONNECTIONS_ACTIVE, |m| {
-            each_backend(m, &mut |m, up, b| {
-                gauge(
-                    m,
-                    [("upstream", up), ("backend", b.name())],
-                    b.live() as i64,
-                )
-            })
-        })?;
-        family(&mut enc, &names::REQUESTS, |m| {
-            each_backend(m, &mut |m, up, b| {
-                let r = b.stats().responses();
-                CLASSES.iter().zip(r).try_for_each(|(code, n)| {
-                    counter(
-                        m,
-                        [("upstream", up), ("backend", b.name()), ("code", code)],
-                        n,
-                    )
-                })
-            })
-        })?;
-        family(&mut enc, &names::BYTES, |m| {
-            each_backend(m, &mut |m, up, b| {
-                let (to_backend, to_client) = b.stats().bytes();
-                let l = |d| [("upstream", up), ("backend", b.name()), ("direction", d)];
-                counter(m, l("to_backend"), to_backend)?;
-                counter(m, l("to_client"), to_client)
-            })
-        })?;
-        let now = now_ms();
-        family(&mut enc, &names::BACKEND_UP, |m| {
-            each_backend(m, &mut |m, up, b| {
-                gauge(
-                    m,
-                    [("upstream", up), ("backend", b.name())],
-                    backend_up(b, now) as i64,
-                )
-            })
-        })?;
-        family(&mut enc, &names::UPSTREAM_UP, |m| {
-            gen.upstreams
-                .iter()
-                .try_for_each(|u| gauge(m, [("upstream", &u.cfg.name)], u.has_backend_up() as i64))
-        })?;
-        family(&mut enc, &names::UPGRADES, |m| {
-            gen.upstreams.iter().try_for_each(|u| {
-                let (ok, failed) = u.counters.upgrades();
-                counter(m, [("upstream", &u.cfg.name), ("result", "ok")], ok)?;
-                counter(m, [("upstream", &u.cfg.name), ("result", "failed")], failed)
-            })
-        })?;
-        family(&mut enc, &names::ERRORS, |m| {
-            Kind::ALL.iter().try_for_each(|&k| {
-                let labels = [("kind", k.as_str()), ("side", k.side().as_str())];
-                counter(m, labels, shared.metrics.errors(k))
-            })
-        })?;
-        family(&mut enc, &names::HEAD_PARSE, |m| {
-            histogram(m, Histogram::sum(cores.iter().map(|c| &c.head_parse)))
-        })?;
-        family(&mut enc, &names::BACKEND_CONNECT, |m| {
-            histogram(m, Histogram::sum(cores.iter().map(|c| &c.connect)))
-        })?;
-        family(&mut enc, &names::TUNNEL_DURATION, |m| {
-            histogram(m, Histogram::sum(cores.iter().map(|c| &c.tunnel_lifetime)))
-        })?;
-        encode_dns_updates(&mut enc, &dns_updates())?;
-        family(&mut enc, &names::CONFIG_RELOADS, |m| {
-            let c = &shared.metrics.control;
-            counter(m, [("result", "ok")], c.reloads_ok.load(Relaxed))?;
-            counter(m, [("result", "failed")], c.reloads_failed.load(Relaxed))
-        })?;
-        family(&mut enc, &names::IO_BACKEND, |m| {
-            let current = shared.io_kind.get().copied();
-            // Labelled with the config's spelling (`io = "uring"`), as deploy/ documents.
-            [(IoKind::Uring, "uring"), (IoKind::Epoll, "epoll")]
-                .iter()
-                .try_for_each(|&(k, label)| {
-                    gauge(m, [("kind", label)], (current == Some(k)) as i64)
-                })
-        })?;
-        family(&mut enc, &names::BUILD, |m| {
-            m.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])
-        })?;
-        family(&mut enc, &names::PIPES_IN_USE, |m| {
-            let lent: i64 = cores.iter().map(|c| c.pipes_lent.load(Relaxed)).sum();
-            gauge(m, [], lent)
-        })?;
-        family(&mut enc, &names::UPSTREAM_RESPONSE, |m| {
-            gen.upstreams.iter().try_for_each(|u| {
-                let labels = [("upstream", &*u.cfg.name)];
-                let mut h = m.encode_family(&labels)?;
-                histogram(&mut h, u.counters.response_times())
-            })
-        })?;
+        encode_listeners(&mut enc, &gen)?;
+        encode_backends(&mut enc, &gen)?;
+        encode_upstreams(&mut enc, &gen)?;
+        encode_data_plane(&mut enc, shared)?;
+        encode_control(&mut enc, shared)?;
         encode_process(&mut enc, &ProcessStats::read())?;
         encode_tls(&mut enc, &shared.tls)
     }
+}
+
+/// Connections per listener.
+fn encode_listeners(enc: &mut DescriptorEncoder, gen: &Generation) -> fmt::Result {
+    family(enc, &names::CONNECTIONS_ACTIVE, |m| {
+        gen.listeners
+            .iter()
+            .try_for_each(|l| gauge(m, [("listener", &l.name)], l.active()))
+    })?;
+    family(enc, &names::CONNECTIONS, |m| {
+        gen.listeners
+            .iter()
+            .try_for_each(|l| counter(m, [("listener", &l.name)], l.accepted_total()))
+    })?;
+    family(enc, &names::CONNECTIONS_REJECTED, |m| {
+        gen.listeners
+            .iter()
+            .try_for_each(|l| counter(m, [("listener", &l.name)], l.rejected_total()))
+    })
+}
+
+/// Per-backend families, from one table load per upstream so every family of a scrape agrees.
+fn encode_backends(enc: &mut DescriptorEncoder, gen: &Generation) -> fmt::Result {
+    // One table load per upstream, so every per-backend family of a scrape agrees.
+    let tables: Vec<_> = gen
+        .upstreams
+        .iter()
+        .map(|u| (&u.cfg.name, u.lb.load_full()))
+        .collect();
+    let each_backend = |m: &mut MetricEncoder,
+                        f: &mut dyn FnMut(&mut MetricEncoder, &str, &Backend) -> fmt::Result|
+     -> fmt::Result {
+        for (up, table) in &tables {
+            for b in table.backends() {
+                f(m, up, b)?;
+            }
+        }
+        Ok(())
+    };
+    family(enc, &names::UPSTREAM_CONNECTIONS_ACTIVE, |m| {
+        each_backend(m, &mut |m, up, b| {
+            gauge(
+                m,
+                [("upstream", up), ("backend", b.name())],
+                b.live() as i64,
+            )
+        })
+    })?;
+    family(enc, &names::REQUESTS, |m| {
+        each_backend(m, &mut |m, up, b| {
+            let r = b.stats().responses();
+            CLASSES.iter().zip(r).try_for_each(|(code, n)| {
+                counter(
+                    m,
+                    [("upstream", up), ("backend", b.name()), ("code", code)],
+                    n,
+                )
+            })
+        })
+    })?;
+    family(enc, &names::BYTES, |m| {
+        each_backend(m, &mut |m, up, b| {
+            let (to_backend, to_client) = b.stats().bytes();
+            let l = |d| [("upstream", up), ("backend", b.name()), ("direction", d)];
+            counter(m, l("to_backend"), to_backend)?;
+            counter(m, l("to_client"), to_client)
+        })
+    })?;
+    let now = now_ms();
+    family(enc, &names::BACKEND_UP, |m| {
+        each_backend(m, &mut |m, up, b| {
+            gauge(
+                m,
+                [("upstream", up), ("backend", b.name())],
+                backend_up(b, now) as i64,
+            )
+        })
+    })
+}
+
+/// Per-upstream families: any backend up, upgrades, response times.
+fn encode_upstreams(enc: &mut DescriptorEncoder, gen: &Generation) -> fmt::Result {
+    family(enc, &names::UPSTREAM_UP, |m| {
+        gen.upstreams
+            .iter()
+            .try_for_each(|u| gauge(m, [("upstream", &u.cfg.name)], u.has_backend_up() as i64))
+    })?;
+    family(enc, &names::UPGRADES, |m| {
+        gen.upstreams.iter().try_for_each(|u| {
+            let (ok, failed) = u.counters.upgrades();
+            counter(m, [("upstream", &u.cfg.name), ("result", "ok")], ok)?;
+            counter(m, [("upstream", &u.cfg.name), ("result", "failed")], failed)
+        })
+    })?;
+    family(enc, &names::UPSTREAM_RESPONSE, |m| {
+        gen.upstreams.iter().try_for_each(|u| {
+            let labels = [("upstream", &*u.cfg.name)];
+            let mut h = m.encode_family(&labels)?;
+            histogram(&mut h, u.counters.response_times())
+        })
+    })
+}
+
+/// Errors, latency histograms and pipes, summed over the cores.
+fn encode_data_plane(enc: &mut DescriptorEncoder, shared: &Shared) -> fmt::Result {
+    let cores = &shared.metrics.cores;
+    family(enc, &names::ERRORS, |m| {
+        Kind::ALL.iter().try_for_each(|&k| {
+            let labels = [("kind", k.as_str()), ("side", k.side().as_str())];
+            counter(m, labels, shared.metrics.errors(k))
+        })
+    })?;
+    family(enc, &names::HEAD_PARSE, |m| {
+        histogram(m, Histogram::sum(cores.iter().map(|c| &c.head_parse)))
+    })?;
+    family(enc, &names::BACKEND_CONNECT, |m| {
+        histogram(m, Histogram::sum(cores.iter().map(|c| &c.connect)))
+    })?;
+    family(enc, &names::TUNNEL_DURATION, |m| {
+        histogram(m, Histogram::sum(cores.iter().map(|c| &c.tunnel_lifetime)))
+    })?;
+    family(enc, &names::PIPES_IN_USE, |m| {
+        let lent: i64 = cores.iter().map(|c| c.pipes_lent.load(Relaxed)).sum();
+        gauge(m, [], lent)
+    })
+}
+
+/// The control plane: DNS updates, reloads, the io backend, the build.
+fn encode_control(enc: &mut DescriptorEncoder, shared: &Shared) -> fmt::Result {
+    encode_dns_updates(enc, &dns_updates())?;
+    family(enc, &names::CONFIG_RELOADS, |m| {
+        let c = &shared.metrics.control;
+        counter(m, [("result", "ok")], c.reloads_ok.load(Relaxed))?;
+        counter(m, [("result", "failed")], c.reloads_failed.load(Relaxed))
+    })?;
+    family(enc, &names::IO_BACKEND, |m| {
+        let current = shared.io_kind.get().copied();
+        // Labelled with the config's spelling (`io = "uring"`), as deploy/ documents.
+        [(IoKind::Uring, "uring"), (IoKind::Epoll, "epoll")]
+            .iter()
+            .try_for_each(|&(k, label)| gauge(m, [("kind", label)], (current == Some(k)) as i64))
+    })?;
+    family(enc, &names::BUILD, |m| {
+        m.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])
+    })
 }
 
 /// The `process_*` families; a figure `/proc` did not give has no sample.

@@ -8,7 +8,6 @@
 
 use std::path::Path;
 
-
 /// One scrape's worth; a figure `/proc` could not give is `None` (its sample is left out).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct ProcessStats {
