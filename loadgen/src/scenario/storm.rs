@@ -40,69 +40,111 @@ pub async fn run(cfg: &RunConfig) -> Report {
     let barrier = Arc::new(Barrier::new(n + 1));
     let (go_tx, go_rx) = watch::channel::<Option<Instant>>(None);
     let (close_tx, close_rx) = watch::channel(false);
-    let (out_tx, mut out_rx) = mpsc::channel::<Outcome>(n);
-    let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
-        let cfg = cfg.clone();
-        let barrier = barrier.clone();
-        let mut go = go_rx.clone();
-        let mut close = close_rx.clone();
-        let out = out_tx.clone();
-        tasks.push(tokio::spawn(async move {
-            let msg = payload(cfg.size.max(1), i as u64 + 1);
-            barrier.wait().await;
-            let start = match go.wait_for(|s| s.is_some()).await {
-                Ok(s) => s.expect("checked by wait_for"),
-                Err(_) => return,
-            };
-            let deadline = start + cfg.duration;
-            let mut scratch = Vec::with_capacity(msg.len());
-            let one = async {
-                let mut c = Conn::open(&cfg, i as u64).await?;
-                c.echo(&msg, &mut scratch).await?;
-                Ok::<_, ConnError>(c)
-            };
-            let conn = match tokio::time::timeout_at(deadline, one).await {
-                Ok(Ok(c)) => {
-                    let _ = out.send(Ok(start.elapsed())).await;
-                    c
-                }
-                Ok(Err(e)) => {
-                    let _ = out.send(Err(e.0)).await;
-                    return;
-                }
-                Err(_) => {
-                    let _ = out.send(Err("establish_timeout".into())).await;
-                    return;
-                }
-            };
-            drop(out);
-            // Hold until told to close (or the coordinator is gone), then close.
-            let _ = close.wait_for(|c| *c).await;
-            conn.close().await;
-        }));
-    }
-    drop(out_tx);
-    drop(go_rx);
-    drop(close_rx);
+    let (out_tx, out_rx) = mpsc::channel::<Outcome>(n);
+    let signals = Signals {
+        barrier: barrier.clone(),
+        go: go_rx,
+        close: close_rx,
+        out: out_tx,
+    };
+    let tasks: Vec<_> = (0..n).map(|i| spawn_client(cfg, i, &signals)).collect();
+    drop(signals);
 
     // Release everyone at once.
     barrier.wait().await;
     let start = Instant::now();
     let _ = go_tx.send(Some(start));
-    let deadline = start + cfg.duration;
+    let tally = collect(cfg, &mut rep, out_rx, n, start + cfg.duration).await;
 
-    let mut lat = Latency::new();
-    let mut established = 0u64;
-    let mut last = Duration::ZERO;
+    // Hold, then close all together.
+    tokio::time::sleep(cfg.hold).await;
+    let _ = close_tx.send(true);
+    join_all(tasks, Instant::now() + Duration::from_secs(2)).await;
+
+    rep.duration_s = start.elapsed().as_secs_f64();
+    finish(cfg, &mut rep, n, tally);
+    rep
+}
+
+/// What every client waits on or reports to: the barrier, the start signal (the instant the
+/// storm was released), the close signal, and the channel of outcomes.
+struct Signals {
+    barrier: Arc<Barrier>,
+    go: watch::Receiver<Option<Instant>>,
+    close: watch::Receiver<bool>,
+    out: mpsc::Sender<Outcome>,
+}
+
+/// One client: waits at the barrier, connects (and upgrades) and echoes one message once
+/// released, reports how long that took, holds until told to close, then closes.
+fn spawn_client(cfg: &RunConfig, i: usize, s: &Signals) -> tokio::task::JoinHandle<()> {
+    let cfg = cfg.clone();
+    let barrier = s.barrier.clone();
+    let (mut go, mut close, out) = (s.go.clone(), s.close.clone(), s.out.clone());
+    tokio::spawn(async move {
+        let msg = payload(cfg.size.max(1), i as u64 + 1);
+        barrier.wait().await;
+        let start = match go.wait_for(|s| s.is_some()).await {
+            Ok(s) => s.expect("checked by wait_for"),
+            Err(_) => return,
+        };
+        let mut scratch = Vec::with_capacity(msg.len());
+        let one = async {
+            let mut c = Conn::open(&cfg, i as u64).await?;
+            c.echo(&msg, &mut scratch).await?;
+            Ok::<_, ConnError>(c)
+        };
+        let conn = match tokio::time::timeout_at(start + cfg.duration, one).await {
+            Ok(Ok(c)) => {
+                let _ = out.send(Ok(start.elapsed())).await;
+                c
+            }
+            Ok(Err(e)) => {
+                let _ = out.send(Err(e.0)).await;
+                return;
+            }
+            Err(_) => {
+                let _ = out.send(Err("establish_timeout".into())).await;
+                return;
+            }
+        };
+        drop(out);
+        // Hold until told to close (or the coordinator is gone), then close.
+        let _ = close.wait_for(|c| *c).await;
+        conn.close().await;
+    })
+}
+
+/// The clients' outcomes, as they come.
+struct Tally {
+    established: u64,
+    /// When the last client was established, from the release.
+    last: Duration,
+    lat: Latency,
+}
+
+/// Collects one outcome per client (errors go into the report by kind); a client that never
+/// reports by the deadline (plus grace) counts as `no_report`.
+async fn collect(
+    cfg: &RunConfig,
+    rep: &mut Report,
+    mut out_rx: mpsc::Receiver<Outcome>,
+    n: usize,
+    deadline: Instant,
+) -> Tally {
+    let mut t = Tally {
+        established: 0,
+        last: Duration::ZERO,
+        lat: Latency::new(),
+    };
     let mut received = 0usize;
     while received < n {
         match tokio::time::timeout_at(deadline + GRACE, out_rx.recv()).await {
             Ok(Some(Ok(at))) => {
                 received += 1;
-                established += 1;
-                last = last.max(at);
-                lat.record(at);
+                t.established += 1;
+                t.last = t.last.max(at);
+                t.lat.record(at);
                 Live::add(&cfg.live.conns, 1);
                 Live::add(&cfg.live.messages, 1);
             }
@@ -111,30 +153,26 @@ pub async fn run(cfg: &RunConfig) -> Report {
                 Live::add(&cfg.live.errors, 1);
                 rep.add_error(&kind);
             }
-            // Every sender is gone: tasks that panicked never reported.
-            Ok(None) => break,
-            Err(_) => break,
+            // Every sender is gone (tasks that panicked never reported), or time is up.
+            Ok(None) | Err(_) => break,
         }
     }
     for _ in received..n {
         rep.add_error("no_report");
     }
+    t
+}
 
-    // Hold, then close all together.
-    tokio::time::sleep(cfg.hold).await;
-    let _ = close_tx.send(true);
-    let close_deadline = Instant::now() + Duration::from_secs(2);
-    join_all(tasks, close_deadline).await;
-
-    rep.duration_s = start.elapsed().as_secs_f64();
-    rep.messages = established;
-    rep.established = Some(established);
-    if established > 0 {
-        let secs = last.as_secs_f64();
+/// Establishment figures and the limits that applied.
+fn finish(cfg: &RunConfig, rep: &mut Report, n: usize, t: Tally) {
+    rep.messages = t.established;
+    rep.established = Some(t.established);
+    if t.established > 0 {
+        let secs = t.last.as_secs_f64();
         rep.established_s = Some(secs);
-        rep.conns_per_s = Some(established as f64 / secs.max(1e-9));
+        rep.conns_per_s = Some(t.established as f64 / secs.max(1e-9));
     }
-    rep.set_latency(lat);
+    rep.set_latency(t.lat);
     rep.explain_limits();
     if cfg.conns > n {
         rep.limits_hit.push(format!(
@@ -143,5 +181,4 @@ pub async fn run(cfg: &RunConfig) -> Report {
             cfg.conns
         ));
     }
-    rep
 }
