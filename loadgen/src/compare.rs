@@ -623,8 +623,41 @@ pub async fn run_compare(cfg: &CompareConfig, note: &dyn Fn(&str)) -> Result<Com
         backends.push(spawn_backend(mode, &format!("backend-{i}")).await?);
     }
     let backend_addrs: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
-    let backends_arg = backend_addrs.join(",");
-    let mut result = CompareResult {
+    let mut result = new_result(cfg, &backend_addrs);
+    // One certificate for every gateway, made now, removed with the directory.
+    let cert_dir = TempDir::new("tls")?;
+    let certs = match cfg.tls {
+        None => None,
+        Some(t) => Some(make_certs(&cert_dir, t, &mut result, note)?),
+    };
+    let direct = run_direct(cfg, backends[0].addr, note).await;
+    result.targets.push(direct);
+    let jobs = gateway_jobs(cfg, &mut result.skipped, note);
+    let setup = Setup {
+        backends: &backend_addrs,
+        certs: certs.as_ref(),
+        machine: &result.machine,
+    };
+    let (mut targets, mut skipped) = (Vec::new(), Vec::new());
+    for job in jobs {
+        match run_gateway(cfg, &setup, job, note).await? {
+            Ok(t) => targets.push(t),
+            Err(why) => {
+                note(&why);
+                skipped.push(why);
+            }
+        }
+    }
+    result.targets.extend(targets);
+    result.skipped.extend(skipped);
+    compute_ratios(cfg.kind, &mut result.targets);
+    drop(backends);
+    Ok(result)
+}
+
+/// The result before any run: the machine and what is measured.
+fn new_result(cfg: &CompareConfig, backends: &[String]) -> CompareResult {
+    CompareResult {
         machine: Machine::detect(),
         scenario: cfg.kind,
         proto: cfg.run.proto,
@@ -639,60 +672,90 @@ pub async fn run_compare(cfg: &CompareConfig, note: &dyn Fn(&str)) -> Result<Com
             cfg.run.size
         },
         duration_s: cfg.run.duration.as_secs_f64(),
-        backends: backend_addrs.clone(),
+        backends: backends.to_vec(),
         targets: vec![],
         skipped: vec![],
         tls: None,
-    };
-    // One certificate for every gateway, made now, removed with the directory.
-    let cert_dir = TempDir::new("tls")?;
-    let certs = match cfg.tls {
-        None => None,
-        Some(t) => {
-            let c = crate::tls::generate_certs(&cert_dir.0, &[TLS_NAME, "127.0.0.1"])?;
-            result.tls = Some(format!(
-                "gateways terminate TLS (rustls client, ECDSA P-256 certificate for {TLS_NAME}, \
-                 resumption {}); direct is plaintext to the echo backend",
-                if t.resume { "on" } else { "off" }
-            ));
-            note(&format!(
-                "TLS certificate for {TLS_NAME} in {}",
-                cert_dir.0.display()
-            ));
-            Some(c)
-        }
-    };
+    }
+}
 
-    note(&format!("direct → {}", backends[0].addr));
+/// What every gateway run shares: the backends' addresses, the TLS certificate, the machine.
+struct Setup<'a> {
+    backends: &'a [String],
+    certs: Option<&'a CertSet>,
+    machine: &'a Machine,
+}
+
+/// A gateway to measure: a given command, or a peer whose binary exists.
+struct Job {
+    spec: GatewaySpec,
+    kind: &'static str,
+    peer: Option<Peer>,
+}
+
+/// The run's TLS certificate (one for every gateway), noted in the result.
+fn make_certs(
+    dir: &TempDir,
+    t: TlsCompare,
+    result: &mut CompareResult,
+    note: &dyn Fn(&str),
+) -> Result<CertSet> {
+    let c = crate::tls::generate_certs(&dir.0, &[TLS_NAME, "127.0.0.1"])?;
+    result.tls = Some(format!(
+        "gateways terminate TLS (rustls client, ECDSA P-256 certificate for {TLS_NAME}, \
+         resumption {}); direct is plaintext to the echo backend",
+        if t.resume { "on" } else { "off" }
+    ));
+    note(&format!(
+        "TLS certificate for {TLS_NAME} in {}",
+        dir.0.display()
+    ));
+    Ok(c)
+}
+
+/// The scenario straight to the first echo backend: the limit every ratio is taken against.
+async fn run_direct(
+    cfg: &CompareConfig,
+    backend: std::net::SocketAddr,
+    note: &dyn Fn(&str),
+) -> TargetResult {
+    note(&format!("direct → {backend}"));
     let mut run = cfg.run.clone();
-    run.target = backends[0].addr;
+    run.target = backend;
     run.host = run.target.to_string();
-    let direct = scenario_run(cfg.kind, &run, None).await.0;
-    result.targets.push(TargetResult {
+    TargetResult {
         name: "direct".into(),
         kind: "direct".into(),
         command: None,
-        report: direct,
+        report: scenario_run(cfg.kind, &run, None).await.0,
         gateway: None,
         ratios: Ratios::default(),
-    });
+    }
+}
 
-    // Gateways: the given commands, then the peers whose binaries exist.
-    let mut jobs: Vec<(GatewaySpec, &'static str, Option<Peer>)> = cfg
+/// The given gateway commands, then the peers whose binaries exist (the others are skipped,
+/// naming the package to install).
+fn gateway_jobs(cfg: &CompareConfig, skipped: &mut Vec<String>, note: &dyn Fn(&str)) -> Vec<Job> {
+    let mut jobs: Vec<Job> = cfg
         .gateways
         .iter()
-        .map(|g| (g.clone(), "gateway", None))
+        .map(|g| Job {
+            spec: g.clone(),
+            kind: "gateway",
+            peer: None,
+        })
         .collect();
     for p in &cfg.peers {
         if Path::new(p.binary()).exists() {
-            jobs.push((
-                GatewaySpec {
-                    name: p.name().into(),
-                    cmd: String::new(),
-                },
-                "peer",
-                Some(*p),
-            ));
+            let spec = GatewaySpec {
+                name: p.name().into(),
+                cmd: String::new(),
+            };
+            jobs.push(Job {
+                spec,
+                kind: "peer",
+                peer: Some(*p),
+            });
         } else {
             let msg = format!(
                 "{} is not installed (apt-get install {})",
@@ -700,150 +763,163 @@ pub async fn run_compare(cfg: &CompareConfig, note: &dyn Fn(&str)) -> Result<Com
                 p.package()
             );
             note(&msg);
-            result.skipped.push(msg);
+            skipped.push(msg);
         }
     }
+    jobs
+}
 
-    for (spec, kind, peer) in jobs {
-        let port = free_port()?;
-        let listen = format!("127.0.0.1:{port}");
-        let addr: std::net::SocketAddr = listen.parse()?;
-        let dir = TempDir::new(&spec.name)?;
-        let cmd = match peer {
-            None => {
-                let cmd = render(&spec.cmd, &listen, &backends_arg);
-                match &certs {
-                    None => cmd,
-                    Some(c) => {
-                        if is_ringway(&cmd) && !ringway_has_tls(&cmd) {
-                            let msg = format!("{}: {RINGWAY_NO_TLS}", spec.name);
-                            note(&msg);
-                            result.skipped.push(msg);
-                            continue;
-                        }
-                        if !spec.cmd.contains("{CERT}") && !spec.cmd.contains("{PEM}") {
-                            let msg = format!(
-                                "{}: with --tls a --gateway-cmd needs {{CERT}} and {{KEY}} (or {{PEM}})",
-                                spec.name
-                            );
-                            note(&msg);
-                            result.skipped.push(msg);
-                            continue;
-                        }
-                        render_tls(&cmd, c)
-                    }
-                }
+/// The shell command that starts one gateway on `listen` (a peer's config is written into
+/// `dir`); `Err(why)` when this gateway cannot be measured in this run.
+fn gateway_command(
+    cfg: &CompareConfig,
+    setup: &Setup<'_>,
+    job: &Job,
+    listen: &str,
+    dir: &TempDir,
+) -> Result<std::result::Result<String, String>> {
+    let spec = &job.spec;
+    Ok(Ok(match job.peer {
+        None => {
+            let cmd = render(&spec.cmd, listen, &setup.backends.join(","));
+            let Some(c) = setup.certs else {
+                return Ok(Ok(cmd));
+            };
+            if is_ringway(&cmd) && !ringway_has_tls(&cmd) {
+                return Ok(Err(format!("{}: {RINGWAY_NO_TLS}", spec.name)));
             }
-            Some(p @ (Peer::Haproxy | Peer::HaproxySplice)) => {
-                let threads = result.machine.nproc;
-                let splice = p == Peer::HaproxySplice;
-                let maxconn = haproxy_maxconn(result.machine.nofile_hard, splice);
-                let cfgp = dir.0.join("haproxy.cfg");
-                std::fs::write(
-                    &cfgp,
-                    haproxy_config(
-                        cfg.run.proto,
-                        &listen,
-                        &backend_addrs,
-                        threads,
-                        maxconn,
-                        splice,
-                        certs.as_ref(),
-                    ),
-                )?;
-                format!("exec {} -f {} -db", Peer::Haproxy.binary(), cfgp.display())
+            if !spec.cmd.contains("{CERT}") && !spec.cmd.contains("{PEM}") {
+                return Ok(Err(format!(
+                    "{}: with --tls a --gateway-cmd needs {{CERT}} and {{KEY}} (or {{PEM}})",
+                    spec.name
+                )));
             }
-            Some(Peer::Nginx) => {
-                let cfgp = dir.0.join("nginx.conf");
-                let conf = nginx_config(
-                    cfg.run.proto,
-                    &listen,
-                    &backend_addrs,
-                    &dir.0,
-                    result.machine.nofile_hard,
-                    certs.as_ref(),
-                );
-                std::fs::write(&cfgp, conf)?;
-                format!(
-                    "exec {} -c {} -p {}",
-                    Peer::Nginx.binary(),
-                    cfgp.display(),
-                    dir.0.display()
-                )
-            }
-        };
-        note(&format!("{} → {listen}: {cmd}", spec.name));
-        let mut gw = GatewayProc::spawn(&cmd, dir.0.join("gateway.log"))?;
-        // A fresh client per gateway: no session of one is offered to the next.
-        let tls = match (&certs, cfg.tls) {
-            (Some(c), Some(t)) => Some(std::sync::Arc::new(TlsClient::new(
-                &TlsOptions {
-                    ca: Some(c.ca.clone()),
-                    insecure: false,
-                    sni: Some(TLS_NAME.into()),
-                    resume: t.resume,
-                },
-                TLS_NAME,
-            )?)),
-            _ => None,
-        };
-        if let Err(e) = wait_ready(
-            &mut gw,
-            addr,
-            cfg.run.proto,
-            tls.as_deref(),
-            cfg.startup_timeout,
-        )
-        .await
-        {
-            let msg = format!("{}: {e:#}", spec.name);
-            note(&msg);
-            result.skipped.push(msg);
-            continue;
+            render_tls(&cmd, c)
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let pid = gw.pid();
-        let rss_start = procstat::tree_rss_bytes(pid);
-        let cpu0 = procstat::tree_cpu_time(pid);
-        let mut run = cfg.run.clone();
-        run.target = addr;
-        run.host = match &tls {
-            Some(_) => format!("{TLS_NAME}:{port}"),
-            None => listen.clone(),
-        };
-        run.tls = tls;
-        let (report, rss_hold) = scenario_run(cfg.kind, &run, Some(pid)).await;
-        let cpu = procstat::tree_cpu_time(pid).saturating_sub(cpu0);
-        let rss_end = rss_hold.unwrap_or_else(|| procstat::tree_rss_bytes(pid));
-        let processes = procstat::tree(pid).len();
-        let threads = procstat::tree_threads(pid);
-        gw.stop();
-        let (unit, n) = units(cfg.kind, &report);
-        let held = report.opened.unwrap_or(0);
-        let cost = GatewayCost {
-            cpu_s: cpu.as_secs_f64(),
-            unit: unit.into(),
-            units: n,
-            cpu_us_per_unit: (n > 0.0).then(|| cpu.as_secs_f64() * 1e6 / n),
-            rss_bytes_start: rss_start,
-            rss_bytes_end: rss_end,
-            rss_per_conn_bytes: (cfg.kind == Kind::Idle && held > 0)
-                .then(|| rss_end.saturating_sub(rss_start) as f64 / held as f64),
-            processes,
-            threads,
-        };
-        result.targets.push(TargetResult {
-            name: spec.name.clone(),
-            kind: kind.into(),
-            command: Some(cmd),
-            report,
-            gateway: Some(cost),
-            ratios: Ratios::default(),
-        });
+        Some(p @ (Peer::Haproxy | Peer::HaproxySplice)) => {
+            let splice = p == Peer::HaproxySplice;
+            let maxconn = haproxy_maxconn(setup.machine.nofile_hard, splice);
+            let cfgp = dir.0.join("haproxy.cfg");
+            let conf = haproxy_config(
+                cfg.run.proto,
+                listen,
+                setup.backends,
+                setup.machine.nproc,
+                maxconn,
+                splice,
+                setup.certs,
+            );
+            std::fs::write(&cfgp, conf)?;
+            format!("exec {} -f {} -db", Peer::Haproxy.binary(), cfgp.display())
+        }
+        Some(Peer::Nginx) => {
+            let cfgp = dir.0.join("nginx.conf");
+            let conf = nginx_config(
+                cfg.run.proto,
+                listen,
+                setup.backends,
+                &dir.0,
+                setup.machine.nofile_hard,
+                setup.certs,
+            );
+            std::fs::write(&cfgp, conf)?;
+            format!(
+                "exec {} -c {} -p {}",
+                Peer::Nginx.binary(),
+                cfgp.display(),
+                dir.0.display()
+            )
+        }
+    }))
+}
+
+/// Starts one gateway, runs the scenario through it and charges it its CPU and memory;
+/// `Err(why)` when it could not be measured (skipped, not failed).
+async fn run_gateway(
+    cfg: &CompareConfig,
+    setup: &Setup<'_>,
+    job: Job,
+    note: &dyn Fn(&str),
+) -> Result<std::result::Result<TargetResult, String>> {
+    let port = free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let addr: std::net::SocketAddr = listen.parse()?;
+    let dir = TempDir::new(&job.spec.name)?;
+    let cmd = match gateway_command(cfg, setup, &job, &listen, &dir)? {
+        Ok(cmd) => cmd,
+        Err(why) => return Ok(Err(why)),
+    };
+    note(&format!("{} → {listen}: {cmd}", job.spec.name));
+    let mut gw = GatewayProc::spawn(&cmd, dir.0.join("gateway.log"))?;
+    // A fresh client per gateway: no session of one is offered to the next.
+    let tls = match (setup.certs, cfg.tls) {
+        (Some(c), Some(t)) => Some(std::sync::Arc::new(TlsClient::new(
+            &TlsOptions {
+                ca: Some(c.ca.clone()),
+                insecure: false,
+                sni: Some(TLS_NAME.into()),
+                resume: t.resume,
+            },
+            TLS_NAME,
+        )?)),
+        _ => None,
+    };
+    let ready = wait_ready(
+        &mut gw,
+        addr,
+        cfg.run.proto,
+        tls.as_deref(),
+        cfg.startup_timeout,
+    );
+    if let Err(e) = ready.await {
+        return Ok(Err(format!("{}: {e:#}", job.spec.name)));
     }
-    compute_ratios(cfg.kind, &mut result.targets);
-    drop(backends);
-    Ok(result)
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut run = cfg.run.clone();
+    run.target = addr;
+    run.host = match &tls {
+        Some(_) => format!("{TLS_NAME}:{port}"),
+        None => listen.clone(),
+    };
+    run.tls = tls;
+    let (report, cost) = measure(cfg.kind, &run, &mut gw).await;
+    Ok(Ok(TargetResult {
+        name: job.spec.name.clone(),
+        kind: job.kind.into(),
+        command: Some(cmd),
+        report,
+        gateway: Some(cost),
+        ratios: Ratios::default(),
+    }))
+}
+
+/// Runs the scenario through a started gateway, then stops it: the report, and the gateway's
+/// CPU per unit and memory (its whole process tree, from /proc).
+async fn measure(kind: Kind, run: &RunConfig, gw: &mut GatewayProc) -> (Report, GatewayCost) {
+    let pid = gw.pid();
+    let rss_start = procstat::tree_rss_bytes(pid);
+    let cpu0 = procstat::tree_cpu_time(pid);
+    let (report, rss_hold) = scenario_run(kind, run, Some(pid)).await;
+    let cpu = procstat::tree_cpu_time(pid).saturating_sub(cpu0);
+    let rss_end = rss_hold.unwrap_or_else(|| procstat::tree_rss_bytes(pid));
+    let processes = procstat::tree(pid).len();
+    let threads = procstat::tree_threads(pid);
+    gw.stop();
+    let (unit, n) = units(kind, &report);
+    let held = report.opened.unwrap_or(0);
+    let cost = GatewayCost {
+        cpu_s: cpu.as_secs_f64(),
+        unit: unit.into(),
+        units: n,
+        cpu_us_per_unit: (n > 0.0).then(|| cpu.as_secs_f64() * 1e6 / n),
+        rss_bytes_start: rss_start,
+        rss_bytes_end: rss_end,
+        rss_per_conn_bytes: (kind == Kind::Idle && held > 0)
+            .then(|| rss_end.saturating_sub(rss_start) as f64 / held as f64),
+        processes,
+        threads,
+    };
+    (report, cost)
 }
 
 /// Runs the scenario; with a gateway pid and the idle scenario, also reads the gateway's
