@@ -271,6 +271,7 @@ async fn worker_main<D: Driver>(
     mut cmds: mpsc::UnboundedReceiver<WorkerCmd>,
 ) {
     let w = Worker::new(id, shared.clone());
+    crate::io::spawn_local(proxy::lifecycle::tick(w.clone()));
     for (name, bind, s) in sockets {
         crate::io::spawn_local(proxy::accept_loop::<D>(w.clone(), name, bind, s));
     }

@@ -16,6 +16,7 @@ use crate::state::Generation;
 
 use super::client::Client;
 use super::connect::Connected;
+use super::lifecycle::{self, Ending};
 use super::{access, tls_tunnel, tunnel, Worker};
 
 /// Who a tunnel is for, for the access log.
@@ -41,18 +42,23 @@ pub async fn run<D: Driver>(
 ) {
     let up = &gen.upstreams[who.upstream];
     let started = Instant::now();
-    let watch_drain = up.cfg.dns.drain_timeout.is_some();
     let idle = gen.config.timeouts.tunnel_idle;
     let stats = backend.guard.stats().clone();
+    let registered = w.tunnels().register(lifecycle::Entry {
+        ask: Default::default(),
+        upstream: up.cfg.name.clone(),
+        backend: stats.clone(),
+        key: None,
+        opened: started,
+        websocket: who.status == 101,
+    });
+    let ask = &registered.ask;
     let (end, moved) = match client {
-        Client::Plain(c) => {
-            tunnel::run::<D>(w, c, &backend.stream, idle, &stats, watch_drain).await
-        }
+        Client::Plain(c) => tunnel::run::<D>(w, c, &backend.stream, idle, &stats, ask).await,
         // splice cannot see plaintext: TLS clients take the copy pump through rustls.
-        Client::Tls(c) => {
-            tls_tunnel::run::<D>(w, c, &backend.stream, idle, &stats, watch_drain).await
-        }
+        Client::Tls(c) => tls_tunnel::run::<D>(w, c, &backend.stream, idle, &stats, ask).await,
     };
+    drop(registered);
     access::log(
         who.log,
         access::Entry {
@@ -76,8 +82,9 @@ pub async fn run<D: Driver>(
         tunnel::End::Closed => {}
         tunnel::End::ClientReset => w.error(Kind::ClientReset),
         tunnel::End::BackendReset => w.error(Kind::BackendReset),
-        tunnel::End::IdleTimeout => w.error(Kind::ClientTimeout),
-        tunnel::End::Drained => w.error(Kind::Drained),
+        tunnel::End::Ended(Ending::IdleTimeout) => w.error(Kind::ClientTimeout),
+        tunnel::End::Ended(Ending::BackendGone) => w.error(Kind::Drained),
+        tunnel::End::Ended(_) => {}
     }
 }
 

@@ -23,6 +23,7 @@ pub mod connect;
 mod handoff;
 mod head_reader;
 pub mod http;
+pub mod lifecycle;
 mod proxy_header;
 pub mod route;
 pub mod tcp;
@@ -66,6 +67,8 @@ pub struct Worker {
     lingering: Cell<usize>,
     pub strategy: tunnel::Strategy,
     closed: Notify,
+    /// This core's live tunnels, for the lifecycle tick.
+    tunnels: lifecycle::Tunnels,
 }
 
 impl Worker {
@@ -79,6 +82,7 @@ impl Worker {
             lingering: Cell::new(0),
             strategy: tunnel::Strategy::from_env(),
             closed: Notify::new(),
+            tunnels: lifecycle::Tunnels::default(),
         })
     }
 
@@ -107,6 +111,10 @@ impl Worker {
     pub fn put_pipe(&self, p: Pipe) {
         self.pipes.borrow_mut().put(p);
         crate::metrics::bump_signed(&self.counters().pipes_lent, -1);
+    }
+
+    pub fn tunnels(&self) -> &lifecycle::Tunnels {
+        &self.tunnels
     }
 
     pub fn open_connections(&self) -> usize {

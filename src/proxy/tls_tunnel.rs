@@ -22,6 +22,7 @@ use crate::sys;
 use crate::tls::stream::Plain;
 use crate::tls::TlsStream;
 
+use super::lifecycle::Ask;
 use super::tunnel::{supervise, Counted, Dir, DirError, End, Moved};
 use super::Worker;
 
@@ -33,15 +34,14 @@ pub async fn run<D: Driver>(
     backend: &Stream<D>,
     idle: Option<Duration>,
     stats: &BackendStats,
-    watch_drain: bool,
+    ask: &Ask,
 ) -> (End, Moved) {
     let up = Counted::new(stats, Dir::Up);
     let down = Counted::new(stats, Dir::Down);
     let last = Cell::new(Instant::now());
     let a = pump_up::<D>(client, backend, &up, &last);
     let b = pump_down::<D>(w, backend, client, &down, &last);
-    let drain = watch_drain.then_some(stats);
-    let end = supervise(a, b, client.socket(), backend.get_ref(), idle, &last, drain).await;
+    let end = supervise(a, b, client.socket(), backend.get_ref(), idle, &last, ask).await;
     up.flush();
     down.flush();
     (

@@ -19,11 +19,12 @@ use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use crate::balance::{now_ms, BackendStats};
+use crate::balance::BackendStats;
 use crate::io::{self as rio, Driver, Ready, Stream};
 use crate::sys::pipe::Pipe;
 use crate::sys::{self, socket};
 
+use super::lifecycle::{Ask, Ending};
 use super::Worker;
 
 #[path = "tunnel_ring.rs"]
@@ -38,8 +39,6 @@ const SMALL_READ: usize = 2048;
 const BIG_READ: usize = 64 * 1024;
 /// Byte counters of a live tunnel reach the backend's metrics at least every this many bytes.
 const FLUSH_BYTES: u64 = 1 << 20;
-/// How often a tunnel of an upstream with `drain_timeout` checks its backend's deadline.
-const DRAIN_CHECK: Duration = Duration::from_secs(1);
 
 /// How a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,9 +47,8 @@ pub enum End {
     Closed,
     ClientReset,
     BackendReset,
-    IdleTimeout,
-    /// The backend left discovery and its upstream's `drain_timeout` passed.
-    Drained,
+    /// The gateway ended it (idle timeout, drain, shutdown, ...; see [`Ending`]).
+    Ended(Ending),
 }
 
 impl End {
@@ -59,8 +57,7 @@ impl End {
             End::Closed => "closed",
             End::ClientReset => "client_reset",
             End::BackendReset => "backend_reset",
-            End::IdleTimeout => "idle_timeout",
-            End::Drained => "drained",
+            End::Ended(why) => why.as_str(),
         }
     }
 }
@@ -115,18 +112,17 @@ pub async fn run<D: Driver>(
     backend: &Stream<D>,
     idle: Option<Duration>,
     stats: &BackendStats,
-    watch_drain: bool,
+    ask: &Ask,
 ) -> (End, Moved) {
     let up = Counted::new(stats, Dir::Up);
     let down = Counted::new(stats, Dir::Down);
     let last = Cell::new(Instant::now());
     let track = idle.is_some();
-    let drain = watch_drain.then_some(stats);
 
     let a = direction::<D>(w, client, backend, &up, track.then_some(&last));
     let b = direction::<D>(w, backend, client, &down, track.then_some(&last));
     let (c, k) = (client.get_ref(), backend.get_ref());
-    let end = supervise(a, b, c, k, idle, &last, drain).await;
+    let end = supervise(a, b, c, k, idle, &last, ask).await;
     // The pumps may have been dropped mid-way: whatever they did not flush is added here.
     up.flush();
     down.flush();
@@ -142,8 +138,8 @@ pub async fn run<D: Driver>(
 /// Drives both directions of a tunnel (`up`: client → backend, `down`: backend → client) to
 /// the tunnel's end, whatever moves the bytes (the readiness pump, the ring copy path, or the
 /// TLS pump): both done is a clean close; an error on one side resets the other (RST on close);
-/// the idle watchdog and the backend's drain deadline end it too. Shared so every kind of
-/// tunnel ends the same way.
+/// the idle watchdog and the worker's lifecycle tick ([`Ask`]: drain deadline, shutdown,
+/// reload) end it too. Shared so every kind of tunnel ends the same way.
 pub(super) async fn supervise(
     up: impl Future<Output = Result<(), DirError>>,
     down: impl Future<Output = Result<(), DirError>>,
@@ -151,21 +147,21 @@ pub(super) async fn supervise(
     backend: &TcpStream,
     idle: Option<Duration>,
     last: &Cell<Instant>,
-    drain: Option<&BackendStats>,
+    ask: &Ask,
 ) -> End {
     tokio::pin!(up, down);
     let watchdog = idle_watchdog(idle, last);
     tokio::pin!(watchdog);
-    let drained = drain_watch(drain);
-    tokio::pin!(drained);
+    let asked = ask.wait();
+    tokio::pin!(asked);
     let (mut up_done, mut down_done) = (false, false);
     loop {
         // Src of `up` and Dst of `down` are the client; the other two are the backend.
         let failed = tokio::select! {
             r = &mut up, if !up_done => { up_done = true; r.err().map(|e| e.side(true)) }
             r = &mut down, if !down_done => { down_done = true; r.err().map(|e| e.side(false)) }
-            () = &mut watchdog => return End::IdleTimeout,
-            () = &mut drained => return End::Drained,
+            () = &mut watchdog => return End::Ended(Ending::IdleTimeout),
+            why = &mut asked => return End::Ended(why),
         };
         match failed {
             Some((true, e)) => {
@@ -240,21 +236,6 @@ async fn idle_watchdog(idle: Option<Duration>, last: &Cell<Instant>) {
             return;
         }
         rio::sleep_until(deadline).await;
-    }
-}
-
-/// Resolves when the backend's drain deadline (set by discovery when it left the set) has
-/// passed. Only tunnels of upstreams with a `drain_timeout` watch, once a second: a deadline
-/// is a rare event, and a per-worker index of tunnels by backend would cost every tunnel.
-async fn drain_watch(stats: Option<&BackendStats>) {
-    let Some(stats) = stats else {
-        return std::future::pending().await;
-    };
-    loop {
-        rio::sleep(DRAIN_CHECK).await;
-        if stats.drain_deadline().is_some_and(|at| now_ms() >= at) {
-            return;
-        }
     }
 }
 

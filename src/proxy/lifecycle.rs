@@ -1,0 +1,234 @@
+//! The gateway ending tunnels itself (issue 12): each worker keeps a registry of its live
+//! tunnels, and one per-worker tick decides which of them to end and why.
+//!
+//! - A tunnel registers when it starts ([`Tunnels::register`]) and holds an [`Ask`]: a cell the
+//!   tick sets to an [`Ending`] and the tunnel's supervisor awaits. What the tunnel then does
+//!   (a Close frame at the next frame boundary for a WebSocket, a FIN/RST for a raw tunnel) is
+//!   the tunnel's business; the registry only says *that* and *why*.
+//! - One timer per worker, not one per tunnel: an idle tunnel holds no drain timer, and a rare
+//!   event (a backend leaving, a shutdown) costs one scan of the registry per tick.
+//! - Only this core's tunnels are touched: replicas and cores share nothing but the read-mostly
+//!   tables (drain deadlines live in the backend's stats), so the work spreads without
+//!   coordination.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::balance::{now_ms, BackendStats};
+use crate::state::Phase;
+
+use super::Worker;
+
+/// How often a worker looks over its tunnels.
+pub const TICK: Duration = Duration::from_secs(1);
+/// How long before the end of `timeouts.drain` a draining worker asks its tunnels to end, so
+/// their close handshakes finish before the process exits.
+pub const CLOSE_LEAD: Duration = Duration::from_secs(5);
+
+/// Why the gateway ends a tunnel itself. Each maps to the Close code each side gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The gateway drains (SIGTERM) and will not come back on this socket.
+    Shutdown,
+    /// The gateway drains to be replaced (handover, rolling restart): clients should reconnect.
+    Restart,
+    /// The backend left discovery and its upstream's `drain_timeout` passed.
+    BackendGone,
+    /// A reload removed what placed this tunnel (its upstream).
+    RouteRemoved,
+    /// No bytes either way for `timeouts.tunnel_idle`.
+    IdleTimeout,
+    /// An operator drains the backend (`POST /backends/{upstream}/{backend}/drain`).
+    AdminDrain,
+    /// Rebalancing after a scale-out moves this connection to its new backend.
+    Rebalance,
+    /// The client did not answer the gateway's ping in time.
+    PingTimeout,
+}
+
+impl Ending {
+    /// The Close code the client gets (RFC 6455 §7.4.1): 1012 asks it to reconnect (the service
+    /// restarts, possibly elsewhere), 1001 says this endpoint goes away.
+    pub fn client_code(self) -> u16 {
+        use crate::proto::ws_frame::{CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART};
+        match self {
+            Ending::Restart | Ending::BackendGone | Ending::AdminDrain | Ending::Rebalance => {
+                CLOSE_SERVICE_RESTART
+            }
+            Ending::Shutdown | Ending::RouteRemoved | Ending::IdleTimeout | Ending::PingTimeout => {
+                CLOSE_GOING_AWAY
+            }
+        }
+    }
+
+    /// The Close code the backend gets: its client is going away, whatever the reason.
+    pub fn backend_code(self) -> u16 {
+        crate::proto::ws_frame::CLOSE_GOING_AWAY
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ending::Shutdown => "shutdown",
+            Ending::Restart => "restart",
+            Ending::BackendGone => "drained",
+            Ending::RouteRemoved => "route_removed",
+            Ending::IdleTimeout => "idle_timeout",
+            Ending::AdminDrain => "admin_drain",
+            Ending::Rebalance => "rebalance",
+            Ending::PingTimeout => "ping_timeout",
+        }
+    }
+}
+
+/// A tunnel's mailbox: set once by the tick, awaited by the tunnel's supervisor.
+#[derive(Default)]
+pub struct Ask {
+    ending: Cell<Option<Ending>>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Ask {
+    /// Asks the tunnel to end. The first reason wins.
+    pub fn ask(&self, why: Ending) {
+        if self.ending.get().is_none() {
+            self.ending.set(Some(why));
+            if let Some(w) = self.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    pub fn asked(&self) -> Option<Ending> {
+        self.ending.get()
+    }
+
+    /// Resolves once the tunnel is asked to end.
+    pub fn wait(&self) -> impl Future<Output = Ending> + '_ {
+        std::future::poll_fn(move |cx| match self.ending.get() {
+            Some(e) => Poll::Ready(e),
+            None => {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+    }
+}
+
+/// What the registry knows of one live tunnel.
+pub struct Entry {
+    pub ask: Rc<Ask>,
+    /// The upstream's name (indices change with reloads; names do not).
+    pub upstream: Arc<str>,
+    pub backend: Arc<BackendStats>,
+    /// The hash of the balancing key that placed it, for hash upstreams.
+    pub key: Option<u64>,
+    pub opened: Instant,
+    /// An upgraded WebSocket (Close frames possible), as opposed to a raw tcp tunnel.
+    pub websocket: bool,
+}
+
+/// A core's live tunnels: a slab (free slots reused) so register and unregister are O(1).
+#[derive(Default)]
+pub struct Tunnels {
+    slots: RefCell<Vec<Option<Entry>>>,
+    free: RefCell<Vec<usize>>,
+    live: Cell<usize>,
+}
+
+/// A tunnel's place in the registry; removes it when dropped.
+pub struct Registered<'a> {
+    tunnels: &'a Tunnels,
+    index: usize,
+    pub ask: Rc<Ask>,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        let mut slots = self.tunnels.slots.borrow_mut();
+        if let Some(slot) = slots.get_mut(self.index) {
+            *slot = None;
+            self.tunnels.free.borrow_mut().push(self.index);
+            self.tunnels.live.set(self.tunnels.live.get() - 1);
+        }
+    }
+}
+
+impl Tunnels {
+    /// Registers a tunnel; `entry.ask` (usually a fresh `Rc::default()`) is its mailbox.
+    pub fn register(&self, entry: Entry) -> Registered<'_> {
+        let ask = entry.ask.clone();
+        let mut slots = self.slots.borrow_mut();
+        let index = match self.free.borrow_mut().pop() {
+            Some(i) => {
+                slots[i] = Some(entry);
+                i
+            }
+            None => {
+                slots.push(Some(entry));
+                slots.len() - 1
+            }
+        };
+        self.live.set(self.live.get() + 1);
+        Registered {
+            tunnels: self,
+            index,
+            ask,
+        }
+    }
+
+    pub fn live(&self) -> usize {
+        self.live.get()
+    }
+
+    /// Calls `f` on every live tunnel. `f` must not register or unregister (it may ask).
+    pub fn for_each(&self, mut f: impl FnMut(&Entry)) {
+        for e in self.slots.borrow().iter().flatten() {
+            f(e);
+        }
+    }
+}
+
+/// One worker's tick: every [`TICK`] until the worker stops, end the tunnels that must end.
+pub async fn tick(w: Rc<Worker>) {
+    let mut phase = w.shared.phase.subscribe();
+    // When the worker stopped accepting: tunnels then get `timeouts.drain` to end by themselves.
+    let mut stopped: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            () = crate::io::sleep(TICK) => {}
+            changed = phase.changed() => if changed.is_err() { return },
+        }
+        if stopped.is_none() && *phase.borrow_and_update() == Phase::StopAccepting {
+            stopped = Some(Instant::now());
+        }
+        let drain = w.shared.gen.load().config.timeouts.drain;
+        let stopping = stopped.is_some_and(|t| t.elapsed() >= drain.saturating_sub(CLOSE_LEAD));
+        look_over(&w, stopping);
+    }
+}
+
+/// One pass over the registry.
+fn look_over(w: &Worker, stopping: bool) {
+    let tunnels = w.tunnels();
+    if tunnels.live() == 0 {
+        return;
+    }
+    let now = now_ms();
+    let gen = w.shared.gen.load();
+    tunnels.for_each(|e| {
+        if e.ask.asked().is_some() {
+            return;
+        }
+        if stopping {
+            e.ask.ask(Ending::Shutdown);
+        } else if e.backend.drain_deadline().is_some_and(|at| now >= at) {
+            e.ask.ask(Ending::BackendGone);
+        } else if !gen.upstreams.iter().any(|u| *u.cfg.name == *e.upstream) {
+            e.ask.ask(Ending::RouteRemoved);
+        }
+    });
+}
