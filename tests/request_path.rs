@@ -392,7 +392,47 @@ async fn interim_by_version(io: &'static str) {
     }
 }
 
+/// A chunked response to an HTTP/1.0 client, which cannot read chunked framing (RFC 9112
+/// §7.1): the client gets the payload alone, no `Transfer-Encoding`, and the close ends the
+/// body. An HTTP/1.1 client still gets the chunks as the backend sent them.
+async fn chunked_to_http10_is_dechunked(io: &'static str) {
+    fn chunked(_: &Message) -> Vec<u8> {
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kind: chunky\r\n\r\n\
+          5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-Trailer: t\r\n\r\n"
+            .to_vec()
+    }
+    let be = scripted_backend(Arc::new(|_: &Message, _| Reply::After(chunked))).await;
+    let gw = Gateway::start_config(io, &routed_config("", &[("/", "main", &[be.addr])]));
+
+    let mut c = Conn::connect(gw.addr).await;
+    c.send(b"GET /old HTTP/1.0\r\nHost: t\r\nConnection: keep-alive\r\n\r\n")
+        .await;
+    let raw = within("the HTTP/1.0 response and close", c.read_to_end())
+        .await
+        .expect("the response, then a clean close");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    let lower = head.to_ascii_lowercase();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        !lower.contains("transfer-encoding"),
+        "chunked framing to HTTP/1.0: {head}"
+    );
+    assert!(
+        lower.contains("connection: close"),
+        "the close must end the body: {head}"
+    );
+    assert!(lower.contains("x-kind: chunky"), "{head}");
+    assert_eq!(body, "helloabcdefghijklmnopqrstuvwxyz", "payload only");
+
+    let r = roundtrip(gw.addr, &get("/new")).await;
+    assert_eq!(r.status, 200, "{}", r.brief());
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.body_str(), "helloabcdefghijklmnopqrstuvwxyz");
+}
+
 both_io!(
+    chunked_to_http10_is_dechunked,
     upgrade_body_not_smuggled,
     upgrade_body_leftover_routed_alone,
     upgrade_chunked_body_declined,

@@ -21,6 +21,16 @@ pub const MAX_SIZE_LINE: usize = 4 * 1024;
 pub const MAX_TRAILERS: usize = 16 * 1024;
 
 /// Outcome of one [`ChunkedScanner::feed`].
+/// One run of a chunked body's bytes, all payload or all framing ([`ChunkedScanner::span`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub len: usize,
+    /// Chunk payload (what a de-chunking relay passes on), as opposed to framing.
+    pub data: bool,
+    /// The body ended with this span; what follows it is the next message.
+    pub done: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scan {
     /// Bytes of the fed slice that belong to the body. Equals `data.len()`
@@ -133,6 +143,36 @@ impl ChunkedScanner {
         })
     }
 
+    /// The next run of `data` that is either all chunk payload or all framing (size lines,
+    /// CRLFs, trailers): what lets a relay de-chunk a body for an HTTP/1.0 client without
+    /// copying it twice. `len` is 0 only when `data` is empty or the body is already done.
+    pub fn span(&mut self, data: &[u8]) -> Result<Span, Reject> {
+        if self.state == State::Data && !data.is_empty() {
+            let take = usize::try_from(self.size)
+                .unwrap_or(usize::MAX)
+                .min(data.len());
+            self.size -= take as u64;
+            if self.size == 0 {
+                self.state = State::DataCr;
+            }
+            return Ok(Span {
+                len: take,
+                data: true,
+                done: false,
+            });
+        }
+        let mut i = 0;
+        while i < data.len() && !matches!(self.state, State::Data | State::Done) {
+            self.step(data[i])?;
+            i += 1;
+        }
+        Ok(Span {
+            len: i,
+            data: false,
+            done: self.state == State::Done,
+        })
+    }
+
     /// One byte of framing (everything except chunk data).
     fn step(&mut self, b: u8) -> Result<(), Reject> {
         match self.state {
@@ -195,6 +235,52 @@ impl ChunkedScanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// De-chunks `body` fed in pieces of `step` bytes; returns (payload, bytes after the body).
+    fn dechunk(body: &[u8], step: usize) -> Result<(Vec<u8>, usize), Reject> {
+        let mut s = ChunkedScanner::new();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < body.len() {
+            let end = (at + step).min(body.len());
+            let mut piece = &body[at..end];
+            while !piece.is_empty() {
+                let sp = s.span(piece)?;
+                if sp.data {
+                    out.extend_from_slice(&piece[..sp.len]);
+                }
+                at += sp.len;
+                piece = &piece[sp.len..];
+                if sp.done {
+                    return Ok((out, body.len() - at));
+                }
+            }
+        }
+        Err(Reject::bad_request("unfinished"))
+    }
+
+    #[test]
+    fn spans_separate_payload_from_framing_whatever_the_pieces() {
+        let body =
+            b"5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        for step in [1, 2, 3, 7, 64] {
+            let (payload, rest) = dechunk(body, step).unwrap();
+            assert_eq!(payload, b"helloabcdefghijklmnopqrstuvwxyz", "step {step}");
+            assert_eq!(rest, 4, "step {step}: NEXT is the next message");
+        }
+    }
+
+    #[test]
+    fn spans_reject_what_feed_rejects() {
+        for bad in [&b"zz\r\n"[..], b"5\r\nhelloXX", b"5\r\nhello\r\n0\r\nbad\n"] {
+            assert!(
+                dechunk(bad, 1).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+            assert!(scan_all(bad).is_err());
+        }
+    }
 
     fn scan_all(body: &[u8]) -> Result<Scan, Reject> {
         ChunkedScanner::new().feed(body)

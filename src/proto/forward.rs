@@ -57,6 +57,9 @@ pub struct RespForwardOpts<'a> {
     /// Close the client connection after this response. Forced on for a
     /// close-delimited body; ignored for a 101.
     pub close: bool,
+    /// The body is relayed de-chunked (to an HTTP/1.0 client): `Transfer-Encoding` is
+    /// dropped, and the close ends the body.
+    pub dechunk: bool,
 }
 
 /// Headers that are always hop-by-hop (RFC 9110 §7.6.1, plus the
@@ -221,7 +224,8 @@ pub fn write_response_head(resp: &Response<'_, '_>, out: &mut Vec<u8>, opts: &Re
         let keep_upgrade = switching && eq_ic(name, b"upgrade");
         let drop = !keep_upgrade
             && (is_hop_by_hop(name) || (has_connection && named_by_connection(resp.headers, name)))
-            || (resp.length_conflict && eq_ic(name, b"content-length"));
+            || (resp.length_conflict && eq_ic(name, b"content-length"))
+            || (opts.dechunk && eq_ic(name, b"transfer-encoding"));
         if !drop {
             put(out, name, h.value);
         }
@@ -231,7 +235,7 @@ pub fn write_response_head(resp: &Response<'_, '_>, out: &mut Vec<u8>, opts: &Re
     }
     let connection: &[u8] = if switching {
         b"Upgrade"
-    } else if opts.close || resp.body == RespBody::UntilClose {
+    } else if opts.close || opts.dechunk || resp.body == RespBody::UntilClose {
         b"close"
     } else {
         b"keep-alive"

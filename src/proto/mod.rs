@@ -46,7 +46,7 @@ pub mod ws_frame;
 #[cfg(test)]
 mod tests;
 
-pub use chunked::{ChunkedScanner, Scan};
+pub use chunked::{ChunkedScanner, Scan, Span};
 pub use cookie::{find_cookie, query_param, write_set_cookie, CookieAttrs};
 pub use forward::{write_request_head, write_response_head, ForwardOpts, RespForwardOpts};
 pub use head::{parse_request, BodyKind, HeadLimits, Request, Upgrade};

@@ -459,6 +459,7 @@ fn response_forwarding() {
         &RespForwardOpts {
             set_cookie: Some(b"rw=k; Path=/"),
             close: false,
+            dechunk: false,
         },
     );
     assert_eq!(
@@ -470,6 +471,7 @@ fn response_forwarding() {
         b"HTTP/1.1 404 \r\nContent-Length: 0\r\n\r\n",
         &RespForwardOpts {
             close: true,
+            dechunk: false,
             ..Default::default()
         },
     );
@@ -499,6 +501,7 @@ fn switching_protocols_forwarding() {
         &RespForwardOpts {
             set_cookie: None,
             close: true,
+            dechunk: false,
         },
     );
     assert_eq!(

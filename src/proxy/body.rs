@@ -1,5 +1,6 @@
 //! Forwards one message body per its framing (RFC 9112 §6): Content-Length, chunked (bytes are
-//! relayed verbatim while a scanner finds the end, trailers included), or until close. Bytes
+//! relayed verbatim while a scanner finds the end, trailers included; de-chunked for an
+//! HTTP/1.0 client), or until close. Bytes
 //! read past the end of the body stay in `pending`: they are the next pipelined message.
 //!
 //! Every wait is bounded: a read from the sender by `Stalls::src`, a write to the receiver by
@@ -20,6 +21,9 @@ pub enum Framing {
     None,
     Length(u64),
     Chunked,
+    /// A chunked body relayed to an HTTP/1.0 client, which cannot read chunked framing
+    /// (RFC 9112 §7.1): only the payload is passed on, and the connection's close ends it.
+    Dechunk,
     UntilClose,
 }
 
@@ -83,6 +87,33 @@ pub async fn forward(
                     if scan.done {
                         return Ok(moved);
                     }
+                }
+                fill(src, pending, stalls.src).await?;
+            }
+        }
+        Framing::Dechunk => {
+            let mut scanner = ChunkedScanner::default();
+            loop {
+                // The payload spans are moved to the front of `pending` (framing dropped in
+                // place), then written in one go.
+                let (mut at, mut kept) = (0, 0);
+                let mut done = false;
+                while at < pending.len() && !done {
+                    let span = scanner.span(&pending[at..]).map_err(BodyError::Bad)?;
+                    if span.data {
+                        pending.copy_within(at..at + span.len, kept);
+                        kept += span.len;
+                    }
+                    at += span.len;
+                    done = span.done;
+                }
+                if kept > 0 {
+                    send(dst, &pending[..kept], stalls.dst).await?;
+                    moved += kept as u64;
+                }
+                pending.drain(..at);
+                if done {
+                    return Ok(moved);
                 }
                 fill(src, pending, stalls.src).await?;
             }

@@ -230,6 +230,7 @@ fn shape(
         let opts = proto::RespForwardOpts {
             set_cookie,
             close: false,
+            dechunk: false,
         };
         proto::write_response_head(resp, out, &opts);
         return Ok(Shaped {
@@ -243,6 +244,8 @@ fn shape(
     let framing = match resp.body {
         RespBody::None => Framing::None,
         RespBody::Length(n) => Framing::Length(n),
+        // An HTTP/1.0 client cannot read chunked framing: it gets the payload, ended by close.
+        RespBody::Chunked if !plan.http11 => Framing::Dechunk,
         RespBody::Chunked => Framing::Chunked,
         RespBody::UntilClose => Framing::UntilClose,
     };
@@ -250,6 +253,7 @@ fn shape(
     let opts = proto::RespForwardOpts {
         set_cookie,
         close: !client_keep,
+        dechunk: framing == Framing::Dechunk,
     };
     proto::write_response_head(resp, out, &opts);
     Ok(Shaped {
@@ -265,9 +269,14 @@ fn shape(
 /// only those whose bytes are all accounted for. A request body the backend did not take
 /// whole leaves the client's bytes unread and the backend's framing unknown; a close-delimited
 /// response ends both.
+/// A de-chunked body is close-delimited for the client only: the backend's framing is intact.
 fn reuse(client_wants: bool, backend_offers: bool, sent: Sent, framing: Framing) -> (bool, bool) {
     let whole = sent == Sent::Whole && framing != Framing::UntilClose;
-    (client_wants && whole, backend_offers && whole)
+    let client_framed = framing != Framing::Dechunk;
+    (
+        client_wants && whole && client_framed,
+        backend_offers && whole,
+    )
 }
 
 fn count_response<D: Driver>(backend: &Backend<D>, code: u16) {
@@ -303,6 +312,11 @@ mod tests {
         assert_eq!(
             reuse(true, true, Sent::Whole, Framing::UntilClose),
             (false, false)
+        );
+        // De-chunked for an HTTP/1.0 client: the close ends its body; the backend is intact.
+        assert_eq!(
+            reuse(true, true, Sent::Whole, Framing::Dechunk),
+            (false, true)
         );
     }
 }
