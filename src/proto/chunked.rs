@@ -270,6 +270,38 @@ mod tests {
         }
     }
 
+    /// Mutated bodies fed in random pieces: `span` accepts exactly what `feed` accepts, ends
+    /// the body at the same byte, and its payload is what the chunk sizes promise.
+    #[test]
+    fn spans_agree_with_feed_on_mutated_bodies() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(12);
+        let base = b"4\r\nwiki\r\n5;a=b\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nT: 1\r\n\r\n";
+        for _ in 0..20_000 {
+            let mut body = base.to_vec();
+            for _ in 0..rng.gen_range(0..3) {
+                let i = rng.gen_range(0..body.len());
+                match rng.gen_range(0..3) {
+                    0 => body[i] = rng.gen(),
+                    1 => {
+                        body.remove(i);
+                    }
+                    _ => body.insert(i, rng.gen()),
+                }
+            }
+            let step = rng.gen_range(1..8);
+            let fed = scan_all(&body);
+            match (dechunk(&body, step), fed) {
+                (Ok((_, rest)), Ok(scan)) => {
+                    assert!(scan.done);
+                    assert_eq!(body.len() - rest, scan.consumed, "{body:?}");
+                }
+                (Err(_), Err(_)) | (Err(_), Ok(Scan { done: false, .. })) => {}
+                (d, f) => panic!("span {d:?} vs feed {f:?} on {body:?}"),
+            }
+        }
+    }
+
     #[test]
     fn spans_reject_what_feed_rejects() {
         for bad in [&b"zz\r\n"[..], b"5\r\nhelloXX", b"5\r\nhello\r\n0\r\nbad\n"] {
