@@ -122,6 +122,8 @@ async fn pump_down<D: Driver>(
     // Bytes rustls' send queue could not take (only when the client is slow and the queue at
     // its limit); allocated only then.
     let mut pending: Vec<u8> = Vec::new();
+    // The last read filled the scratch buffer: more is probably queued (see read_with_hint).
+    let mut likely_ready = false;
     loop {
         while !pending.is_empty() {
             let n = client.queue(&pending).map_err(DirError::Dst)?;
@@ -130,7 +132,7 @@ async fn pump_down<D: Driver>(
         }
         pending = Vec::new();
         let r = backend
-            .read_with(|mut s| {
+            .read_with_hint(likely_ready, |mut s| {
                 w.with_scratch(|buf| {
                     let n = s.read(buf)?;
                     let queued = match client.queue(&buf[..n]) {
@@ -152,6 +154,7 @@ async fn pump_down<D: Driver>(
         if n == 0 {
             return client.shutdown_write().await.map_err(DirError::Dst);
         }
+        likely_ready = n == super::tunnel::SCRATCH_SIZE;
         client.flush().await.map_err(DirError::Dst)?;
         add(moved, n as u64, last);
     }

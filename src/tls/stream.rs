@@ -39,7 +39,15 @@ pub enum Plain {
 pub struct TlsStream<D: Driver> {
     io: Stream<D>,
     conn: RefCell<ServerConnection>,
+    /// The last socket read filled what rustls asked for: more is probably queued (a bulk
+    /// stream), so the next read is tried before waiting (a poll round trip saved per record
+    /// batch on io_uring; see `Ready::read_with_hint`).
+    likely_ready: std::cell::Cell<bool>,
 }
+
+/// What one `read_tls` asks of the socket at most (rustls' read size); a read that size
+/// suggests more is queued.
+const TLS_READ_SIZE: usize = 4096;
 
 /// A fatal `decode_error` alert record (TLS 1.2 record version, as TLS 1.3 sends it too).
 const DECODE_ERROR_ALERT: &[u8] = &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32];
@@ -110,6 +118,7 @@ async fn run<D: Driver>(
     let s = TlsStream {
         io,
         conn: RefCell::new(conn),
+        likely_ready: std::cell::Cell::new(false),
     };
     let mut first: &[u8] = &pending;
     while !first.is_empty() {
@@ -145,12 +154,15 @@ impl<D: Driver> TlsStream<D> {
 
     /// One `read_tls` from the socket when it is readable (0 = EOF).
     async fn read_tls(&self) -> io::Result<usize> {
-        self.io
-            .read_with(|t| {
+        let n = self
+            .io
+            .read_with_hint(self.likely_ready.get(), |t| {
                 let mut t: &TcpStream = t;
                 self.conn.borrow_mut().read_tls(&mut t)
             })
-            .await
+            .await?;
+        self.likely_ready.set(n >= TLS_READ_SIZE);
+        Ok(n)
     }
 
     /// Decrypts what `read_tls` took in. On a protocol error the alert rustls queued is sent
