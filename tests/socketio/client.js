@@ -14,7 +14,8 @@
 //                                                                 socket.io reconnected it)
 //   {"ev":"upgraded","id":I,"transport":"websocket"}
 //   {"ev":"echo","id":I,"seq":S,"backend":B,"ok":true|false}    ok: the ack carried the message
-//   {"ev":"ack_timeout","id":I,"seq":S}
+//   {"ev":"unacked","id":I,"seq":S,"why":W}                   no ack: timed out, or the socket
+//                                                                 disconnected first (sent again)
 //   {"ev":"disconnected","id":I,"reason":R}
 //   {"ev":"connect_error","id":I,"message":M}
 //   {"ev":"stopped"}
@@ -29,7 +30,7 @@ if (!url || nWs === undefined || nUp === undefined) {
   process.exit(2);
 }
 const INTERVAL_MS = 100;
-const ACK_TIMEOUT_MS = 3000;
+const ACK_TIMEOUT_MS = 5000;
 
 const out = (o) => process.stdout.write(JSON.stringify(o) + "\n");
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -84,9 +85,9 @@ async function pump(c) {
       const ok = !!r && !!r.msg && r.msg.seq === seq && r.msg.text === text;
       out({ ev: "echo", id: c.id, seq, backend: r && r.backend, ok });
       c.seq += 1;
-    } catch (_) {
+    } catch (e) {
       if (stopping) break;
-      out({ ev: "ack_timeout", id: c.id, seq });
+      out({ ev: "unacked", id: c.id, seq, why: e.message });
     }
     await sleep(INTERVAL_MS);
   }
