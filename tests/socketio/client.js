@@ -16,7 +16,7 @@
 //   {"ev":"echo","id":I,"seq":S,"backend":B,"ok":true|false}    ok: the ack carried the message
 //   {"ev":"unacked","id":I,"seq":S,"why":W}                   no ack: timed out, or the socket
 //                                                                 disconnected first (sent again)
-//   {"ev":"disconnected","id":I,"reason":R}
+//   {"ev":"disconnected","id":I,"reason":R,"code":C}            C: the WebSocket close code, or null
 //   {"ev":"connect_error","id":I,"message":M}
 //   {"ev":"stopped"}
 // A line "stop" on stdin (or stdin closing) closes every client and exits.
@@ -63,9 +63,12 @@ function startClient(id, websocketOnly) {
       n: c.sessions,
     });
   });
-  socket.on("disconnect", (reason) => {
+  socket.on("disconnect", (reason, details) => {
     c.welcomed = false;
-    if (!stopping) out({ ev: "disconnected", id, reason });
+    // a WebSocket transport's close event: 1006 when the connection just ended, the code of
+    // the Close frame when one came (1001 going away, 1012 service restart)
+    const code = details && details.context && details.context.code;
+    if (!stopping) out({ ev: "disconnected", id, reason, code: code === undefined ? null : code });
   });
   socket.on("connect_error", (e) => out({ ev: "connect_error", id, message: e.message }));
   return c;
