@@ -8,9 +8,10 @@
 //! are in the set, `c` is a pod that is not yet. ringway's cookie policy keeps every request of
 //! a session on one pod, which the polling → WebSocket upgrade needs (a request reaching
 //! another pod is answered "Session ID unknown", which the servers report). Half of the clients
-//! are WebSocket-only, half start with long-polling and upgrade. Then the clients of `b` are
-//! moved ([`move_clients`]): socket.io's own reconnection must bring each back on `a` or `c`,
-//! where it keeps exchanging messages, while the clients of `a` never notice.
+//! are WebSocket-only, half start with long-polling and upgrade. Then some clients are moved
+//! ([`move_clients`], by one of the [`Trigger`]s): socket.io's own reconnection must bring each
+//! back on a pod it may go to, where it keeps exchanging messages, while the others never
+//! notice.
 //!
 //! Every wait is bounded by `within(..)`; only behaviour is asserted (which backend, every
 //! message echoed intact, how many times each client connected), never a duration.
@@ -25,99 +26,72 @@ mod dns;
 #[path = "socketio/node.rs"]
 mod node;
 
+#[path = "socketio/app.rs"]
+mod app;
+
 use std::collections::{BTreeMap, BTreeSet};
 
+use app::{upgrades_by_design, within_or, App, ClientLog, Pod, CLIENTS};
 use dns::DnsServer;
 use gateway::within;
-use node::Node;
-use serde_json::Value;
-
-/// Clients per transport mode: `N_WS` WebSocket-only and `N_UPGRADE` polling-then-upgrade.
-const N_WS: usize = 10;
-const N_UPGRADE: usize = 10;
-const CLIENTS: usize = N_WS + N_UPGRADE;
 
 /// The WebSocket close code every moved client must see. `None` on this branch: ringway ends
-/// a drained tunnel with a FIN, which the client reports as 1006 (printed, not asserted). Once
+/// a moved tunnel with a FIN, which the client reports as 1006 (printed, not asserted). Once
 /// the frame-tracking branch (issue 12) is merged, set `Some(1012)`: with its binary (b98fc76)
-/// this test passes on both io backends and every moved client saw 1012 (service restart:
-/// reconnect), for this trigger and for the admin drain.
+/// the `LeaveDiscovery` test passes on both io backends and every moved client saw 1012
+/// (service restart: reconnect); the admin drain is documented to send 1012 too.
 const MOVED_CLOSE_CODE: Option<u64> = None;
 
-/// One socket.io server process: a pod with a DNS name.
-struct Pod {
-    name: &'static str,
-    ip: String,
-    port: u16,
-    dns: String,
-    server: Node,
+/// How the clients are moved: the three ways ringway ends tunnels to move load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// `b` leaves discovery while `c` joins (a pod replaced): its name vanishes from DNS, after
+    /// `nxdomain_hold` it is out of the table (reconnects land elsewhere), and after the
+    /// upstream's `drain_timeout` ringway ends its tunnels. Moves b's clients, to `a` or `c`.
+    LeaveDiscovery,
+    /// `c` joins, then the operator drains `b`: `POST /backends/chat/{b}/drain` on the admin
+    /// listener (a `dns` backend is named by the pod's DNS name, without the port). Moves b's
+    /// clients, to `a` or `c`.
+    AdminDrain,
+    /// `rebalance = { max_per_second = 20, tolerance = 0.10 }` and `c` joins: each pod over
+    /// 1.1 × its fair share (20 / 3) sheds its newest tunnels down to ceil(20 / 3) = 7, and the
+    /// least-conn fallback places them on `c`. Moves 6 of the 20, all to `c`.
+    Rebalance,
 }
 
-impl Pod {
-    async fn start(name: &'static str, ip: String, io: &str) -> Pod {
-        let server = Node::spawn("server.js", &[&ip, "0", name]);
-        within(&format!("socket.io server {name} listening"), async {
-            server
-                .until(|ev| ev.iter().any(|e| e["ev"] == "listening"))
-                .await
-        })
-        .await;
-        let port = server.named("listening")[0]["port"].as_u64().unwrap() as u16;
-        let dns = format!("{name}.{io}.sio.test");
-        Pod {
-            name,
-            ip,
-            port,
-            dns,
-            server,
-        }
+impl Trigger {
+    /// Loopback IPs and DNS names of one test, distinct so the tests can run in parallel.
+    fn ip_base(self, io: &str) -> u8 {
+        let t = match self {
+            Trigger::LeaveDiscovery => 0,
+            Trigger::AdminDrain => 1,
+            Trigger::Rebalance => 2,
+        };
+        140 + 10 * t + if io == "uring" { 0 } else { 5 }
     }
 
-    fn target(&self) -> String {
-        format!("\"{}:{}\"", self.dns, self.port)
-    }
-}
-
-/// Which clients a move ends, and the pods they may come back on.
-struct Moved {
-    clients: BTreeSet<usize>,
-    to: &'static [&'static str],
-}
-
-/// Moves clients off pod `b` and lets the gateway end their tunnels; `homes[id]` is where
-/// client `id` is connected now. The assertions after it only rely on the returned [`Moved`].
-///
-/// Today's trigger: `b` leaves discovery (its name vanishes from DNS; after `nxdomain_hold` it
-/// is out of the table, so reconnects land elsewhere, and after the upstream's
-/// `drain_timeout` ringway ends its tunnels) while `c` joins, as when a pod is replaced.
-///
-/// For the lead, once the admin drain / `rebalance` work (issue 12, branch `rebalance`) is in
-/// main, switch the trigger here:
-/// - admin drain: set `admin = "127.0.0.1:0"` (and `admin_token_file`) in [`config`], keep `b`
-///   in DNS, add `c`, then `POST /backends/chat/{b.dns}/drain` (the backend name of a `dns`
-///   entry is the pod's DNS name, without the port) on the admin listener with the Bearer
-///   token; return the same `Moved` (b's clients, to a or c). Expect Close 1012 on the moved
-///   tunnels (the client's disconnect reason stays "transport close").
-/// - rebalance: add `rebalance = { max_per_second = 20, tolerance = 0.10 }` to `chat`, use
-///   `fallback = "least-conn"` (so re-placed clients fill `c`), add `c` only; the moved clients
-///   are then each pod's newest excess tunnels: return those that disconnect (between 2 × 3
-///   and 2 × 4 of the 20), `to: &["c"]`, and the untouched ones still must not notice.
-async fn move_clients(app: &App, homes: &[String]) -> Moved {
-    let [_, b, c] = &app.pods;
-    app.dns.set_a(&c.dns, &[&c.ip], 1);
-    app.dns.remove(&b.dns);
-    Moved {
-        clients: (0..CLIENTS).filter(|id| homes[*id] == b.name).collect(),
-        to: &["a", "c"],
+    fn domain(self, io: &str) -> String {
+        format!("{self:?}.{io}.sio.test").to_ascii_lowercase()
     }
 }
 
-fn config(dns: &DnsServer, io: &str, pods: &[&Pod]) -> String {
+/// `cookie` upstream `chat` over the three pods, discovered through `dns`, with the knobs the
+/// trigger needs.
+fn config(trigger: Trigger, io: &str, dns: &DnsServer, pods: &[Pod; 3]) -> String {
     let targets: Vec<String> = pods.iter().map(|p| p.target()).collect();
+    let (admin, rebalance, fallback) = match trigger {
+        Trigger::LeaveDiscovery => ("", "", "round-robin"),
+        Trigger::AdminDrain => ("127.0.0.1:0", "", "round-robin"),
+        Trigger::Rebalance => (
+            "",
+            "rebalance = { max_per_second = 20, tolerance = 0.10 }",
+            "least-conn",
+        ),
+    };
     format!(
         r#"workers = 1
 io = "{io}"
-admin = ""
+admin = "{admin}"
 [[listener]]
 name = "web"
 bind = "{{LISTEN}}"
@@ -126,10 +100,11 @@ upstream = "chat"
 [[upstream]]
 name = "chat"
 balance = "cookie"
+{rebalance}
 dns = [{targets}]
 [upstream.cookie]
 secret = "socket.io-test-secret-0123456789"
-fallback = "round-robin"
+fallback = "{fallback}"
 [upstream.discovery]
 resolver = "{resolver}"
 min_ttl = "1s"
@@ -142,162 +117,90 @@ drain_timeout = "1s"
     )
 }
 
-/// What one client did, folded from its events.
-#[derive(Debug, Default, Clone)]
-struct ClientLog {
-    /// The backend of each session, in order (a second entry = socket.io reconnected it).
-    sessions: Vec<String>,
-    /// `(session index, seq, backend, ok)` for every acknowledged echo.
-    echoes: Vec<(usize, u64, String, bool)>,
-    upgrades: usize,
-    /// `(reason, WebSocket close code)` of each disconnect.
-    disconnects: Vec<(String, Option<u64>)>,
-    /// Messages sent without an ack (sent again after the next connect).
-    unacked: usize,
+/// Which clients a move ends, and the pods they may come back on.
+struct Moved {
+    clients: BTreeSet<usize>,
+    to: &'static [&'static str],
 }
 
-impl ClientLog {
-    fn echoes_in(&self, session: usize) -> usize {
-        self.echoes.iter().filter(|e| e.0 == session).count()
-    }
-}
-
-fn fold(events: &[Value]) -> Vec<ClientLog> {
-    let mut logs = vec![ClientLog::default(); CLIENTS];
-    for e in events {
-        let Some(c) = e["id"].as_u64().and_then(|i| logs.get_mut(i as usize)) else {
-            continue;
-        };
-        let s = |k: &str| e[k].as_str().unwrap_or("?").to_string();
-        match e["ev"].as_str().unwrap_or("") {
-            "connected" => c.sessions.push(s("backend")),
-            "echo" => {
-                let session = c.sessions.len().saturating_sub(1);
-                let seq = e["seq"].as_u64().unwrap_or(0);
-                c.echoes.push((session, seq, s("backend"), e["ok"] == true));
+/// Moves clients by `trigger` and returns which ones and where they may land; `homes[id]` is
+/// where client `id` is connected now. Everything after relies only on the returned [`Moved`].
+async fn move_clients(app: &App, trigger: Trigger, homes: &[String]) -> Moved {
+    let [_, b, c] = &app.pods;
+    app.dns.set_a(&c.dns, &[&c.ip], 1);
+    let of_b = || (0..CLIENTS).filter(|id| homes[*id] == b.name).collect();
+    match trigger {
+        Trigger::LeaveDiscovery => {
+            app.dns.remove(&b.dns);
+            Moved {
+                clients: of_b(),
+                to: &["a", "c"],
             }
-            "upgraded" => c.upgrades += 1,
-            "disconnected" => c.disconnects.push((s("reason"), e["code"].as_u64())),
-            "unacked" => c.unacked += 1,
-            _ => {}
         }
-    }
-    logs
-}
-
-fn upgrades_by_design(id: usize) -> bool {
-    id >= N_WS
-}
-
-/// `within(..)` with a failure message computed only on timeout (the clients' and servers'
-/// stories), for waits whose cause is otherwise hard to read.
-async fn within_or<T>(
-    what: &str,
-    diag: impl FnOnce() -> String,
-    f: impl std::future::Future<Output = T>,
-) -> T {
-    match tokio::time::timeout(gateway::STEP, f).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out: {what}\n{}", diag()),
-    }
-}
-
-/// The app: three pods, DNS, the gateway in front, and the clients.
-struct App {
-    pods: [Pod; 3],
-    dns: DnsServer,
-    /// Kept for the test's length (its log is printed if the test fails).
-    _gw: dns::Gateway,
-    clients: Node,
-    io: &'static str,
-}
-
-impl App {
-    /// Pods `a`, `b` (in DNS) and `c` (not yet), ringway in front, then the clients.
-    async fn start(io: &'static str) -> App {
-        node::node_modules(); // install first: a missing npm fails here, with its message
-        let base = if io == "uring" { 70 } else { 80 };
-        let ip = |n: u8| format!("127.0.0.{}", base + n);
-        let pods = [
-            Pod::start("a", ip(1), io).await,
-            Pod::start("b", ip(2), io).await,
-            Pod::start("c", ip(3), io).await,
-        ];
-        let dns = DnsServer::start().await;
-        dns.set_a(&pods[0].dns, &[&pods[0].ip], 1);
-        dns.set_a(&pods[1].dns, &[&pods[1].ip], 1);
-        let gw = dns::Gateway::start(&config(&dns, io, &[&pods[0], &pods[1], &pods[2]])).await;
-        // Both pods in the table before any client connects (server.js answers its name on `/`).
-        within("a and b both answer through the gateway", async {
-            let mut seen = BTreeSet::new();
-            while seen.len() < 2 {
-                let r = gw.get("/", None).await;
-                if r.status == 200 {
-                    seen.insert(r.body);
+        Trigger::AdminDrain => {
+            // c in the table first, so that b's clients can land there
+            within("c in the table", async {
+                while !app.gw.log_text().contains(&format!("backend={}", c.dns)) {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
+            })
+            .await;
+            let req = format!(
+                "POST /backends/chat/{}/drain HTTP/1.1\r\nHost: admin\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n",
+                b.dns
+            );
+            let admin = app.admin_addr().await;
+            let r = within(
+                "the drain request",
+                gateway::roundtrip(admin, req.as_bytes()),
+            )
+            .await;
+            assert_eq!(r.status, 200, "drain: {r:?} {}", r.body_str());
+            Moved {
+                clients: of_b(),
+                to: &["a", "c"],
             }
-        })
-        .await;
-        let url = format!("http://{}", gw.addr);
-        let (n_ws, n_up) = (N_WS.to_string(), N_UPGRADE.to_string());
-        let clients = Node::spawn("client.js", &[&url, &n_ws, &n_up]);
-        App {
-            pods,
-            dns,
-            _gw: gw,
-            clients,
-            io,
         }
-    }
-
-    fn logs(&self) -> Vec<ClientLog> {
-        fold(&self.clients.events())
-    }
-
-    /// Bounded wait until `done(client logs)` holds; on timeout, the whole story.
-    async fn until(&self, what: &str, done: impl Fn(&[ClientLog]) -> bool) {
-        within_or(what, || self.diag(), async {
-            self.clients.until(|ev| done(&fold(ev))).await
-        })
-        .await
-    }
-
-    /// Each client's summary, then every process's stderr and last events.
-    fn diag(&self) -> String {
-        let mut s = String::from("--- clients ---\n");
-        for (id, c) in self.logs().iter().enumerate() {
-            let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
-            for (r, _) in &c.disconnects {
-                *reasons.entry(r).or_default() += 1;
+        Trigger::Rebalance => {
+            // over 1.1 × 20/3 is 8 or more; shed down to 7
+            let excess = |pod: &str| match homes.iter().filter(|h| *h == pod).count() {
+                n if n >= 8 => n - 7,
+                _ => 0,
+            };
+            let expect = excess("a") + excess("b");
+            let gone = |logs: &[ClientLog]| -> BTreeSet<usize> {
+                (0..CLIENTS)
+                    .filter(|id| !logs[*id].disconnects.is_empty())
+                    .collect()
+            };
+            app.until("the excess moved to c", |logs| {
+                let g = gone(logs);
+                g.len() == expect
+                    && g.iter()
+                        .all(|id| logs[*id].sessions.last().is_some_and(|s| s == "c"))
+            })
+            .await;
+            Moved {
+                clients: gone(&app.logs()),
+                to: &["c"],
             }
-            s.push_str(&format!(
-                "client {id}: sessions {:?}, {} echoes, {} upgrades, disconnects {:?}, \
-                 {} unacked\n",
-                c.sessions,
-                c.echoes.len(),
-                c.upgrades,
-                reasons,
-                c.unacked
-            ));
         }
-        s.push_str(&self.clients.diagnostics());
-        for p in &self.pods {
-            s.push('\n');
-            s.push_str(&p.server.diagnostics());
-        }
-        s
     }
 }
 
 /// 20 socket.io clients through ringway's cookie policy: polling clients stay on their pod
-/// across the upgrade; the clients of a pod that leaves reconnect by themselves to the other
-/// pods and keep exchanging messages; the others never notice.
-async fn socketio_clients_stay_sticky_and_moved_ones_reconnect(io: &'static str) {
-    let app = App::start(io).await;
-    let homes = connected_and_placed(&app).await;
+/// across the upgrade; the moved clients reconnect by themselves and keep exchanging
+/// messages; the others never notice.
+async fn run(io: &'static str, trigger: Trigger) {
+    let app = App::start(io, trigger.ip_base(io), &trigger.domain(io), |dns, pods| {
+        config(trigger, io, dns, pods)
+    })
+    .await;
+    let homes = connected_and_placed(&app, trigger).await;
     let echoed_at_move: Vec<usize> = app.logs().iter().map(|c| c.echoes.len()).collect();
     let started = std::time::Instant::now(); // printed, never asserted
-    let moved = move_clients(&app, &homes).await;
+    let moved = move_clients(&app, trigger, &homes).await;
     app.until("moved clients reconnected and echoing again", |logs| {
         logs.iter().enumerate().all(|(id, c)| {
             if moved.clients.contains(&id) {
@@ -311,7 +214,7 @@ async fn socketio_clients_stay_sticky_and_moved_ones_reconnect(io: &'static str)
     })
     .await;
     eprintln!(
-        "moved clients back and echoing after {:?}",
+        "{trigger:?}: moved clients back and echoing after {:?}",
         started.elapsed()
     );
     app.clients.say("stop");
@@ -324,9 +227,52 @@ async fn socketio_clients_stay_sticky_and_moved_ones_reconnect(io: &'static str)
     check_after_move(&app, &homes, &moved);
 }
 
+async fn socketio_clients_stay_sticky_and_moved_ones_reconnect(io: &'static str) {
+    run(io, Trigger::LeaveDiscovery).await
+}
+
+both_io!(socketio_clients_stay_sticky_and_moved_ones_reconnect);
+
+/// The admin drain and `rebalance` triggers need the `rebalance` branch (issue 12). Against its
+/// binary (ae996b0): both admin drain tests pass; the rebalance tests fail about one run in
+/// two, and rightly: a moved client's reconnect handshake (no cookie yet) is placed by the
+/// least-conn fallback on a pod that is still shedding, and the session's next request, now
+/// carrying that pod's fresh cookie, is re-placed to `c` — "Session ID unknown", a second
+/// disconnect ("transport error") before the client settles on `c`. Re-placing should spare
+/// cookies issued while the pod was already shedding (or the fallback should skip shedding
+/// pods). Remove the `#[ignore]`s once the branch is merged (and that is fixed).
+mod needs_rebalance_branch {
+    use super::{run, Trigger};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs POST /backends/U/B/drain (branch `rebalance`, issue 12)"]
+    async fn admin_drain_uring() {
+        run("uring", Trigger::AdminDrain).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs POST /backends/U/B/drain (branch `rebalance`, issue 12)"]
+    async fn admin_drain_epoll() {
+        run("epoll", Trigger::AdminDrain).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs the upstream's `rebalance` (branch `rebalance`, issue 12)"]
+    async fn rebalance_uring() {
+        run("uring", Trigger::Rebalance).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs the upstream's `rebalance` (branch `rebalance`, issue 12)"]
+    async fn rebalance_epoll() {
+        run("epoll", Trigger::Rebalance).await
+    }
+}
+
 /// Waits until every client echoes (and every polling client upgraded), checks each stayed on
-/// one pod with intact echoes and that both pods hold both kinds; returns each client's pod.
-async fn connected_and_placed(app: &App) -> Vec<String> {
+/// one pod with intact echoes, and that `a` and `b` both hold clients (of both kinds when all of
+/// b's clients are to move); returns each client's pod.
+async fn connected_and_placed(app: &App, trigger: Trigger) -> Vec<String> {
     app.until("every client connected and echoing", |logs| {
         logs.iter()
             .enumerate()
@@ -352,11 +298,18 @@ async fn connected_and_placed(app: &App) -> Vec<String> {
     let both_kinds = |on: &BTreeSet<usize>| {
         on.iter().any(|id| upgrades_by_design(*id)) && on.iter().any(|id| !upgrades_by_design(*id))
     };
-    assert!(
-        both_kinds(&on_a) && both_kinds(&on_b),
-        "each pod should hold clients of both kinds (the fallback is round-robin): \
-         a {on_a:?}, b {on_b:?}"
-    );
+    if trigger == Trigger::Rebalance {
+        assert!(
+            !on_a.is_empty() && !on_b.is_empty(),
+            "a {on_a:?}, b {on_b:?}"
+        );
+    } else {
+        assert!(
+            both_kinds(&on_a) && both_kinds(&on_b),
+            "each pod should hold clients of both kinds (the fallback is round-robin): \
+             a {on_a:?}, b {on_b:?}"
+        );
+    }
     logs.iter().map(|l| l.sessions[0].clone()).collect()
 }
 
@@ -417,7 +370,7 @@ fn check_after_move(app: &App, homes: &[String], moved: &Moved) {
     }
     assert!(
         moved_to.contains_key("c"),
-        "the new pod took some moved clients (round-robin fallback): {moved_to:?}"
+        "the new pod took some moved clients: {moved_to:?}"
     );
     for pod in &app.pods {
         let errors = pod.server.named("engine_error");
@@ -435,5 +388,3 @@ fn check_after_move(app: &App, homes: &[String], moved: &Moved) {
         app.io
     );
 }
-
-both_io!(socketio_clients_stay_sticky_and_moved_ones_reconnect);
