@@ -2,19 +2,30 @@
 //! failure and the next pick excludes that backend, up to `connect_retries` more tries. The
 //! client sees 503 when no backend can be picked, else 502 (refused/reset) or 504 (timed out)
 //! from the last try.
+//!
+//! An upstream with `[upstream.tls]` adds the TLS handshake to the connect: bounded by
+//! `timeouts.tls_handshake` (the TCP connect keeps `timeouts.connect`), counted per upstream by
+//! result, and a failed handshake or certificate check is a failed connect like a refused one
+//! (passive health, the next backend, 502 if none is left).
 
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Instant;
 
 use crate::balance::{now_ms, ConnGuard, KeySource, Pick, Table};
+use crate::config::Config;
 use crate::error::Kind;
 use crate::io::{self as rio, ConnectError, Driver, Stream};
+use crate::state::UpstreamRt;
+use crate::tls::{upstream, TlsStream, UpstreamTls};
 
+use super::client::Peer;
 use super::Worker;
 
 /// A connected backend: the stream, which backend it is, and the live-connection guard that
 /// keeps `least-conn` and the per-backend gauge exact for as long as it is held.
 pub struct Connected<D: Driver> {
-    pub stream: Stream<D>,
+    /// The socket, or the TLS session over it (`[upstream.tls]`).
+    pub stream: Peer<D>,
     pub index: usize,
     pub guard: ConnGuard,
     /// The policy wants the route cookie (re)issued on the response.
@@ -24,13 +35,13 @@ pub struct Connected<D: Driver> {
 /// Picks and connects (tcp mode); every failure is counted, the final "no backend" included.
 pub async fn pick_and_connect<D: Driver, K: KeySource + ?Sized>(
     w: &Worker,
+    cfg: &Config,
+    up: &UpstreamRt,
     table: &Table,
     key: &K,
-    retries: usize,
-    timeout: Duration,
 ) -> Result<Connected<D>, Kind> {
     let r = match table.pick(key, &[]) {
-        Some(first) => connect_from(w, table, key, first, retries, timeout).await,
+        Some(first) => connect_from(w, cfg, up, table, key, first).await,
         None => Err(Kind::NoBackend),
     };
     if r.as_ref().err() == Some(&Kind::NoBackend) {
@@ -44,12 +55,13 @@ pub async fn pick_and_connect<D: Driver, K: KeySource + ?Sized>(
 /// the caller counts its final outcome once.
 pub async fn connect_from<D: Driver, K: KeySource + ?Sized>(
     w: &Worker,
+    cfg: &Config,
+    up: &UpstreamRt,
     table: &Table,
     key: &K,
     first: Pick,
-    retries: usize,
-    timeout: Duration,
 ) -> Result<Connected<D>, Kind> {
+    let (retries, timeout) = (cfg.limits.connect_retries, cfg.timeouts.connect);
     let mut tried: [usize; 17] = [usize::MAX; 17];
     let mut last = Kind::NoBackend;
     let mut next = Some(first);
@@ -76,6 +88,22 @@ pub async fn connect_from<D: Driver, K: KeySource + ?Sized>(
                 w.counters()
                     .connect
                     .observe_us(started.elapsed().as_micros() as u64);
+                let stream = match &up.tls {
+                    None => Peer::Plain(stream),
+                    Some(t) => {
+                        let (name, addr) = (backend.name(), backend.addr());
+                        let hs = cfg.timeouts.tls_handshake;
+                        match handshake::<D>(w, up, t, stream, name, addr, hs).await {
+                            Some(s) => Peer::Tls(Box::new(s)),
+                            None => {
+                                backend.stats().record_failure(now_ms());
+                                last = Kind::BackendTls;
+                                w.error(last);
+                                continue;
+                            }
+                        }
+                    }
+                };
                 backend.stats().record_success(now_ms());
                 return Ok(Connected {
                     stream,
@@ -96,4 +124,34 @@ pub async fn connect_from<D: Driver, K: KeySource + ?Sized>(
         }
     }
     Err(last)
+}
+
+/// The TLS handshake with a just-connected backend, counted per upstream by result. `None`:
+/// it failed (the socket is closed).
+async fn handshake<D: Driver>(
+    w: &Worker,
+    up: &UpstreamRt,
+    t: &UpstreamTls,
+    stream: Stream<D>,
+    name: &str,
+    addr: SocketAddr,
+    timeout: std::time::Duration,
+) -> Option<TlsStream<D>> {
+    let server_name = t.name_for(name, addr);
+    match crate::tls::stream::connect::<D>(stream, t.config.clone(), server_name, timeout).await {
+        Ok(s) => {
+            let slot = if s.resumed() {
+                upstream::RESUMED_SLOT
+            } else {
+                upstream::slot(crate::tls::Outcome::Ok)
+            };
+            up.counters.tls_handshake(w.id, slot);
+            Some(s)
+        }
+        Err(outcome) => {
+            up.counters.tls_handshake(w.id, upstream::slot(outcome));
+            tracing::debug!(upstream = %up.cfg.name, backend = name, result = outcome.as_str(), "TLS handshake to backend failed");
+            None
+        }
+    }
 }

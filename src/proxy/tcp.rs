@@ -73,15 +73,7 @@ pub async fn serve<D: Driver>(
         return;
     };
     let table = up.lb.load_full();
-    let backend = match connect::pick_and_connect::<D, _>(
-        w,
-        &table,
-        &key,
-        cfg.limits.connect_retries,
-        cfg.timeouts.connect,
-    )
-    .await
-    {
+    let backend = match connect::pick_and_connect::<D, _>(w, cfg, up, &table, &key).await {
         Ok(b) => b,
         Err(_) => return, // counted in pick_and_connect; the client just sees the close
     };
@@ -94,7 +86,7 @@ pub async fn serve<D: Driver>(
         SendProxy::V2 => proxy_protocol::write_v2(peer, local, &mut hello),
     }
     hello.extend_from_slice(&early);
-    if !hello.is_empty() && rio::write_all::<D>(&backend.stream, &hello).await.is_err() {
+    if !hello.is_empty() && backend.stream.write_all(&hello).await.is_err() {
         w.error(Kind::BackendReset);
         return;
     }
