@@ -289,7 +289,7 @@ mod tests {
     fn tls(server_name: Option<&str>) -> UpstreamTls {
         UpstreamTls {
             config: Arc::new(
-                ClientConfig::builder_with_provider(Arc::new(super::super::provider()))
+                ClientConfig::builder_with_provider(super::super::provider())
                     .with_safe_default_protocol_versions()
                     .unwrap()
                     .with_root_certificates(RootCertStore::empty())
