@@ -29,8 +29,10 @@ both_io!(
     verification_failures_are_502_counted_and_retried,
     mtls_client_certificate,
     quick_form_tls_ca,
+    health_probes_and_proxy_header_speak_tls,
 );
 
+const ROUNDS: usize = 3;
 const NO_PASSIVE: &str = "[upstream.health]\nmax_fails = 0";
 
 const HANDSHAKES: &str = "ringway_tls_upstream_handshakes_total";
@@ -402,7 +404,8 @@ where
 
 /// A backend whose certificate does not verify (another CA; a name it was not issued for) is a
 /// failed connect: 502 when it is the only one, counted as `bad_certificate`; with a good
-/// backend next to it the request is retried there. No fd is left behind.
+/// backend next to it the request is retried there. A backend that never answers the
+/// ClientHello fails within `timeouts.tls_handshake`. No fd is left behind.
 async fn verification_failures_are_502_counted_and_retried(io: &'static str) {
     let ca = Ca::new();
     let other = Ca::new();
@@ -411,12 +414,19 @@ async fn verification_failures_are_502_counted_and_retried(io: &'static str) {
     let foreign = https_backend(server_config(&other.leaf(&["127.0.0.1"]), None)).await;
     let named = https_backend(server_config(&ca.leaf(&["chat.internal"]), None)).await;
     let good = https_backend(server_config(&ca.leaf(&["127.0.0.1"]), None)).await;
+    let silent = raw_backend(|mut s, _| async move {
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink).await; // reads the ClientHello, never answers
+    })
+    .await;
     let cfg = format!(
-        "admin = \"127.0.0.1:0\"\n\
+        "admin = \"127.0.0.1:0\"\n[timeouts]\ntls_handshake = \"300ms\"\n\
+         [[listener]]\nname = \"d\"\nbind = \"127.0.0.4:0\"\nmode = \"http\"\nupstream = \"silent\"\n\
          [[listener]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\nmode = \"http\"\nupstream = \"foreign\"\n\
          [[listener]]\nname = \"b\"\nbind = \"127.0.0.2:0\"\nmode = \"http\"\nupstream = \"wrongname\"\n\
          [[listener]]\nname = \"c\"\nbind = \"127.0.0.3:0\"\nmode = \"http\"\nupstream = \"mixed\"\n\
-         {}{}{}",
+         {}{}{}{}",
+        upstream_config("silent", &[silent.addr], &format!("ca_file = \"{ca_path}\"")),
         // Passive health off where the bad backend is alone: each request tries it again
         // (with it on, the second request would find no backend up: 503).
         upstream_config(
@@ -432,16 +442,19 @@ async fn verification_failures_are_502_counted_and_retried(io: &'static str) {
         upstream_config("mixed", &[foreign.b.addr, good.b.addr], &format!("ca_file = \"{ca_path}\"")),
     );
     let gw = Gateway::start_config(io, &cfg);
-    let base = gw.settle_fds(usize::MAX).await;
+    let _ = gw.metrics().await; // the admin listener's first scrape, before the baseline
+    let base = stable_fds(&gw).await;
 
-    for _ in 0..3 {
-        let r = roundtrip(gw.addrs[0], &get("/")).await;
-        assert_eq!(r.status, 502, "wrong CA");
+    let r = roundtrip(gw.addrs[0], &get("/")).await;
+    assert_eq!(r.status, 502, "handshake timed out");
+    for _ in 0..ROUNDS {
         let r = roundtrip(gw.addrs[1], &get("/")).await;
+        assert_eq!(r.status, 502, "wrong CA");
+        let r = roundtrip(gw.addrs[2], &get("/")).await;
         assert_eq!(r.status, 502, "wrong server name");
     }
     for _ in 0..4 {
-        let r = roundtrip(gw.addrs[2], &get("/")).await;
+        let r = roundtrip(gw.addrs[3], &get("/")).await;
         assert_eq!(r.status, 200, "retried on the good backend");
         assert!(r.body_str().starts_with("tls conn="), "{}", r.body_str());
     }
@@ -452,24 +465,43 @@ async fn verification_failures_are_502_counted_and_retried(io: &'static str) {
     );
     let bad = ("result", "bad_certificate");
     metric_until(&gw, HANDSHAKES, &[("upstream", "foreign"), bad], |v| {
-        v == 3.0
+        v == ROUNDS as f64
     })
     .await;
     metric_until(&gw, HANDSHAKES, &[("upstream", "wrongname"), bad], |v| {
-        v == 3.0
+        v == ROUNDS as f64
     })
     .await;
     metric_until(&gw, HANDSHAKES, &[("upstream", "mixed"), bad], |v| v >= 1.0).await;
+    let timeout = [("upstream", "silent"), ("result", "timeout")];
+    metric_until(&gw, HANDSHAKES, &timeout, |v| v == 1.0).await;
     metric_until(
         &gw,
         "ringway_errors_total",
         &[("kind", "backend_tls_failed")],
-        |v| v >= 7.0,
+        |v| v >= 8.0,
     )
     .await;
     // The gateway sent the alert; nothing of its side is left open.
     let after = gw.settle_fds(base).await;
     assert!(after <= base, "fds {after} > {base}");
+}
+
+/// The gateway's fd count once it stops changing (workers finish starting after the listening
+/// line: a ring, an eventfd, per worker), for a baseline.
+async fn stable_fds(gw: &Gateway) -> usize {
+    let mut last = gw.fd_count();
+    let mut same = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let n = gw.fd_count();
+        same = if n == last { same + 1 } else { 0 };
+        last = n;
+        if same >= 5 {
+            break;
+        }
+    }
+    last
 }
 
 /// mTLS: a backend that requires a client certificate refuses a gateway without one (502),
@@ -521,6 +553,86 @@ async fn quick_form_tls_ca(io: &'static str) {
     let gw = Gateway::start(io, &["--backend", &addr]);
     let r = roundtrip(gw.addr, &get("/quick")).await;
     assert_ne!(r.status, 200);
+}
+
+/// Active http probes of a TLS upstream handshake (and verify) like the data path: a backend
+/// with a good certificate comes up (`start = "down"`, two good probes), one whose certificate
+/// does not verify stays down (503). A tcp upstream's PROXY header goes on the TCP connection
+/// before the handshake, where the backend reads it.
+async fn health_probes_and_proxy_header_speak_tls(io: &'static str) {
+    let ca = Ca::new();
+    let other = Ca::new();
+    let dir = Dir::new("up-health");
+    let ca_path = ca_file(&dir, &ca);
+    let good = https_backend(server_config(&ca.leaf(&["127.0.0.1"]), None)).await;
+    let foreign = https_backend(server_config(&other.leaf(&["127.0.0.1"]), None)).await;
+    let headers: Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let seen = headers.clone();
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(&ca.leaf(&["127.0.0.1"]), None));
+    let proxied = raw_backend(move |mut s, _| {
+        let (acceptor, seen) = (acceptor.clone(), seen.clone());
+        async move {
+            // The PROXY v1 line, byte by byte so nothing of the ClientHello is read with it.
+            let mut line = Vec::new();
+            while !line.ends_with(b"\r\n") && line.len() < 108 {
+                let mut b = [0u8; 1];
+                if s.read_exact(&mut b).await.is_err() {
+                    return;
+                }
+                line.push(b[0]);
+            }
+            seen.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&line).into_owned());
+            let Ok(t) = acceptor.accept(s).await else {
+                return;
+            };
+            let (mut r, mut w) = tokio::io::split(t);
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+        }
+    })
+    .await;
+    let probe = "[upstream.health]\nmax_fails = 0\ncheck = \"http\"\npath = \"/health\"\n\
+                 interval = \"100ms\"\ntimeout = \"2s\"\nrise = 2\nfall = 1\nstart = \"down\"";
+    let cfg = format!(
+        "admin = \"127.0.0.1:0\"\n\
+         [[listener]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\nmode = \"http\"\nupstream = \"good\"\n\
+         [[listener]]\nname = \"b\"\nbind = \"127.0.0.2:0\"\nmode = \"http\"\nupstream = \"foreign\"\n\
+         [[listener]]\nname = \"c\"\nbind = \"127.0.0.3:0\"\nmode = \"tcp\"\nupstream = \"proxied\"\n\
+         {}{}{}",
+        upstream_config("good", &[good.b.addr], &format!("ca_file = \"{ca_path}\"\n{probe}")),
+        upstream_config("foreign", &[foreign.b.addr], &format!("ca_file = \"{ca_path}\"\n{probe}")),
+        upstream_config("proxied", &[proxied.addr], &format!("ca_file = \"{ca_path}\"")).replace(
+            "[upstream.tls]",
+            "send_proxy = \"v1\"\n[upstream.tls]"
+        ),
+    );
+    let gw = Gateway::start_config(io, &cfg);
+    metric_until(&gw, "ringway_backend_up", &[("upstream", "good")], |v| {
+        v == 1.0
+    })
+    .await;
+    let r = roundtrip(gw.addrs[0], &get("/")).await;
+    assert_eq!(r.status, 200, "{}", gw.log());
+    assert!(good.b.accepts() >= 3, "two probes and the request");
+    assert!(foreign.b.accepts() >= 2, "probed");
+    metric_until(&gw, "ringway_backend_up", &[("upstream", "foreign")], |v| {
+        v == 0.0
+    })
+    .await;
+    let r = roundtrip(gw.addrs[1], &get("/")).await;
+    assert_eq!(r.status, 503, "its only backend is down by health");
+    assert_eq!(foreign.failed.load(Ordering::SeqCst), foreign.b.accepts());
+
+    let mut c = TcpStream::connect(gw.addrs[2]).await.unwrap();
+    tcp_echo_rounds(&mut c).await;
+    let seen = headers.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert!(
+        seen[0].starts_with("PROXY TCP4 127.0.0.1 127.0.0.3 "),
+        "{seen:?}"
+    );
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -765,18 +765,6 @@ fn validate_upstream(
     let tls = u.tls.as_ref().and_then(|t| {
         super::upstream_tls::validate(&format!("{field}.tls"), t, &mut |f, m| e.push(f, m))
     });
-    if tls.is_some() && send_proxy != SendProxy::None {
-        e.push(
-            format!("{field}.send_proxy"),
-            "not supported with [upstream.tls] yet (the PROXY header would go inside TLS, where              backends do not look for it): drop one of them",
-        );
-    }
-    if tls.is_some() && matches!(health.check, CheckKind::Http | CheckKind::WebSocket) {
-        e.push(
-            format!("{field}.health.check"),
-            "http and websocket probes speak plain HTTP, which a TLS backend refuses: use              check = \"tcp\" with [upstream.tls] (passive health still counts failed handshakes)",
-        );
-    }
 
     Some(UpstreamConfig {
         name,

@@ -6,7 +6,9 @@
 //! An upstream with `[upstream.tls]` adds the TLS handshake to the connect: bounded by
 //! `timeouts.tls_handshake` (the TCP connect keeps `timeouts.connect`), counted per upstream by
 //! result, and a failed handshake or certificate check is a failed connect like a refused one
-//! (passive health, the next backend, 502 if none is left).
+//! (passive health, the next backend, 502 if none is left). A PROXY header for such an upstream
+//! (`send_proxy`) is written on the TCP connection before the handshake, where backends (and
+//! HAProxy's `send-proxy` with `ssl`) put it.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -39,9 +41,10 @@ pub async fn pick_and_connect<D: Driver, K: KeySource + ?Sized>(
     up: &UpstreamRt,
     table: &Table,
     key: &K,
+    preface: &[u8],
 ) -> Result<Connected<D>, Kind> {
     let r = match table.pick(key, &[]) {
-        Some(first) => connect_from(w, cfg, up, table, key, first).await,
+        Some(first) => connect_from(w, cfg, up, table, key, first, preface).await,
         None => Err(Kind::NoBackend),
     };
     if r.as_ref().err() == Some(&Kind::NoBackend) {
@@ -52,7 +55,8 @@ pub async fn pick_and_connect<D: Driver, K: KeySource + ?Sized>(
 
 /// Connects to `first` (already picked), then to further picks excluding the ones that failed.
 /// Each failed attempt is counted here; `Err(NoBackend)` (no backend could be tried) is not:
-/// the caller counts its final outcome once.
+/// the caller counts its final outcome once. `preface` (a PROXY header) is written before the
+/// TLS handshake of an upstream with `tls`; a plain upstream's caller writes it itself.
 pub async fn connect_from<D: Driver, K: KeySource + ?Sized>(
     w: &Worker,
     cfg: &Config,
@@ -60,6 +64,7 @@ pub async fn connect_from<D: Driver, K: KeySource + ?Sized>(
     table: &Table,
     key: &K,
     first: Pick,
+    preface: &[u8],
 ) -> Result<Connected<D>, Kind> {
     let (retries, timeout) = (cfg.limits.connect_retries, cfg.timeouts.connect);
     let mut tried: [usize; 17] = [usize::MAX; 17];
@@ -93,7 +98,12 @@ pub async fn connect_from<D: Driver, K: KeySource + ?Sized>(
                     Some(t) => {
                         let (name, addr) = (backend.name(), backend.addr());
                         let hs = cfg.timeouts.tls_handshake;
-                        match handshake::<D>(w, up, t, stream, name, addr, hs).await {
+                        let to = Dest {
+                            name,
+                            addr,
+                            preface,
+                        };
+                        match handshake::<D>(w, up, t, stream, to, hs).await {
                             Some(s) => Peer::Tls(Box::new(s)),
                             None => {
                                 backend.stats().record_failure(now_ms());
@@ -126,19 +136,44 @@ pub async fn connect_from<D: Driver, K: KeySource + ?Sized>(
     Err(last)
 }
 
-/// The TLS handshake with a just-connected backend, counted per upstream by result. `None`:
-/// it failed (the socket is closed).
+/// The backend a handshake is for, and what goes before it.
+struct Dest<'a> {
+    name: &'a str,
+    addr: SocketAddr,
+    preface: &'a [u8],
+}
+
+/// The TLS handshake with a just-connected backend (after `preface`, within `timeout` in all),
+/// counted per upstream by result. `None`: it failed (the socket is closed).
 async fn handshake<D: Driver>(
     w: &Worker,
     up: &UpstreamRt,
     t: &UpstreamTls,
     stream: Stream<D>,
-    name: &str,
-    addr: SocketAddr,
+    to: Dest<'_>,
     timeout: std::time::Duration,
 ) -> Option<TlsStream<D>> {
+    let Dest {
+        name,
+        addr,
+        preface,
+    } = to;
+    let started = Instant::now();
+    if !preface.is_empty() {
+        let sent = rio::timeout(timeout, rio::write_all::<D>(&stream, preface)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            let outcome = if sent.is_err() {
+                crate::tls::Outcome::Timeout
+            } else {
+                crate::tls::Outcome::Closed
+            };
+            up.counters.tls_handshake(w.id, upstream::slot(outcome));
+            return None;
+        }
+    }
     let server_name = t.name_for(name, addr);
-    match crate::tls::stream::connect::<D>(stream, t.config.clone(), server_name, timeout).await {
+    let left = timeout.saturating_sub(started.elapsed());
+    match crate::tls::stream::connect::<D>(stream, t.config.clone(), server_name, left).await {
         Ok(s) => {
             let slot = if s.resumed() {
                 upstream::RESUMED_SLOT

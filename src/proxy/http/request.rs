@@ -133,7 +133,7 @@ async fn connect_or_reuse<D: Driver>(
         }
     }
     let up = &gen.upstreams[upstream];
-    match connect::connect_from::<D, _>(w, &gen.config, up, &table, key, pick).await {
+    match connect::connect_from::<D, _>(w, &gen.config, up, &table, key, pick, &[]).await {
         Ok(conn) => Ok(Backend {
             conn,
             table,
