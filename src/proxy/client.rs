@@ -95,3 +95,25 @@ impl<D: Driver> Peer<D> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{Epoll, Uring};
+    use std::mem::size_of;
+
+    /// A plain backend (or client) costs what its socket did, plus at most the enum's tag word:
+    /// the TLS session is boxed, so upstreams without TLS carry no new heap state.
+    #[test]
+    fn a_plain_peer_is_its_socket_plus_a_tag() {
+        assert!(size_of::<Peer<Epoll>>() <= size_of::<Stream<Epoll>>() + 8);
+        assert!(size_of::<Peer<Uring>>() <= size_of::<Stream<Uring>>() + 8);
+        eprintln!(
+            "Stream<Epoll> {} B, Peer<Epoll> {} B; Stream<Uring> {} B, Peer<Uring> {} B",
+            size_of::<Stream<Epoll>>(),
+            size_of::<Peer<Epoll>>(),
+            size_of::<Stream<Uring>>(),
+            size_of::<Peer<Uring>>()
+        );
+    }
+}
