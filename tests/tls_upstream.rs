@@ -7,6 +7,8 @@
 #[macro_use]
 #[path = "common/gateway.rs"]
 mod gateway;
+#[path = "common/dns.rs"]
+mod dns;
 #[path = "common/tls.rs"]
 mod tlsc;
 
@@ -30,6 +32,7 @@ both_io!(
     mtls_client_certificate,
     quick_form_tls_ca,
     health_probes_and_proxy_header_speak_tls,
+    dns_backends_are_verified_by_their_name,
 );
 
 const ROUNDS: usize = 3;
@@ -633,6 +636,86 @@ async fn health_probes_and_proxy_header_speak_tls(io: &'static str) {
         seen[0].starts_with("PROXY TCP4 127.0.0.1 127.0.0.3 "),
         "{seen:?}"
     );
+}
+
+/// DNS discovery: each backend is greeted (SNI) and verified by its own DNS name; a pod whose
+/// certificate is for another name is refused (502) while its neighbour serves.
+async fn dns_backends_are_verified_by_their_name(io: &'static str) {
+    let ca = Ca::new();
+    let dir = Dir::new("up-dns");
+    let ca_path = ca_file(&dir, &ca);
+    let names: Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    // Records the SNI of each ClientHello, then serves one response with `leaf`.
+    let record = |leaf: Leaf| {
+        let names = names.clone();
+        let config = server_config(&leaf, None);
+        move |s: TcpStream, _| {
+            let (config, names) = (config.clone(), names.clone());
+            async move {
+                let start = tokio_rustls::LazyConfigAcceptor::new(Default::default(), s);
+                let Ok(start) = start.await else { return };
+                let sni = start
+                    .client_hello()
+                    .server_name()
+                    .unwrap_or("-")
+                    .to_string();
+                names.lock().unwrap().push(sni);
+                let Ok(mut t) = start.into_stream(config).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let _ = t.read(&mut buf).await;
+                let body = "pod";
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = t.write_all(resp.as_bytes()).await;
+                let _ = t.shutdown().await;
+            }
+        }
+    };
+    let pod0 = raw_backend(record(ca.leaf(&["pod-0.chat.tls.test"]))).await;
+    // pod-1's certificate names pod-0: valid chain, wrong name.
+    let pod1 = raw_backend(record(ca.leaf(&["pod-0.chat.tls.test"]))).await;
+    let server = dns::DnsServer::start().await;
+    server.set_a("pod-0.chat.tls.test", &["127.0.0.1"], 30);
+    server.set_a("pod-1.chat.tls.test", &["127.0.0.1"], 30);
+    let cfg = format!(
+        "admin = \"127.0.0.1:0\"\n\
+         [[listener]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\nmode = \"http\"\nupstream = \"pod0\"\n\
+         [[listener]]\nname = \"b\"\nbind = \"127.0.0.2:0\"\nmode = \"http\"\nupstream = \"pod1\"\n\
+         [[upstream]]\nname = \"pod0\"\ndns = [\"pod-0.chat.tls.test:{}\"]\n\
+         [upstream.discovery]\nresolver = \"{dns}\"\n[upstream.tls]\nca_file = \"{ca_path}\"\n\
+         [[upstream]]\nname = \"pod1\"\ndns = [\"pod-1.chat.tls.test:{}\"]\n\
+         [upstream.discovery]\nresolver = \"{dns}\"\n[upstream.tls]\nca_file = \"{ca_path}\"\n",
+        pod0.addr.port(),
+        pod1.addr.port(),
+        dns = server.addr,
+    );
+    let gw = Gateway::start_config(io, &cfg);
+    metric_until(&gw, "ringway_upstream_up", &[("upstream", "pod0")], |v| {
+        v == 1.0
+    })
+    .await;
+    metric_until(&gw, "ringway_upstream_up", &[("upstream", "pod1")], |v| {
+        v == 1.0
+    })
+    .await;
+    let r = roundtrip(gw.addrs[0], &get("/")).await;
+    assert_eq!(r.status, 200, "{}", gw.log());
+    assert_eq!(r.body_str(), "pod");
+    let r = roundtrip(gw.addrs[1], &get("/")).await;
+    assert_eq!(r.status, 502, "pod-1 presents pod-0's certificate");
+    let mut seen = names.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["pod-0.chat.tls.test", "pod-1.chat.tls.test"],
+        "SNI per backend"
+    );
+    let bad = [("upstream", "pod1"), ("result", "bad_certificate")];
+    metric_until(&gw, HANDSHAKES, &bad, |v| v == 1.0).await;
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::config::{ConfigError, UpstreamConfig, UpstreamTlsConfig, Verify};
+use crate::config::{ConfigError, Discovery, UpstreamConfig, UpstreamTlsConfig, Verify};
 
 use super::{certs, Outcome};
 
@@ -60,6 +60,9 @@ pub struct UpstreamTls {
     pub config: Arc<ClientConfig>,
     /// The configured `server_name`, parsed once; `None`: per backend (see [`UpstreamTls::name_for`]).
     name: Option<ServerName<'static>>,
+    /// Backends are named by their DNS name (`dns`, `srv` discovery), not by a label or an
+    /// address (static backends, `dns_service`).
+    dns_named: bool,
     /// Kept across generations (see the module doc).
     pub sessions: Arc<dyn ClientSessionStore>,
 }
@@ -83,31 +86,30 @@ impl UpstreamTls {
         Ok(Some(UpstreamTls {
             config,
             name,
+            dns_named: matches!(u.discovery, Discovery::Dns(_) | Discovery::Srv(_)),
             sessions,
         }))
     }
 
-    /// The name a backend is greeted and verified as: the configured `server_name`; else the
-    /// backend's name when it is a DNS name (DNS and SRV discovery name backends by host); else
-    /// its IP address (static and `dns_service` backends: rustls then sends no SNI and the
+    /// The name a backend is greeted and verified as: the configured `server_name`; else, for
+    /// `dns` and `srv` discovery, the backend's name (its host: a `:port` that tells two entries
+    /// of one host apart is dropped); else its IP address (static backends, whose name is a
+    /// label, and `dns_service` ones, named by address: rustls then sends no SNI and the
     /// certificate must carry the address as an IP SAN).
     pub fn name_for(&self, backend: &str, addr: SocketAddr) -> ServerName<'static> {
         if let Some(n) = &self.name {
             return n.clone();
         }
-        let host = backend.rsplit_once(':').map_or(backend, |(h, p)| {
-            if p.bytes().all(|b| b.is_ascii_digit()) {
-                h
-            } else {
-                backend
+        if self.dns_named {
+            let host = match backend.rsplit_once(':') {
+                Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+                _ => backend,
+            };
+            if let Ok(ServerName::DnsName(d)) = ServerName::try_from(host) {
+                return ServerName::DnsName(d.to_owned());
             }
-        });
-        match ServerName::try_from(host) {
-            Ok(ServerName::DnsName(d)) if host.contains('.') || host == "localhost" => {
-                ServerName::DnsName(d.to_owned())
-            }
-            _ => ServerName::IpAddress(addr.ip().into()),
         }
+        ServerName::IpAddress(addr.ip().into())
     }
 }
 
@@ -286,7 +288,7 @@ impl ServerCertVerifier for AnyCertificate {
 mod tests {
     use super::*;
 
-    fn tls(server_name: Option<&str>) -> UpstreamTls {
+    fn tls(server_name: Option<&str>, dns_named: bool) -> UpstreamTls {
         UpstreamTls {
             config: Arc::new(
                 ClientConfig::builder_with_provider(super::super::provider())
@@ -296,6 +298,7 @@ mod tests {
                     .with_no_client_auth(),
             ),
             name: server_name.map(|n| ServerName::try_from(n).unwrap().to_owned()),
+            dns_named,
             sessions: Arc::new(ClientSessionMemoryCache::new(1)),
         }
     }
@@ -304,22 +307,36 @@ mod tests {
     fn server_name_per_backend() {
         let addr: SocketAddr = "10.1.2.3:8443".parse().unwrap();
         let dns = |s: &str| ServerName::try_from(s.to_string()).unwrap();
-        let t = tls(None);
-        assert_eq!(
-            t.name_for("chat-0.chat.default.svc", addr),
-            dns("chat-0.chat.default.svc")
-        );
-        assert_eq!(
-            t.name_for("chat-0.chat.default.svc:8443", addr),
-            dns("chat-0.chat.default.svc")
-        );
-        assert_eq!(t.name_for("localhost", addr), dns("localhost"));
-        // A static backend's label is not a name the certificate was issued for: its IP is.
         let ip = ServerName::IpAddress(addr.ip().into());
-        assert_eq!(t.name_for("b0", addr), ip);
-        assert_eq!(t.name_for("10.1.2.3:8443", addr), ip);
+        // dns / srv discovery: the backend's name is its host.
+        let t = tls(None, true);
+        assert_eq!(
+            t.name_for("chat-0.chat.ns.svc", addr),
+            dns("chat-0.chat.ns.svc")
+        );
+        assert_eq!(
+            t.name_for("chat-0.chat.ns.svc:8443", addr),
+            dns("chat-0.chat.ns.svc")
+        );
+        assert_eq!(t.name_for("chat-0", addr), dns("chat-0"));
+        assert_eq!(
+            t.name_for("10.1.2.3", addr),
+            ip,
+            "an address is not a DNS name"
+        );
         assert_eq!(t.name_for("chat 0", addr), ip);
-        let fixed = tls(Some("chat.internal"));
+        // Static and dns_service backends: a label or an address, so the IP is verified.
+        let t = tls(None, false);
+        assert_eq!(t.name_for("b0", addr), ip);
+        assert_eq!(t.name_for("chat.example.com", addr), ip);
+        assert_eq!(t.name_for("10.1.2.3:8443", addr), ip);
+        // server_name wins over both.
+        let fixed = tls(Some("chat.internal"), false);
         assert_eq!(fixed.name_for("b0", addr), dns("chat.internal"));
+        let fixed = tls(Some("chat.internal"), true);
+        assert_eq!(
+            fixed.name_for("chat-0.chat.ns.svc", addr),
+            dns("chat.internal")
+        );
     }
 }
