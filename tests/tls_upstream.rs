@@ -33,6 +33,7 @@ both_io!(
     quick_form_tls_ca,
     health_probes_and_proxy_header_speak_tls,
     dns_backends_are_verified_by_their_name,
+    bulk_both_ways_through_a_tls_backend_does_not_deadlock,
 );
 
 const ROUNDS: usize = 3;
@@ -383,14 +384,22 @@ async fn tcp_echo_rounds<S>(c: &mut S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    tcp_echo_bulk(c, 1 << 20).await;
+}
+
+/// A short echo, then `size` bytes both ways at once and a half-close.
+async fn tcp_echo_bulk<S>(c: &mut S, size: u32)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     within("write", c.write_all(b"hello over tls"))
         .await
         .unwrap();
     let mut got = [0u8; 14];
     within("echo", c.read_exact(&mut got)).await.unwrap();
     assert_eq!(&got, b"hello over tls");
-    // 1 MiB both ways at once: neither pump may wait on the other.
-    let big: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 13 % 253) as u8).collect();
+    // Both ways at once: neither pump may wait on the other.
+    let big: Vec<u8> = (0..size).map(|i| (i * 13 % 253) as u8).collect();
     let (mut r, mut w) = tokio::io::split(c);
     let writer = async {
         w.write_all(&big).await.unwrap();
@@ -400,7 +409,12 @@ where
     let reader = async {
         r.read_to_end(&mut back).await.unwrap();
     };
-    within("big echo and close", async { tokio::join!(writer, reader) }).await;
+    // A bound for a hang (a deadlock never ends), generous for a debug build on a busy machine.
+    let both = tokio::time::timeout(std::time::Duration::from_secs(90), async {
+        tokio::join!(writer, reader)
+    });
+    both.await
+        .expect("bulk echo hung: the tunnel stopped moving bytes");
     assert_eq!(back.len(), big.len());
     assert!(back == big, "echoed bytes differ");
 }
@@ -717,6 +731,61 @@ async fn dns_backends_are_verified_by_their_name(io: &'static str) {
     let bad = [("upstream", "pod1"), ("result", "bad_certificate")];
     metric_until(&gw, HANDSHAKES, &bad, |v| v == 1.0).await;
 }
+
+/// More bytes both ways than every socket buffer on the path holds, through an echo backend
+/// that stops reading while it cannot write (tokio's `copy`, like HAProxy in front of an echo
+/// server): the gateway must keep reading the backend while its writes to it wait. (Reading
+/// the backend used to wait for the session's queued records to be written first: both
+/// directions then waited on the backend's window, which never opened.)
+async fn bulk_both_ways_through_a_tls_backend_does_not_deadlock(io: &'static str) {
+    let ca = Ca::new();
+    let dir = Dir::new("up-bulk");
+    let echo = tls_echo_backend(server_config(&ca.leaf(&["127.0.0.1"]), None)).await;
+    let plain_echo = raw_backend(|s, _| async move {
+        let (mut r, mut w) = tokio::io::split(s);
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    })
+    .await;
+    let front = ca.leaf(&["chat.test"]);
+    write_pair(&dir.path("front"), &front);
+    let cert = format!(
+        "[listener.tls]\n[[listener.tls.certificate]]\ndir = \"{}\"\n",
+        dir.path("front").display()
+    );
+    let cfg = format!(
+        "[[listener]]\nname = \"raw\"\nbind = \"127.0.0.1:0\"\nmode = \"tcp\"\nupstream = \"echo\"\n\
+         [[listener]]\nname = \"raws\"\nbind = \"127.0.0.2:0\"\nmode = \"tcp\"\nupstream = \"echo\"\n{cert}\
+         [[listener]]\nname = \"plain\"\nbind = \"127.0.0.3:0\"\nmode = \"tcp\"\nupstream = \"plain\"\n{cert}\
+         {}\
+         [[upstream]]\nname = \"plain\"\nbackends = [{{ name = \"p0\", address = \"{}\" }}]\n",
+        upstream_config("echo", &[echo.b.addr], &format!("ca_file = \"{}\"", ca_file(&dir, &ca))),
+        plain_echo.addr,
+    );
+    let gw = Gateway::start_config(io, &cfg);
+    // plain client × TLS backend
+    let mut c = TcpStream::connect(gw.addrs[0]).await.unwrap();
+    tcp_echo_bulk(&mut c, BULK).await;
+    // TLS client × TLS backend
+    let mut c = within(
+        "handshake",
+        connect(gw.addrs[1], ca.client(&[]), "chat.test"),
+    )
+    .await
+    .unwrap();
+    tcp_echo_bulk(&mut c, BULK).await;
+    // TLS client × plain backend (the terminating listener's tunnel has the same pumps)
+    let mut c = within(
+        "handshake",
+        connect(gw.addrs[2], ca.client(&[]), "chat.test"),
+    )
+    .await
+    .unwrap();
+    tcp_echo_bulk(&mut c, BULK).await;
+}
+
+/// Bytes each way in the bulk test: more than loopback's socket buffers along the path.
+const BULK: u32 = 32 << 20;
 
 // ------------------------------------------------------------------------------------------------
 // `ringway check`: bad files are field-named errors, exit 64.

@@ -235,17 +235,34 @@ impl<D: Driver> TlsStream<D> {
 
     /// Waits until the socket is readable, reads and decrypts what came. `Ok(false)` at the
     /// socket's EOF (then [`TlsStream::take_plain`] reports `End` once the plaintext is taken).
+    ///
+    /// Records waiting to be sent (a KeyUpdate answer, or the other direction's data) are
+    /// written only as far as the socket takes them now: reading must never wait for the
+    /// peer's window, or a tunnel whose peer reads only when it can write (an echo server)
+    /// stops both ways. What is left goes with the next [`TlsStream::flush`], which the
+    /// writing direction does before its next read.
     pub async fn fill(&self) -> io::Result<bool> {
-        self.flush().await?;
+        self.try_flush()?;
         if self.read_tls().await? == 0 {
             return Ok(false);
         }
         self.process().await.map_err(|e| e.0)?;
         // A KeyUpdate asking for ours (or a close_notify): answer now, not with the next write.
-        if self.conn.borrow().wants_write() {
-            self.flush().await?;
-        }
+        self.try_flush()?;
         Ok(true)
+    }
+
+    /// Writes the queued TLS records the socket takes now, without waiting.
+    fn try_flush(&self) -> io::Result<()> {
+        while self.conn.borrow().wants_write() {
+            let mut t: &TcpStream = self.io.get_ref();
+            match self.conn.borrow_mut().write_tls(&mut t) {
+                Ok(_) => {}
+                Err(e) if crate::sys::would_block(&e) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Encrypts `bytes` into the session's send queue without writing to the socket (the
