@@ -133,9 +133,12 @@ pub fn describe(c: &Config) -> String {
             let _ = writeln!(
                 o,
                 "  tls: {verify} · server_name {} · client certificate {} · alpn [{}] · handshake timeout {}",
-                t.server_name
-                    .as_deref()
-                    .unwrap_or("each backend's DNS name (its IP for static backends)"),
+                t.server_name.as_deref().unwrap_or(match u.discovery {
+                    Discovery::Dns(_) | Discovery::Srv(_) => "each backend's DNS name",
+                    Discovery::Static(_) | Discovery::DnsService { .. } => {
+                        "each backend's IP address (no SNI; the certificate needs an IP SAN)"
+                    }
+                }),
                 t.client_cert
                     .as_ref()
                     .map_or("none".to_string(), |c| c.cert.display().to_string()),

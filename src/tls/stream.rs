@@ -188,7 +188,8 @@ impl<D: Driver> TlsStream<D> {
         if let Err(e) = r {
             tracing::debug!(error = %e, "TLS protocol error");
             if self.conn.borrow().wants_write() {
-                let _ = self.flush().await;
+                // Bounded: a peer that reads nothing must not hold the connection open.
+                let _ = rio::timeout(Duration::from_secs(1), self.flush()).await;
             } else {
                 // rustls queues no alert for a few malformed inputs (an oversized handshake
                 // length): the client still gets one before the close.
