@@ -34,6 +34,7 @@ both_io!(
     health_probes_and_proxy_header_speak_tls,
     dns_backends_are_verified_by_their_name,
     bulk_both_ways_through_a_tls_backend_does_not_deadlock,
+    reload_rereads_the_ca_and_forgets_sessions_it_no_longer_trusts,
 );
 
 const ROUNDS: usize = 3;
@@ -442,7 +443,8 @@ async fn verification_failures_are_502_counted_and_retried(io: &'static str) {
          [[listener]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\nmode = \"http\"\nupstream = \"foreign\"\n\
          [[listener]]\nname = \"b\"\nbind = \"127.0.0.2:0\"\nmode = \"http\"\nupstream = \"wrongname\"\n\
          [[listener]]\nname = \"c\"\nbind = \"127.0.0.3:0\"\nmode = \"http\"\nupstream = \"mixed\"\n\
-         {}{}{}{}",
+         [[listener]]\nname = \"e\"\nbind = \"127.0.0.5:0\"\nmode = \"http\"\nupstream = \"insecure\"\n\
+         {}{}{}{}{}",
         upstream_config("silent", &[silent.addr], &format!("ca_file = \"{ca_path}\"")),
         // Passive health off where the bad backend is alone: each request tries it again
         // (with it on, the second request would find no backend up: 503).
@@ -457,6 +459,7 @@ async fn verification_failures_are_502_counted_and_retried(io: &'static str) {
             &format!("ca_file = \"{ca_path}\"\nserver_name = \"other.internal\"\n{NO_PASSIVE}")
         ),
         upstream_config("mixed", &[foreign.b.addr, good.b.addr], &format!("ca_file = \"{ca_path}\"")),
+        upstream_config("insecure", &[foreign.b.addr], "insecure_skip_verify = true"),
     );
     let gw = Gateway::start_config(io, &cfg);
     let _ = gw.metrics().await; // the admin listener's first scrape, before the baseline
@@ -476,6 +479,9 @@ async fn verification_failures_are_502_counted_and_retried(io: &'static str) {
         assert!(r.body_str().starts_with("tls conn="), "{}", r.body_str());
     }
     assert!(good.b.accepts() >= 4);
+    // insecure_skip_verify: the foreign certificate (and its name) is accepted.
+    let r = roundtrip(gw.addrs[4], &get("/")).await;
+    assert_eq!(r.status, 200, "insecure_skip_verify");
     assert!(
         foreign.b.accepts() >= 1,
         "the bad backend was tried first at least once"
@@ -782,6 +788,77 @@ async fn bulk_both_ways_through_a_tls_backend_does_not_deadlock(io: &'static str
     .await
     .unwrap();
     tcp_echo_bulk(&mut c, BULK).await;
+}
+
+/// A reload re-reads `ca_file`: a garbled one refuses the reload (the old trust keeps serving);
+/// another CA is used at once, and sessions from before do not get around it by resuming; a
+/// reload that changes nothing of the trust keeps the sessions.
+async fn reload_rereads_the_ca_and_forgets_sessions_it_no_longer_trusts(io: &'static str) {
+    let ca = Ca::new();
+    let other = Ca::new();
+    let dir = Dir::new("up-reload");
+    let ca_path = ca_file(&dir, &ca);
+    let backend = https_backend(server_config(&ca.leaf(&["127.0.0.1"]), None)).await;
+    let verified = format!("ca_file = \"{ca_path}\"\n{NO_PASSIVE}");
+    let cfg = format!(
+        "admin = \"127.0.0.1:0\"\n{}{}",
+        http_listener("app"),
+        upstream_config("app", &[backend.b.addr], &verified)
+    );
+    let gw = Gateway::start_config(io, &cfg);
+    for _ in 0..3 {
+        assert_eq!(roundtrip(gw.addr, &get("/")).await.status, 200);
+    }
+    metric_until(&gw, HANDSHAKES, &[("result", "resumed")], |v| v == 2.0).await;
+
+    // A reload that changes nothing of the trust keeps the sessions: the next one resumes.
+    assert_eq!(post_reload(&gw).await, 200, "{}", gw.log());
+    assert_eq!(roundtrip(gw.addr, &get("/")).await.status, 200);
+    metric_until(&gw, HANDSHAKES, &[("result", "resumed")], |v| v == 3.0).await;
+    metric_until(&gw, HANDSHAKES, &[("result", "ok")], |v| v == 1.0).await;
+
+    std::fs::write(&ca_path, "-----BEGIN CERTIFICATE-----\ngarbage\n").unwrap();
+    assert_eq!(
+        post_reload(&gw).await,
+        500,
+        "a garbled CA refuses the reload"
+    );
+    assert!(
+        gw.log().contains("upstream[app].tls.ca_file"),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(
+        roundtrip(gw.addr, &get("/")).await.status,
+        200,
+        "the old trust serves"
+    );
+
+    // Another CA: the backend's sessions from before must not resume past it.
+    std::fs::write(&ca_path, &other.pem).unwrap();
+    assert_eq!(post_reload(&gw).await, 200, "{}", gw.log());
+    for _ in 0..3 {
+        assert_eq!(
+            roundtrip(gw.addr, &get("/")).await.status,
+            502,
+            "not trusted any more"
+        );
+    }
+
+    // The right CA again.
+    std::fs::write(&ca_path, &ca.pem).unwrap();
+    assert_eq!(post_reload(&gw).await, 200, "{}", gw.log());
+    assert_eq!(roundtrip(gw.addr, &get("/")).await.status, 200);
+}
+
+async fn post_reload(gw: &Gateway) -> u16 {
+    let admin = gw.admin_addr().await;
+    roundtrip(
+        admin,
+        b"POST /reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .status
 }
 
 /// Bytes each way in the bulk test: more than loopback's socket buffers along the path.

@@ -1,8 +1,10 @@
 //! Upstream TLS: what a worker needs to handshake with a backend of an upstream that has
 //! `[upstream.tls]`. The rustls `ClientConfig` (CA roots, client certificate, ALPN) is built
 //! once per generation (startup, reload) off the data path; a connection only clones an `Arc`
-//! and makes the server name. The client session cache is kept across generations, so a
-//! reload does not cost every backend a full handshake.
+//! and makes the server name. A reload that changes nothing the sessions' trust rests on (the
+//! settings, the CA and client certificate files' bytes) keeps the running config and its
+//! session cache, so it does not cost every backend a full handshake; any change starts both
+//! afresh (rustls never resumes a session made under another verifier anyway).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,8 +65,10 @@ pub struct UpstreamTls {
     /// Backends are named by their DNS name (`dns`, `srv` discovery), not by a label or an
     /// address (static backends, `dns_service`).
     dns_named: bool,
-    /// Kept across generations (see the module doc).
+    /// Kept across generations with `config` while [`UpstreamTls::trust`] is unchanged.
     pub sessions: Arc<dyn ClientSessionStore>,
+    /// A hash of the settings and file contents that decide whom we trust and who we are.
+    trust: u64,
 }
 
 impl UpstreamTls {
@@ -78,16 +82,29 @@ impl UpstreamTls {
         let Some(t) = &u.tls else { return Ok(None) };
         let provider = super::provider();
         let field = format!("upstream[{}].tls", u.name);
-        let sessions = prev.map_or_else(
-            || Arc::new(ClientSessionMemoryCache::new(SESSIONS_PER_UPSTREAM)) as _,
-            |p| p.sessions.clone(),
-        );
+        let trust = trust_hash(t);
+        let sessions: Arc<dyn ClientSessionStore> =
+            Arc::new(ClientSessionMemoryCache::new(SESSIONS_PER_UPSTREAM));
+        // Built (and so checked: an expired client certificate is refused) on every reload.
         let (config, name) = client_config(t, provider, &field, sessions.clone())?;
+        let dns_named = matches!(u.discovery, Discovery::Dns(_) | Discovery::Srv(_));
+        // Unchanged trust: keep the running config itself, since rustls resumes only sessions
+        // made under the same verifier and client certificate objects.
+        if let Some(p) = prev.filter(|p| p.trust == trust) {
+            return Ok(Some(UpstreamTls {
+                config: p.config.clone(),
+                name: p.name.clone(),
+                dns_named,
+                sessions: p.sessions.clone(),
+                trust,
+            }));
+        }
         Ok(Some(UpstreamTls {
             config,
             name,
-            dns_named: matches!(u.discovery, Discovery::Dns(_) | Discovery::Srv(_)),
+            dns_named,
             sessions,
+            trust,
         }))
     }
 
@@ -111,6 +128,25 @@ impl UpstreamTls {
         }
         ServerName::IpAddress(addr.ip().into())
     }
+}
+
+/// The settings and the files' bytes a session's trust rests on (see [`UpstreamTls::trust`]).
+fn trust_hash(t: &UpstreamTlsConfig) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    format!("{t:?}").hash(&mut h);
+    let files = [
+        match &t.verify {
+            Verify::Ca(p) => Some(p),
+            Verify::InsecureSkipVerify => None,
+        },
+        t.client_cert.as_ref().map(|c| &c.cert),
+        t.client_cert.as_ref().map(|c| &c.key),
+    ];
+    for f in files.into_iter().flatten() {
+        std::fs::read(f).ok().hash(&mut h);
+    }
+    h.finish()
 }
 
 /// `ringway check` and startup: the files of every upstream's `tls` load. Errors name the field.
@@ -300,6 +336,7 @@ mod tests {
             name: server_name.map(|n| ServerName::try_from(n).unwrap().to_owned()),
             dns_named,
             sessions: Arc::new(ClientSessionMemoryCache::new(1)),
+            trust: 0,
         }
     }
 
