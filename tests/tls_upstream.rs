@@ -659,7 +659,8 @@ async fn health_probes_and_proxy_header_speak_tls(io: &'static str) {
 }
 
 /// DNS discovery: each backend is greeted (SNI) and verified by its own DNS name; a pod whose
-/// certificate is for another name is refused (502) while its neighbour serves.
+/// certificate is for another name is refused (502) while its neighbour serves. `alpn` is
+/// offered as configured.
 async fn dns_backends_are_verified_by_their_name(io: &'static str) {
     let ca = Ca::new();
     let dir = Dir::new("up-dns");
@@ -674,12 +675,16 @@ async fn dns_backends_are_verified_by_their_name(io: &'static str) {
             async move {
                 let start = tokio_rustls::LazyConfigAcceptor::new(Default::default(), s);
                 let Ok(start) = start.await else { return };
-                let sni = start
-                    .client_hello()
-                    .server_name()
-                    .unwrap_or("-")
-                    .to_string();
-                names.lock().unwrap().push(sni);
+                let hello = start.client_hello();
+                let alpn: Vec<String> = hello
+                    .alpn()
+                    .map(|a| a.map(|p| String::from_utf8_lossy(p).into_owned()).collect())
+                    .unwrap_or_default();
+                let sni = hello.server_name().unwrap_or("-").to_string();
+                names
+                    .lock()
+                    .unwrap()
+                    .push(format!("{sni} alpn={}", alpn.join(",")));
                 let Ok(mut t) = start.into_stream(config).await else {
                     return;
                 };
@@ -706,7 +711,7 @@ async fn dns_backends_are_verified_by_their_name(io: &'static str) {
          [[listener]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\nmode = \"http\"\nupstream = \"pod0\"\n\
          [[listener]]\nname = \"b\"\nbind = \"127.0.0.2:0\"\nmode = \"http\"\nupstream = \"pod1\"\n\
          [[upstream]]\nname = \"pod0\"\ndns = [\"pod-0.chat.tls.test:{}\"]\n\
-         [upstream.discovery]\nresolver = \"{dns}\"\n[upstream.tls]\nca_file = \"{ca_path}\"\n\
+         [upstream.discovery]\nresolver = \"{dns}\"\n[upstream.tls]\nca_file = \"{ca_path}\"\nalpn = [\"http/1.1\"]\n\
          [[upstream]]\nname = \"pod1\"\ndns = [\"pod-1.chat.tls.test:{}\"]\n\
          [upstream.discovery]\nresolver = \"{dns}\"\n[upstream.tls]\nca_file = \"{ca_path}\"\n",
         pod0.addr.port(),
@@ -731,8 +736,11 @@ async fn dns_backends_are_verified_by_their_name(io: &'static str) {
     seen.sort();
     assert_eq!(
         seen,
-        ["pod-0.chat.tls.test", "pod-1.chat.tls.test"],
-        "SNI per backend"
+        [
+            "pod-0.chat.tls.test alpn=http/1.1",
+            "pod-1.chat.tls.test alpn="
+        ],
+        "SNI per backend, ALPN as configured"
     );
     let bad = [("upstream", "pod1"), ("result", "bad_certificate")];
     metric_until(&gw, HANDSHAKES, &bad, |v| v == 1.0).await;
