@@ -102,6 +102,11 @@ pub struct RunArgs {
     /// Quick form: the PEM private key of the --tls-cert at the same position.
     #[arg(long = "tls-key", conflicts_with = "config")]
     pub tls_key: Vec<String>,
+    /// Quick form: connect to the backends over TLS, verifying their certificates against the
+    /// CA certificates in this PEM file. The name verified is each --dns-backend's DNS name, or
+    /// a --backend's IP address (its certificate must then carry that IP).
+    #[arg(long = "tls-ca", conflicts_with = "config")]
+    pub tls_ca: Option<String>,
 }
 
 pub fn main() -> i32 {
@@ -191,6 +196,7 @@ fn quick_flags_given(args: &RunArgs) -> Vec<&'static str> {
         ("--drain", args.drain.is_some()),
         ("--tls-cert", !args.tls_cert.is_empty()),
         ("--tls-key", !args.tls_key.is_empty()),
+        ("--tls-ca", args.tls_ca.is_some()),
     ];
     given.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect()
 }
@@ -298,6 +304,10 @@ fn quick_config(args: &RunArgs) -> Result<Config, ConfigErrors> {
         name: Some("main".into()),
         balance: args.balance.clone(),
         send_proxy: args.send_proxy.clone(),
+        tls: args.tls_ca.as_ref().map(|ca| raw::RawUpstreamTls {
+            ca_file: Some(ca.clone()),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     // Without --cookie-secret the quick form signs with a random secret of this process: a

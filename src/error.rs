@@ -62,6 +62,7 @@ kinds! {
     NoBackend => "no_backend", Backend;
     ConnectRefused => "connect_failed", Backend;
     ConnectTimeout => "connect_timeout", Backend;
+    BackendTls => "backend_tls_failed", Backend;
     ResponseTimeout => "response_timeout", Backend;
     BackendTimeout => "backend_body_timeout", Backend;
     BadResponse => "bad_response", Backend;
@@ -85,7 +86,7 @@ impl Kind {
             // or pending-header cap, the gateway is full (503).
             Kind::LimitTotal | Kind::LimitPending | Kind::NoBackend => 503,
             Kind::LimitSource | Kind::LimitRate => 429,
-            Kind::ConnectRefused | Kind::BadResponse | Kind::BadAccept => 502,
+            Kind::ConnectRefused | Kind::BackendTls | Kind::BadResponse | Kind::BadAccept => 502,
             Kind::ConnectTimeout | Kind::ResponseTimeout | Kind::BackendTimeout => 504,
             Kind::Internal => 500,
             Kind::ClientReset
@@ -98,7 +99,10 @@ impl Kind {
 
     /// Whether another backend may be tried for the same request.
     pub fn retryable(self) -> bool {
-        matches!(self, Kind::ConnectRefused | Kind::ConnectTimeout)
+        matches!(
+            self,
+            Kind::ConnectRefused | Kind::ConnectTimeout | Kind::BackendTls
+        )
     }
 }
 

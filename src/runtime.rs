@@ -90,11 +90,23 @@ pub fn build_generation(
                 .collect();
             lb.publish(specs);
         }
+        // The CA and client certificate are read here, once per generation: a file broken
+        // since `ringway check` refuses the reload (or the start) with the field named.
+        let tls = crate::tls::UpstreamTls::build(u, old.and_then(|o| o.tls.as_deref()))
+            .map_err(|errors| {
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })?
+            .map(Arc::new);
         upstreams.push(UpstreamRt {
             cfg: u.clone(),
             lb,
             counters,
             cookie: CookieRt::from_config(u),
+            tls,
         });
     }
     let listeners = config

@@ -31,6 +31,8 @@ pub struct UpstreamRt {
     pub counters: Arc<UpstreamCounters>,
     /// Set-Cookie attributes, prebuilt (cookie policy only).
     pub cookie: Option<CookieRt>,
+    /// `[upstream.tls]`: the rustls client side, built with the generation.
+    pub tls: Option<Arc<crate::tls::UpstreamTls>>,
 }
 
 impl UpstreamRt {

@@ -235,6 +235,20 @@ fn encode_upstreams(enc: &mut DescriptorEncoder, gen: &Generation) -> fmt::Resul
             let mut h = m.encode_family(&labels)?;
             histogram(&mut h, u.counters.response_times())
         })
+    })?;
+    family(enc, &names::TLS_UPSTREAM_HANDSHAKES, |m| {
+        gen.upstreams
+            .iter()
+            .filter(|u| u.tls.is_some())
+            .try_for_each(|u| {
+                let n = u.counters.tls_handshakes();
+                crate::tls::upstream::RESULT_NAMES
+                    .iter()
+                    .zip(n)
+                    .try_for_each(|(r, n)| {
+                        counter(m, [("upstream", &*u.cfg.name), ("result", r)], n)
+                    })
+            })
     })
 }
 

@@ -166,6 +166,10 @@ pub const TLS_HANDSHAKES: Def = counter(
     "ringway_tls_handshakes",
     "TLS handshakes on terminating listeners by result: ok, timeout, plain_http (answered 400), closed, unknown_sni, no_alpn, incompatible (no common version or cipher), bad_record (not TLS), alert_received (the client refused us), error.",
 );
+pub const TLS_UPSTREAM_HANDSHAKES: Def = counter(
+    "ringway_tls_upstream_handshakes",
+    "TLS handshakes to backends of upstreams with [upstream.tls], by result: ok (full handshake), resumed (a session resumed), bad_certificate (did not verify: unknown CA, wrong name, expired), alert_received (the backend refused us, e.g. no client certificate under TLS 1.2), incompatible, timeout (timeouts.tls_handshake), closed, error.",
+);
 pub const TLS_CIPHERS: Def = counter(
     "ringway_tls_handshake_ciphers",
     "Successful TLS handshakes by protocol version and cipher suite.",
@@ -209,6 +213,7 @@ pub const ALL: &[&Def] = &[
     &PROCESS_RESIDENT_MEMORY,
     &PROCESS_CPU,
     &TLS_HANDSHAKES,
+    &TLS_UPSTREAM_HANDSHAKES,
     &TLS_CIPHERS,
     &TLS_RESUMED,
     &TLS_CERT_EXPIRY,

@@ -123,6 +123,29 @@ pub fn describe(c: &Config) -> String {
                 "  required_for_ready: /readyz is 503 while no backend is up"
             );
         }
+        if let Some(t) = &u.tls {
+            let verify = match &t.verify {
+                super::Verify::Ca(p) => format!("ca_file {}", p.display()),
+                super::Verify::InsecureSkipVerify => {
+                    "INSECURE: any certificate accepted (insecure_skip_verify)".to_string()
+                }
+            };
+            let _ = writeln!(
+                o,
+                "  tls: {verify} · server_name {} · client certificate {} · alpn [{}] · handshake timeout {}",
+                t.server_name.as_deref().unwrap_or(match u.discovery {
+                    Discovery::Dns(_) | Discovery::Srv(_) => "each backend's DNS name",
+                    Discovery::Static(_) | Discovery::DnsService { .. } => {
+                        "each backend's IP address (no SNI; the certificate needs an IP SAN)"
+                    }
+                }),
+                t.client_cert
+                    .as_ref()
+                    .map_or("none".to_string(), |c| c.cert.display().to_string()),
+                t.alpn.join(", "),
+                d(c.timeouts.tls_handshake)
+            );
+        }
         match &u.discovery {
             Discovery::Static(list) => {
                 for b in list {

@@ -8,6 +8,7 @@ mod duration;
 pub mod raw;
 mod secrets;
 mod tls;
+mod upstream_tls;
 mod validate;
 
 #[cfg(test)]
@@ -26,6 +27,7 @@ pub use validate::check_log_level;
 
 use crate::balance::Policy;
 pub use tls::{CertFiles, TlsConfig, TlsVersion, HTTP_ALPN};
+pub use upstream_tls::{UpstreamTlsConfig, Verify};
 
 /// Validates a `RawConfig` built in code (the CLI's quick form goes through the same checks).
 pub fn validate_raw(raw: RawConfig) -> Result<Config, ConfigErrors> {
@@ -258,6 +260,8 @@ pub struct UpstreamConfig {
     /// `/readyz` is 503 while this upstream has no backend that can take a connection. Off by
     /// default: one empty upstream must not take every edge node out of the load balancer.
     pub required_for_ready: bool,
+    /// `[upstream.tls]`: backends are reached over TLS (`None`: plain TCP).
+    pub tls: Option<Arc<UpstreamTlsConfig>>,
 }
 
 /// The route cookie's attributes (`balance = "cookie"`). Its fallback policy lives in

@@ -124,6 +124,19 @@ pub struct RawUpstream {
     pub discovery: Option<RawDns>,
     pub health: Option<RawHealth>,
     pub required_for_ready: Option<bool>,
+    pub tls: Option<RawUpstreamTls>,
+}
+
+/// `[upstream.tls]`: TLS to the backends.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub ca_file: Option<String>,
+    pub insecure_skip_verify: Option<bool>,
+    pub server_name: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub alpn: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -762,6 +762,10 @@ fn validate_upstream(
         );
     }
 
+    let tls = u.tls.as_ref().and_then(|t| {
+        super::upstream_tls::validate(&format!("{field}.tls"), t, &mut |f, m| e.push(f, m))
+    });
+
     Some(UpstreamConfig {
         name,
         policy,
@@ -772,6 +776,7 @@ fn validate_upstream(
         dns,
         health,
         required_for_ready: u.required_for_ready.unwrap_or(false),
+        tls: tls.map(Arc::new),
     })
 }
 

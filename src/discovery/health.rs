@@ -51,12 +51,18 @@ impl Tracker {
 pub(super) struct HealthTask {
     cfg: Arc<UpstreamConfig>,
     lb: Arc<balance::Upstream>,
+    /// `[upstream.tls]`: probes handshake like the data path does.
+    tls: Option<Arc<crate::tls::UpstreamTls>>,
 }
 
 impl HealthTask {
     /// `None` when the upstream has no active check.
-    pub fn new(cfg: Arc<UpstreamConfig>, lb: Arc<balance::Upstream>) -> Option<HealthTask> {
-        (cfg.health.check != CheckKind::None).then_some(HealthTask { cfg, lb })
+    pub fn new(
+        cfg: Arc<UpstreamConfig>,
+        lb: Arc<balance::Upstream>,
+        tls: Option<Arc<crate::tls::UpstreamTls>>,
+    ) -> Option<HealthTask> {
+        (cfg.health.check != CheckKind::None).then_some(HealthTask { cfg, lb, tls })
     }
 
     pub async fn run(self) {
@@ -83,11 +89,15 @@ impl HealthTask {
                 let (kind, addr, timeout) = (h.check, b.addr(), h.timeout);
                 let (path, host) = (h.path.clone(), h.host.clone());
                 let stats = b.stats().clone();
+                let tls = self.tls.clone();
                 probes.spawn(async move {
-                    let r =
-                        tokio::time::timeout(timeout, probe(kind, addr, &path, host.as_deref()))
-                            .await
-                            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+                    let to = (&*name, addr);
+                    let r = tokio::time::timeout(
+                        timeout,
+                        probe(kind, to, &path, host.as_deref(), tls.as_deref()),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
                     (name, addr, stats, r)
                 });
             }

@@ -94,7 +94,7 @@ fn reconcile(running: &mut HashMap<Arc<str>, Running>, gen: &Generation) {
         let (restart_dns, restart_health) = match running.get(&name) {
             Some(r) if Arc::ptr_eq(&r.lb, &u.lb) => (
                 dns_settings_changed(&r.cfg, &u.cfg),
-                r.cfg.health != u.cfg.health,
+                r.cfg.health != u.cfg.health || r.cfg.tls != u.cfg.tls,
             ),
             _ => (true, true),
         };
@@ -116,7 +116,7 @@ fn reconcile(running: &mut HashMap<Arc<str>, Running>, gen: &Generation) {
         }
         if restart_health {
             entry.health = None;
-            if let Some(t) = health::HealthTask::new(u.cfg.clone(), u.lb.clone()) {
+            if let Some(t) = health::HealthTask::new(u.cfg.clone(), u.lb.clone(), u.tls.clone()) {
                 let h = &u.cfg.health;
                 tracing::info!(upstream = %name, check = ?h.check, interval = ?h.interval, rise = h.rise, fall = h.fall, start_up = h.start_up, "active health checks started");
                 entry.health = Some(Task(tokio::spawn(t.run())));

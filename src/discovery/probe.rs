@@ -1,13 +1,15 @@
 //! Active health probes, one connection each: `tcp` (connect), `http` (GET, 2xx/3xx) and
 //! `websocket` (a real upgrade: `101`, `Upgrade: websocket` and the right
 //! `Sec-WebSocket-Accept` — a backend that answers plain HTTP but cannot upgrade fails it).
-//! The caller bounds the whole probe with the configured timeout.
+//! The caller bounds the whole probe with the configured timeout. For an upstream with
+//! `[upstream.tls]` the probe speaks through the same TLS client config as the data path (a
+//! `tcp` check then means: connect and a verified handshake).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::CheckKind;
@@ -19,16 +21,37 @@ const MAX_HEAD: usize = 8 * 1024;
 /// Why a probe failed, for the log line of a state change.
 pub type ProbeError = String;
 
+/// One probe of the backend `name` at `addr`; `tls`: the upstream's TLS client side.
 pub async fn probe(
     kind: CheckKind,
-    addr: SocketAddr,
+    (name, addr): (&str, SocketAddr),
     path: &str,
     host: Option<&str>,
+    tls: Option<&crate::tls::UpstreamTls>,
 ) -> Result<(), ProbeError> {
-    let mut s = TcpStream::connect(addr)
+    let s = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let host = host.map_or_else(|| addr.to_string(), str::to_string);
+    match tls {
+        None => check(kind, s, path, &host).await,
+        Some(t) => {
+            let connector = tokio_rustls::TlsConnector::from(t.config.clone());
+            let s = connector
+                .connect(t.name_for(name, addr), s)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+            check(kind, s, path, &host).await
+        }
+    }
+}
+
+async fn check<S: AsyncRead + AsyncWrite + Unpin>(
+    kind: CheckKind,
+    mut s: S,
+    path: &str,
+    host: &str,
+) -> Result<(), ProbeError> {
     match kind {
         CheckKind::None | CheckKind::Tcp => Ok(()),
         CheckKind::Http => {
@@ -64,7 +87,7 @@ pub async fn probe(
 }
 
 /// Reads until the end of a response head (`\r\n\r\n`).
-async fn read_head(s: &mut TcpStream) -> Result<Vec<u8>, ProbeError> {
+async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> Result<Vec<u8>, ProbeError> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {

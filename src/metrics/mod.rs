@@ -122,7 +122,13 @@ struct UpstreamSlot {
     upgrades_failed: AtomicU64,
     /// Plain HTTP exchanges of this upstream, request sent to response relayed.
     response: Histogram,
+    /// TLS handshakes to this upstream's backends, by result (`crate::tls::upstream::RESULTS`
+    /// order, then resumed sessions); touched once per backend connection, never per message.
+    tls: [AtomicU64; UPSTREAM_TLS_SLOTS],
 }
+
+/// Upstream TLS handshake results counted per upstream (the results, then "resumed").
+pub const UPSTREAM_TLS_SLOTS: usize = 8;
 
 impl Default for UpstreamSlot {
     fn default() -> Self {
@@ -130,6 +136,7 @@ impl Default for UpstreamSlot {
             upgrades_ok: AtomicU64::new(0),
             upgrades_failed: AtomicU64::new(0),
             response: Histogram::new(RESPONSE_BUCKETS),
+            tls: Default::default(),
         }
     }
 }
@@ -166,6 +173,23 @@ impl UpstreamCounters {
     /// The response-time histogram summed over the workers (at scrape time).
     pub fn response_times(&self) -> Option<HistogramSnapshot> {
         Histogram::sum(self.slots.iter().map(|s| &s.response))
+    }
+
+    /// One upstream TLS handshake, counted in slot `i` (see [`UPSTREAM_TLS_SLOTS`]).
+    pub fn tls_handshake(&self, worker: usize, i: usize) {
+        let s = &self.slots[worker % self.slots.len()];
+        bump(&s.tls[i.min(UPSTREAM_TLS_SLOTS - 1)], 1);
+    }
+
+    /// The upstream TLS handshake counters summed over the workers (at scrape time).
+    pub fn tls_handshakes(&self) -> [u64; UPSTREAM_TLS_SLOTS] {
+        let mut sum = [0u64; UPSTREAM_TLS_SLOTS];
+        for s in self.slots.iter() {
+            for (t, c) in sum.iter_mut().zip(&s.tls) {
+                *t += c.load(Relaxed);
+            }
+        }
+        sum
     }
 
     pub fn upgrades(&self) -> (u64, u64) {

@@ -53,10 +53,11 @@ pub async fn run<D: Driver>(
         websocket: who.status == 101,
     });
     let ask = &registered.ask;
-    let (end, moved) = match client {
-        Client::Plain(c) => tunnel::run::<D>(w, c, &backend.stream, idle, &stats, ask).await,
-        // splice cannot see plaintext: TLS clients take the copy pump through rustls.
-        Client::Tls(c) => tls_tunnel::run::<D>(w, c, &backend.stream, idle, &stats, ask).await,
+    let (end, moved) = match (client, &backend.stream) {
+        (Client::Plain(c), Client::Plain(b)) => tunnel::run::<D>(w, c, b, idle, &stats, ask).await,
+        // splice cannot see plaintext: a TLS side (client or backend) takes the copy pumps
+        // through rustls.
+        (c, b) => tls_tunnel::run::<D>(w, c, b, idle, &stats, ask).await,
     };
     drop(registered);
     access::log(

@@ -73,28 +73,24 @@ pub async fn serve<D: Driver>(
         return;
     };
     let table = up.lb.load_full();
-    let backend = match connect::pick_and_connect::<D, _>(
-        w,
-        &table,
-        &key,
-        cfg.limits.connect_retries,
-        cfg.timeouts.connect,
-    )
-    .await
-    {
+    // The PROXY header goes first on the TCP connection: for a TLS upstream, before the
+    // handshake (`connect` writes it); for a plain one, with the early bytes below.
+    let mut header = Vec::new();
+    let local = client.socket().local_addr().unwrap_or(peer);
+    match up.cfg.send_proxy {
+        SendProxy::None => {}
+        SendProxy::V1 => proxy_protocol::write_v1(peer, local, &mut header),
+        SendProxy::V2 => proxy_protocol::write_v2(peer, local, &mut header),
+    }
+    let preface: &[u8] = if up.tls.is_some() { &header } else { &[] };
+    let backend = match connect::pick_and_connect::<D, _>(w, cfg, up, &table, &key, preface).await {
         Ok(b) => b,
         Err(_) => return, // counted in pick_and_connect; the client just sees the close
     };
 
-    let mut hello = Vec::new();
-    let local = client.socket().local_addr().unwrap_or(peer);
-    match up.cfg.send_proxy {
-        SendProxy::None => {}
-        SendProxy::V1 => proxy_protocol::write_v1(peer, local, &mut hello),
-        SendProxy::V2 => proxy_protocol::write_v2(peer, local, &mut hello),
-    }
+    let mut hello = if up.tls.is_some() { Vec::new() } else { header };
     hello.extend_from_slice(&early);
-    if !hello.is_empty() && rio::write_all::<D>(&backend.stream, &hello).await.is_err() {
+    if !hello.is_empty() && backend.stream.write_all(&hello).await.is_err() {
         w.error(Kind::BackendReset);
         return;
     }

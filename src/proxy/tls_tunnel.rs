@@ -1,15 +1,18 @@
-//! The tunnel of a TLS client: the same contract as `tunnel.rs` (half-close passed on, a reset
+//! The tunnel when either side speaks TLS (a TLS client, a backend of an upstream with
+//! `[upstream.tls]`, or both): the same contract as `tunnel.rs` (half-close passed on, a reset
 //! on one side resets the other, idle timeout, drain deadline, byte counters flushed every MiB)
-//! with a copy pump through rustls, since splice cannot see plaintext.
+//! with a copy pump through rustls, since splice cannot see plaintext. Each direction is one of
+//! three pumps, chosen by which of its ends is TLS:
 //!
-//! - client → backend: decrypted bytes go from rustls' buffer straight to the backend socket
-//!   (`take_plain`: no copy of our own); when the backend is full they stay in rustls, which
-//!   reads no more until they are taken, so a slow backend holds back the client.
-//! - backend → client: one read into the core's scratch buffer, encrypted into the session,
-//!   flushed before the next read (so at most one read is queued per slow client).
-//! - The client's close_notify or FIN becomes a FIN to the backend; the backend's FIN becomes
-//!   close_notify + FIN to the client. A TLS protocol error from the client ends the tunnel as
-//!   a client reset (after the alert).
+//! - [`decrypt`] (TLS → plain): decrypted bytes go from rustls' buffer straight to the plain
+//!   socket (`take_plain`: no copy of our own); when that socket is full they stay in rustls,
+//!   which reads no more until they are taken, so a slow reader holds back the writer.
+//! - [`encrypt`] (plain → TLS): one read into the core's scratch buffer, encrypted into the
+//!   session, flushed before the next read (so at most one read is queued per slow peer).
+//! - [`relay`] (TLS → TLS): decrypted bytes go from one session's buffer into the other's send
+//!   queue, flushed before more are taken.
+//! - A close_notify or FIN becomes a FIN (plain) or close_notify + FIN (TLS) on the other side.
+//!   A TLS protocol error ends the tunnel as a reset of that side (after the alert).
 
 use std::cell::Cell;
 use std::io::{self, Read, Write};
@@ -22,16 +25,19 @@ use crate::sys;
 use crate::tls::stream::Plain;
 use crate::tls::TlsStream;
 
+use super::client::Peer;
 use super::lifecycle::Ask;
 use super::tunnel::{supervise, Counted, Dir, DirError, End, Moved};
 use super::Worker;
 
-/// Runs a TLS client's tunnel until both directions are done, one side resets, it idles out
-/// or its backend's drain deadline passes.
+/// Runs a tunnel with at least one TLS side until both directions are done, one side resets,
+/// it idles out or its backend's drain deadline passes. (A plain pair is `tunnel::run`'s:
+/// `handoff` only sends one here by mistake, and it is then served by the copy pumps of
+/// `tunnel::run` all the same.)
 pub async fn run<D: Driver>(
     w: &Worker,
-    client: &TlsStream<D>,
-    backend: &Stream<D>,
+    client: &Peer<D>,
+    backend: &Peer<D>,
     idle: Option<Duration>,
     stats: &BackendStats,
     ask: &Ask,
@@ -39,9 +45,27 @@ pub async fn run<D: Driver>(
     let up = Counted::new(stats, Dir::Up);
     let down = Counted::new(stats, Dir::Down);
     let last = Cell::new(Instant::now());
-    let a = pump_up::<D>(client, backend, &up, &last);
-    let b = pump_down::<D>(w, backend, client, &down, &last);
-    let end = supervise(a, b, client.socket(), backend.get_ref(), idle, &last, ask).await;
+    let (cs, bs) = (client.socket(), backend.socket());
+    let end = match (client, backend) {
+        (Peer::Tls(c), Peer::Plain(b)) => {
+            let a = decrypt::<D>(c, b, &up, &last);
+            let b = encrypt::<D>(w, b, c, &down, &last);
+            supervise(a, b, cs, bs, idle, &last, ask).await
+        }
+        (Peer::Plain(c), Peer::Tls(b)) => {
+            let a = encrypt::<D>(w, c, b, &up, &last);
+            let b = decrypt::<D>(b, c, &down, &last);
+            supervise(a, b, cs, bs, idle, &last, ask).await
+        }
+        (Peer::Tls(c), Peer::Tls(b)) => {
+            let a = relay::<D>(c, b, &up, &last);
+            let b = relay::<D>(b, c, &down, &last);
+            supervise(a, b, cs, bs, idle, &last, ask).await
+        }
+        (Peer::Plain(c), Peer::Plain(b)) => {
+            return super::tunnel::run::<D>(w, c, b, idle, stats, ask).await;
+        }
+    };
     up.flush();
     down.flush();
     (
@@ -65,23 +89,23 @@ fn write_now(d: &TcpStream, b: &[u8], err: &mut Option<io::Error>) -> usize {
     }
 }
 
-/// client (decrypted) → backend.
-async fn pump_up<D: Driver>(
-    client: &TlsStream<D>,
-    backend: &Stream<D>,
+/// TLS `src` (decrypted) → plain `dst`.
+async fn decrypt<D: Driver>(
+    src: &TlsStream<D>,
+    dst: &Stream<D>,
     moved: &Counted<'_>,
     last: &Cell<Instant>,
 ) -> Result<(), DirError> {
     loop {
         let mut err = None;
-        let got = client.take_plain(|b| write_now(backend.get_ref(), b, &mut err));
+        let got = src.take_plain(|b| write_now(dst.get_ref(), b, &mut err));
         match err {
             Some(e) if sys::would_block(&e) => {
-                // The backend is full: wait until it takes some of what rustls holds.
-                let n = backend
+                // `dst` is full: wait until it takes some of what rustls holds.
+                let n = dst
                     .write_with(|d| {
                         let mut err = None;
-                        let got = client.take_plain(|b| write_now(d, b, &mut err));
+                        let got = src.take_plain(|b| write_now(d, b, &mut err));
                         match (err, got) {
                             (Some(e), _) if sys::would_block(&e) => Err(e),
                             (Some(e), _) => Ok(Err(DirError::Dst(e))),
@@ -100,42 +124,42 @@ async fn pump_up<D: Driver>(
         match got {
             Plain::Data(n) => add(moved, n as u64, last),
             Plain::End => {
-                let _ = backend.get_ref().shutdown(Shutdown::Write);
+                let _ = dst.get_ref().shutdown(Shutdown::Write);
                 return Ok(());
             }
             Plain::Err(e) => return Err(DirError::Src(e)),
             Plain::Empty => {
-                client.fill().await.map_err(DirError::Src)?;
+                src.fill().await.map_err(DirError::Src)?;
             }
         }
     }
 }
 
-/// backend → client (encrypted).
-async fn pump_down<D: Driver>(
+/// plain `src` → TLS `dst` (encrypted).
+async fn encrypt<D: Driver>(
     w: &Worker,
-    backend: &Stream<D>,
-    client: &TlsStream<D>,
+    src: &Stream<D>,
+    dst: &TlsStream<D>,
     moved: &Counted<'_>,
     last: &Cell<Instant>,
 ) -> Result<(), DirError> {
-    // Bytes rustls' send queue could not take (only when the client is slow and the queue at
-    // its limit); allocated only then.
+    // Bytes rustls' send queue could not take (only when `dst` is slow and the queue at its
+    // limit); allocated only then.
     let mut pending: Vec<u8> = Vec::new();
     // The last read filled the scratch buffer: more is probably queued (see read_with_hint).
     let mut likely_ready = false;
     loop {
         while !pending.is_empty() {
-            let n = client.queue(&pending).map_err(DirError::Dst)?;
+            let n = dst.queue(&pending).map_err(DirError::Dst)?;
             pending.drain(..n);
-            client.flush().await.map_err(DirError::Dst)?;
+            dst.flush().await.map_err(DirError::Dst)?;
         }
         pending = Vec::new();
-        let r = backend
+        let r = src
             .read_with_hint(likely_ready, |mut s| {
                 w.with_scratch(|buf| {
                     let n = s.read(buf)?;
-                    let queued = match client.queue(&buf[..n]) {
+                    let queued = match dst.queue(&buf[..n]) {
                         Ok(q) => q,
                         Err(e) => return Ok(Err(e)),
                     };
@@ -152,11 +176,46 @@ async fn pump_down<D: Driver>(
             Err(e) => return Err(DirError::Src(e)),
         };
         if n == 0 {
-            return client.shutdown_write().await.map_err(DirError::Dst);
+            return dst.shutdown_write().await.map_err(DirError::Dst);
         }
         likely_ready = n == super::tunnel::SCRATCH_SIZE;
-        client.flush().await.map_err(DirError::Dst)?;
+        dst.flush().await.map_err(DirError::Dst)?;
         add(moved, n as u64, last);
+    }
+}
+
+/// TLS `src` (decrypted) → TLS `dst` (encrypted again): rustls' plaintext buffer straight into
+/// the other session's send queue, flushed before more is taken.
+async fn relay<D: Driver>(
+    src: &TlsStream<D>,
+    dst: &TlsStream<D>,
+    moved: &Counted<'_>,
+    last: &Cell<Instant>,
+) -> Result<(), DirError> {
+    loop {
+        let mut err = None;
+        let got = src.take_plain(|b| match dst.queue(b) {
+            Ok(n) => n,
+            Err(e) => {
+                err = Some(e);
+                0
+            }
+        });
+        if let Some(e) = err {
+            return Err(DirError::Dst(e));
+        }
+        match got {
+            // 0: `dst`'s queue is at its limit; the flush makes room.
+            Plain::Data(n) => {
+                add(moved, n as u64, last);
+                dst.flush().await.map_err(DirError::Dst)?;
+            }
+            Plain::End => return dst.shutdown_write().await.map_err(DirError::Dst),
+            Plain::Err(e) => return Err(DirError::Src(e)),
+            Plain::Empty => {
+                src.fill().await.map_err(DirError::Src)?;
+            }
+        }
     }
 }
 

@@ -11,6 +11,7 @@ mod der;
 pub mod sni;
 pub mod stats;
 pub mod stream;
+pub mod upstream;
 mod watch;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use crate::config::{Config, ConfigError, TlsConfig, TlsVersion};
 
 pub use stats::{Outcome, Stats};
 pub use stream::TlsStream;
+pub use upstream::UpstreamTls;
 
 /// TLS 1.2 sessions kept for ID-based resumption (TLS 1.3 and ticket-capable 1.2 clients use
 /// stateless tickets). Shared by every listener and worker; an entry is ~200 bytes.
@@ -275,7 +277,8 @@ fn load_all(
 }
 
 /// `ringway check` and startup: every certificate and key of `config` loads (files exist and
-/// parse, keys match, nothing expired). Errors name the field, like the config's own.
+/// parse, keys match, nothing expired), listeners' and upstreams' (`[upstream.tls]`: the CA
+/// file and the client certificate). Errors name the field, like the config's own.
 pub fn check(config: &Config) -> Vec<ConfigError> {
     let provider = provider();
     let mut errors = Vec::new();
@@ -286,6 +289,7 @@ pub fn check(config: &Config) -> Vec<ConfigError> {
             }
         }
     }
+    errors.extend(upstream::check(config));
     errors
 }
 

@@ -27,8 +27,12 @@ pub enum Outcome {
     Incompatible,
     /// Not TLS: a record or message that does not parse (garbage on the port).
     BadRecord,
-    /// The client sent an alert (it did not trust the certificate, usually).
+    /// The peer sent an alert (a client that did not trust our certificate, usually; a backend
+    /// that wanted a client certificate).
     AlertReceived,
+    /// Upstream TLS only: the backend's certificate did not verify (unknown CA, wrong name,
+    /// expired). Not in [`Outcome::ALL`]: a listener never verifies a peer.
+    BadCertificate,
     /// Any other protocol error.
     Error,
 }
@@ -58,6 +62,7 @@ impl Outcome {
             Outcome::Incompatible => "incompatible",
             Outcome::BadRecord => "bad_record",
             Outcome::AlertReceived => "alert_received",
+            Outcome::BadCertificate => "bad_certificate",
             Outcome::Error => "error",
         }
     }
@@ -71,6 +76,7 @@ impl Outcome {
             E::InvalidMessage(_) | E::InappropriateMessage { .. } => Outcome::BadRecord,
             E::InappropriateHandshakeMessage { .. } => Outcome::BadRecord,
             E::AlertReceived(_) => Outcome::AlertReceived,
+            E::InvalidCertificate(_) => Outcome::BadCertificate,
             // What rustls says when the certificate resolver returns none.
             E::General(m) if m.contains("certificate") => Outcome::UnknownSni,
             _ => Outcome::Error,
@@ -119,7 +125,10 @@ impl Stats {
     }
 
     pub fn count(&self, o: Outcome) {
-        let i = Outcome::ALL.iter().position(|&x| x == o).unwrap_or(0);
+        let i = Outcome::ALL
+            .iter()
+            .position(|&x| x == o)
+            .unwrap_or(Outcome::ALL.len() - 1);
         self.results[i].fetch_add(1, Relaxed);
     }
 

@@ -1,5 +1,5 @@
-//! The TLS byte path over the io seam: the server handshake, then a decrypted stream. rustls
-//! is sans-I/O; here its `read_tls`/`write_tls` run inside `Ready::read_with`/`write_with` on
+//! The TLS byte path over the io seam: the handshake (server side for a terminating listener,
+//! client side for an upstream with `tls`), then a decrypted stream. rustls is sans-I/O; here its `read_tls`/`write_tls` run inside `Ready::read_with`/`write_with` on
 //! the non-blocking socket, so TLS works the same on io_uring and epoll.
 //!
 //! The rustls session sits in a `RefCell` and is only ever borrowed inside synchronous code (a
@@ -12,8 +12,9 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::ServerName;
 use rustls::server::ServerConnection;
-use rustls::ServerConfig;
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig};
 
 use crate::io::{self as rio, Driver, Ready, Stream};
 
@@ -35,10 +36,11 @@ pub enum Plain {
     Err(io::Error),
 }
 
-/// A client connection after a successful handshake.
+/// A connection after a successful handshake: a client's (we are the server) or a backend's
+/// (we are the client). Both sides share every method below.
 pub struct TlsStream<D: Driver> {
     io: Stream<D>,
-    conn: RefCell<ServerConnection>,
+    conn: RefCell<Connection>,
     /// The last socket read filled what rustls asked for: more is probably queued (a bulk
     /// stream), so the next read is tried before waiting (a poll round trip saved per record
     /// batch on io_uring; see `Ready::read_with_hint`).
@@ -115,12 +117,38 @@ async fn run<D: Driver>(
     pending: Vec<u8>,
 ) -> Result<TlsStream<D>, Outcome> {
     let conn = ServerConnection::new(config).map_err(|e| Outcome::of(&e))?;
+    exchange(io, conn.into(), &pending).await
+}
+
+/// Runs the client handshake to a backend on `io` (just connected) within `timeout`, naming
+/// `name` (SNI, and what the certificate is verified for). On failure `io` is closed when
+/// dropped; the caller counts the outcome (per upstream).
+pub async fn connect<D: Driver>(
+    io: Stream<D>,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+    timeout: Duration,
+) -> Result<TlsStream<D>, Outcome> {
+    let conn = ClientConnection::new(config, name).map_err(|e| Outcome::of(&e))?;
+    match rio::timeout(timeout, exchange(io, conn.into(), &[])).await {
+        Ok(r) => r,
+        Err(_) => Err(Outcome::Timeout),
+    }
+}
+
+/// The handshake messages back and forth until rustls says it is done: `pending` holds the
+/// peer's first bytes if some were read already.
+async fn exchange<D: Driver>(
+    io: Stream<D>,
+    conn: Connection,
+    pending: &[u8],
+) -> Result<TlsStream<D>, Outcome> {
     let s = TlsStream {
         io,
         conn: RefCell::new(conn),
         likely_ready: std::cell::Cell::new(false),
     };
-    let mut first: &[u8] = &pending;
+    let mut first: &[u8] = pending;
     while !first.is_empty() {
         let n = s.conn.borrow_mut().read_tls(&mut first).map_err(|e| {
             tracing::debug!(error = %e, "TLS read_tls error");
@@ -172,7 +200,8 @@ impl<D: Driver> TlsStream<D> {
         if let Err(e) = r {
             tracing::debug!(error = %e, "TLS protocol error");
             if self.conn.borrow().wants_write() {
-                let _ = self.flush().await;
+                // Bounded: a peer that reads nothing must not hold the connection open.
+                let _ = rio::timeout(Duration::from_secs(1), self.flush()).await;
             } else {
                 // rustls queues no alert for a few malformed inputs (an oversized handshake
                 // length): the client still gets one before the close.
@@ -219,17 +248,34 @@ impl<D: Driver> TlsStream<D> {
 
     /// Waits until the socket is readable, reads and decrypts what came. `Ok(false)` at the
     /// socket's EOF (then [`TlsStream::take_plain`] reports `End` once the plaintext is taken).
+    ///
+    /// Records waiting to be sent (a KeyUpdate answer, or the other direction's data) are
+    /// written only as far as the socket takes them now: reading must never wait for the
+    /// peer's window, or a tunnel whose peer reads only when it can write (an echo server)
+    /// stops both ways. What is left goes with the next [`TlsStream::flush`], which the
+    /// writing direction does before its next read.
     pub async fn fill(&self) -> io::Result<bool> {
-        self.flush().await?;
+        self.try_flush()?;
         if self.read_tls().await? == 0 {
             return Ok(false);
         }
         self.process().await.map_err(|e| e.0)?;
         // A KeyUpdate asking for ours (or a close_notify): answer now, not with the next write.
-        if self.conn.borrow().wants_write() {
-            self.flush().await?;
-        }
+        self.try_flush()?;
         Ok(true)
+    }
+
+    /// Writes the queued TLS records the socket takes now, without waiting.
+    fn try_flush(&self) -> io::Result<()> {
+        while self.conn.borrow().wants_write() {
+            let mut t: &TcpStream = self.io.get_ref();
+            match self.conn.borrow_mut().write_tls(&mut t) {
+                Ok(_) => {}
+                Err(e) if crate::sys::would_block(&e) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Encrypts `bytes` into the session's send queue without writing to the socket (the
@@ -315,5 +361,35 @@ impl<D: Driver> TlsStream<D> {
     /// The negotiated protocol version and ALPN, for logs.
     pub fn alpn(&self) -> Option<Vec<u8>> {
         self.conn.borrow().alpn_protocol().map(|p| p.to_vec())
+    }
+
+    /// The session resumed an earlier one (no certificate exchange).
+    pub fn resumed(&self) -> bool {
+        self.conn.borrow().handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+
+    /// An idle kept-alive connection the peer closed, or on which it sent something unasked
+    /// (decrypted bytes waiting, or a record not read yet that is not just a session ticket
+    /// we can take now): not to be reused. Never waits.
+    pub fn peer_closed(&self) -> bool {
+        // Records that came while idle (TLS 1.3 session tickets, a close_notify): take them in.
+        loop {
+            let r = self.io.get_ref().peek(&mut [0u8; 1]);
+            match r {
+                Err(e) if crate::sys::would_block(&e) => break,
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+            let mut t: &TcpStream = self.io.get_ref();
+            let mut c = self.conn.borrow_mut();
+            match c.read_tls(&mut t) {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+            if c.process_new_packets().is_err() {
+                return true;
+            }
+        }
+        !matches!(self.take_plain(|_| 0), Plain::Empty)
     }
 }

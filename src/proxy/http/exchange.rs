@@ -38,7 +38,7 @@ impl<D: Driver> Conn<'_, D> {
             dst: t.backend_read,
         };
         let to = &backend.conn.stream;
-        match rio::timeout(stalls.dst, rio::write_all::<D>(to, &self.out)).await {
+        match rio::timeout(stalls.dst, to.write_all(&self.out)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(Failure::answered(Kind::BackendReset, 502)),
             Err(_) => return Err(Failure::new(Kind::BackendTimeout)),

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::balance::{Pick, Table};
-use crate::config::{Config, ListenerConfig};
+use crate::config::ListenerConfig;
 use crate::error::Kind;
-use crate::io::{self as rio, Driver};
+use crate::io::Driver;
 use crate::proto::{self, BodyKind, Upgrade};
-use crate::state::UpstreamRt;
+use crate::state::{Generation, UpstreamRt};
 
 use super::super::body::Framing;
 use super::super::{access, connect, route, Worker};
@@ -56,8 +56,16 @@ impl<D: Driver> Conn<'_, D> {
         if ws_key.is_some() {
             self.cur.upgrade = Some(upstream);
         }
-        let backend =
-            connect_or_reuse(self.w, cfg, &mut self.kept, upstream, table, pick, &key).await?;
+        let backend = connect_or_reuse(
+            self.w,
+            self.gen,
+            &mut self.kept,
+            upstream,
+            table,
+            pick,
+            &key,
+        )
+        .await?;
         let up = &self.gen.upstreams[upstream];
         write_head(
             &mut self.out,
@@ -108,7 +116,7 @@ impl<D: Driver> Conn<'_, D> {
 /// has not closed it meanwhile); otherwise a new connection, retried on others.
 async fn connect_or_reuse<D: Driver>(
     w: &Worker,
-    cfg: &Config,
+    gen: &Generation,
     kept: &mut Option<Backend<D>>,
     upstream: usize,
     table: Arc<Table>,
@@ -118,14 +126,14 @@ async fn connect_or_reuse<D: Driver>(
     if let Some(mut k) = kept.take() {
         if k.upstream == upstream
             && same_backend(&k.table, k.conn.index, &table, pick.index)
-            && !rio::peer_closed::<D>(&k.conn.stream)
+            && !k.conn.stream.peer_closed()
         {
             k.conn.set_cookie = pick.set_cookie;
             return Ok(k);
         }
     }
-    let (retries, timeout) = (cfg.limits.connect_retries, cfg.timeouts.connect);
-    match connect::connect_from::<D, _>(w, &table, key, pick, retries, timeout).await {
+    let up = &gen.upstreams[upstream];
+    match connect::connect_from::<D, _>(w, &gen.config, up, &table, key, pick, &[]).await {
         Ok(conn) => Ok(Backend {
             conn,
             table,

@@ -3,7 +3,7 @@
 //! connection is reused afterwards is decided here, from the state of the bytes (`reuse`).
 
 use crate::error::Kind;
-use crate::io::{self as rio, Driver};
+use crate::io::Driver;
 use crate::proto::{self, RespBody, Response};
 use crate::proxy::client::ByteStream;
 
@@ -103,7 +103,10 @@ impl<D: Driver> Conn<'_, D> {
             .await
             .map_err(|_| client_gone)?;
         if !self.buf.is_empty() {
-            rio::write_all::<D>(&backend.conn.stream, &self.buf)
+            backend
+                .conn
+                .stream
+                .write_all(&self.buf)
                 .await
                 .map_err(|_| Failure::quiet(Kind::BackendReset))?;
         }
