@@ -123,6 +123,16 @@ pub fn describe(c: &Config) -> String {
                 "  required_for_ready: /readyz is 503 while no backend is up"
             );
         }
+        let _ = writeln!(
+            o,
+            "  websocket: frames={} close_timeout={}",
+            if u.websocket_frames {
+                "tracked"
+            } else {
+                "blind"
+            },
+            d(u.close_timeout)
+        );
         match &u.discovery {
             Discovery::Static(list) => {
                 for b in list {

@@ -258,6 +258,13 @@ pub struct UpstreamConfig {
     /// `/readyz` is 503 while this upstream has no backend that can take a connection. Off by
     /// default: one empty upstream must not take every edge node out of the load balancer.
     pub required_for_ready: bool,
+    /// Track WebSocket frame boundaries in this upstream's upgraded tunnels (on by default):
+    /// needed for graceful Close frames, 1002 on malformed framing and message metrics.
+    /// `false` makes them blind byte pipes again (the gateway's endings are FIN/RST).
+    pub websocket_frames: bool,
+    /// How long a WebSocket tunnel the gateway ends itself waits for the peers' Close replies
+    /// (after finishing the frames in flight) before it cuts them.
+    pub close_timeout: Duration,
 }
 
 /// The route cookie's attributes (`balance = "cookie"`). Its fallback policy lives in

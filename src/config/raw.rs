@@ -124,6 +124,8 @@ pub struct RawUpstream {
     pub discovery: Option<RawDns>,
     pub health: Option<RawHealth>,
     pub required_for_ready: Option<bool>,
+    pub websocket_frames: Option<bool>,
+    pub close_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -449,6 +449,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     }
 }
 
+/// `close_timeout`'s default: long enough for a client on a slow mobile link to answer a Close,
+/// short enough to fit the drain window's last seconds (`proxy::lifecycle::CLOSE_LEAD`).
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn validate_upstream(
     e: &mut Errors,
     warnings: &mut Vec<String>,
@@ -772,6 +776,12 @@ fn validate_upstream(
         dns,
         health,
         required_for_ready: u.required_for_ready.unwrap_or(false),
+        websocket_frames: u.websocket_frames.unwrap_or(true),
+        close_timeout: e.positive(
+            &format!("{field}.close_timeout"),
+            &u.close_timeout,
+            DEFAULT_CLOSE_TIMEOUT,
+        ),
     })
 }
 

@@ -5,6 +5,7 @@
 
 mod histogram;
 pub mod process;
+pub mod websocket;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -122,6 +123,8 @@ struct UpstreamSlot {
     upgrades_failed: AtomicU64,
     /// Plain HTTP exchanges of this upstream, request sent to response relayed.
     response: Histogram,
+    /// WebSocket frames of this upstream's tunnels, per direction.
+    ws: websocket::WsCounters,
 }
 
 impl Default for UpstreamSlot {
@@ -130,6 +133,7 @@ impl Default for UpstreamSlot {
             upgrades_ok: AtomicU64::new(0),
             upgrades_failed: AtomicU64::new(0),
             response: Histogram::new(RESPONSE_BUCKETS),
+            ws: websocket::WsCounters::default(),
         }
     }
 }
@@ -166,6 +170,17 @@ impl UpstreamCounters {
     /// The response-time histogram summed over the workers (at scrape time).
     pub fn response_times(&self) -> Option<HistogramSnapshot> {
         Histogram::sum(self.slots.iter().map(|s| &s.response))
+    }
+
+    /// This worker's WebSocket counters (written by the worker's tunnels only).
+    #[inline]
+    pub fn ws(&self, worker: usize) -> &websocket::WsCounters {
+        &self.slots[worker % self.slots.len()].ws
+    }
+
+    /// The WebSocket counters summed over the workers (at scrape time).
+    pub fn ws_totals(&self) -> websocket::WsTotals {
+        websocket::WsTotals::sum(self.slots.iter().map(|s| &s.ws))
     }
 
     pub fn upgrades(&self) -> (u64, u64) {

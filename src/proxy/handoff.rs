@@ -53,10 +53,16 @@ pub async fn run<D: Driver>(
         websocket: who.status == 101,
     });
     let ask = &registered.ask;
+    // WebSocket tunnels track frames unless the upstream opts out; raw tcp tunnels never do.
+    let frames = (who.status == 101 && up.cfg.websocket_frames).then(|| tunnel::Frames {
+        counters: up.counters.ws(w.id),
+        close_timeout: up.cfg.close_timeout,
+    });
+    let s = &backend.stream;
     let (end, moved) = match client {
-        Client::Plain(c) => tunnel::run::<D>(w, c, &backend.stream, idle, &stats, ask).await,
+        Client::Plain(c) => tunnel::run::<D>(w, c, s, idle, &stats, ask, frames).await,
         // splice cannot see plaintext: TLS clients take the copy pump through rustls.
-        Client::Tls(c) => tls_tunnel::run::<D>(w, c, &backend.stream, idle, &stats, ask).await,
+        Client::Tls(c) => tls_tunnel::run::<D>(w, c, s, idle, &stats, ask, frames).await,
     };
     drop(registered);
     access::log(
@@ -84,6 +90,8 @@ pub async fn run<D: Driver>(
         tunnel::End::BackendReset => w.error(Kind::BackendReset),
         tunnel::End::Ended(Ending::IdleTimeout) => w.error(Kind::ClientTimeout),
         tunnel::End::Ended(Ending::BackendGone) => w.error(Kind::Drained),
+        tunnel::End::Malformed { client: true } => w.error(Kind::ClientFraming),
+        tunnel::End::Malformed { client: false } => w.error(Kind::BackendFraming),
         tunnel::End::Ended(_) => {}
     }
 }

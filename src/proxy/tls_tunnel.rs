@@ -10,6 +10,9 @@
 //! - The client's close_notify or FIN becomes a FIN to the backend; the backend's FIN becomes
 //!   close_notify + FIN to the client. A TLS protocol error from the client ends the tunnel as
 //!   a client reset (after the alert).
+//! - WebSocket frame tracking as in `tunnel.rs` (`frames.rs`): the decrypted bytes are scanned
+//!   both ways, and a graceful ending writes its Close frames at frame boundaries (the
+//!   client's encrypted like any other bytes).
 
 use std::cell::Cell;
 use std::io::{self, Read, Write};
@@ -22,8 +25,11 @@ use crate::sys;
 use crate::tls::stream::Plain;
 use crate::tls::TlsStream;
 
+use crate::metrics::websocket::WsDir;
+
+use super::frames::{Closing, Framing, Then};
 use super::lifecycle::Ask;
-use super::tunnel::{supervise, Counted, Dir, DirError, End, Moved};
+use super::tunnel::{supervise, Counted, Dir, DirError, End, Frames, Moved};
 use super::Worker;
 
 /// Runs a TLS client's tunnel until both directions are done, one side resets, it idles out
@@ -35,13 +41,19 @@ pub async fn run<D: Driver>(
     idle: Option<Duration>,
     stats: &BackendStats,
     ask: &Ask,
+    frames: Option<Frames<'_>>,
 ) -> (End, Moved) {
     let up = Counted::new(stats, Dir::Up);
     let down = Counted::new(stats, Dir::Down);
     let last = Cell::new(Instant::now());
-    let a = pump_up::<D>(client, backend, &up, &last);
-    let b = pump_down::<D>(w, backend, client, &down, &last);
-    let end = supervise(a, b, client.socket(), backend.get_ref(), idle, &last, ask).await;
+    let closing = Closing::default();
+    let fu = frames.map(|f| Framing::new(WsDir::FromClient, &closing, f.counters));
+    let fd = frames.map(|f| Framing::new(WsDir::FromBackend, &closing, f.counters));
+    let a = pump_up::<D>(client, backend, &up, &last, fu.as_ref());
+    let b = pump_down::<D>(w, backend, client, &down, &last, fd.as_ref());
+    let graceful = frames.map(|f| (&closing, f.close_timeout));
+    let (c, k) = (client.socket(), backend.get_ref());
+    let end = supervise(a, b, c, k, idle, &last, ask, graceful).await;
     up.flush();
     down.flush();
     (
@@ -65,23 +77,52 @@ fn write_now(d: &TcpStream, b: &[u8], err: &mut Option<io::Error>) -> usize {
     }
 }
 
+/// Hands the backend what it takes now of the client's decrypted bytes, scanning exactly the
+/// bytes taken (a tracked direction passes nothing beyond its Close boundary or a malformed
+/// header).
+fn take_up<D: Driver>(
+    client: &TlsStream<D>,
+    d: &TcpStream,
+    f: Option<&Framing<'_>>,
+    err: &mut Option<io::Error>,
+) -> Plain {
+    client.take_plain(|b| {
+        let Some(f) = f else {
+            return write_now(d, b, err);
+        };
+        let pass = f.probe(b);
+        let n = if pass > 0 {
+            write_now(d, &b[..pass], err)
+        } else {
+            0
+        };
+        // At `pass` the frames stop (a boundary or a bad header): the scan must see it.
+        f.scan(if n == pass { b } else { &b[..n] });
+        n
+    })
+}
+
 /// client (decrypted) → backend.
 async fn pump_up<D: Driver>(
     client: &TlsStream<D>,
     backend: &Stream<D>,
     moved: &Counted<'_>,
     last: &Cell<Instant>,
+    f: Option<&Framing<'_>>,
 ) -> Result<(), DirError> {
     loop {
+        if let Some(f) = f.filter(|f| f.must_close()) {
+            return close_up::<D>(client, backend, f).await;
+        }
         let mut err = None;
-        let got = client.take_plain(|b| write_now(backend.get_ref(), b, &mut err));
+        let got = take_up(client, backend.get_ref(), f, &mut err);
         match err {
             Some(e) if sys::would_block(&e) => {
                 // The backend is full: wait until it takes some of what rustls holds.
                 let n = backend
                     .write_with(|d| {
                         let mut err = None;
-                        let got = client.take_plain(|b| write_now(d, b, &mut err));
+                        let got = take_up(client, d, f, &mut err);
                         match (err, got) {
                             (Some(e), _) if sys::would_block(&e) => Err(e),
                             (Some(e), _) => Ok(Err(DirError::Dst(e))),
@@ -104,11 +145,47 @@ async fn pump_up<D: Driver>(
                 return Ok(());
             }
             Plain::Err(e) => return Err(DirError::Src(e)),
+            Plain::Empty => match f {
+                // Between frames a closing may start while the client is quiet.
+                Some(f) if !f.closing.started() => {
+                    if let Some(r) = f.closing.or_stop(f.slot(), client.fill()).await {
+                        r.map_err(DirError::Src)?;
+                    }
+                }
+                _ => {
+                    client.fill().await.map_err(DirError::Src)?;
+                }
+            },
+        }
+    }
+}
+
+/// The client → backend direction at its Close boundary: the Close to the backend, then the
+/// client's bytes are discarded until its own Close has passed.
+async fn close_up<D: Driver>(
+    client: &TlsStream<D>,
+    backend: &Stream<D>,
+    f: &Framing<'_>,
+) -> Result<(), DirError> {
+    if let Some((frame, len)) = f.close_frame() {
+        crate::io::write_all::<D>(backend, &frame[..len])
+            .await
+            .map_err(DirError::Dst)?;
+    }
+    while !f.replied() {
+        match client.take_plain(|b| {
+            f.discard(b);
+            b.len()
+        }) {
+            Plain::Data(_) => {}
+            Plain::End => break,
+            Plain::Err(e) => return Err(DirError::Src(e)),
             Plain::Empty => {
                 client.fill().await.map_err(DirError::Src)?;
             }
         }
     }
+    Ok(())
 }
 
 /// backend → client (encrypted).
@@ -118,6 +195,7 @@ async fn pump_down<D: Driver>(
     client: &TlsStream<D>,
     moved: &Counted<'_>,
     last: &Cell<Instant>,
+    f: Option<&Framing<'_>>,
 ) -> Result<(), DirError> {
     // Bytes rustls' send queue could not take (only when the client is slow and the queue at
     // its limit); allocated only then.
@@ -129,21 +207,42 @@ async fn pump_down<D: Driver>(
             client.flush().await.map_err(DirError::Dst)?;
         }
         pending = Vec::new();
-        let r = backend
-            .read_with(|mut s| {
-                w.with_scratch(|buf| {
-                    let n = s.read(buf)?;
-                    let queued = match client.queue(&buf[..n]) {
-                        Ok(q) => q,
-                        Err(e) => return Ok(Err(e)),
-                    };
-                    if queued < n {
-                        pending.extend_from_slice(&buf[queued..n]);
+        if let Some(f) = f.filter(|f| f.must_close()) {
+            return close_down::<D>(w, backend, client, f).await;
+        }
+        let op = |mut s: &TcpStream| {
+            w.with_scratch(|buf| {
+                let n = s.read(buf)?;
+                let pass = match f {
+                    Some(f) if n > 0 => {
+                        let (pass, then) = f.scan(&buf[..n]);
+                        if then == Then::Close {
+                            f.discard(&buf[pass..n]);
+                        }
+                        pass
                     }
-                    Ok(Ok(n))
-                })
+                    _ => n,
+                };
+                let queued = match client.queue(&buf[..pass]) {
+                    Ok(q) => q,
+                    Err(e) => return Ok(Err(e)),
+                };
+                if queued < pass {
+                    pending.extend_from_slice(&buf[queued..pass]);
+                }
+                Ok(Ok(n))
             })
-            .await;
+        };
+        let r = match f {
+            // Between frames a closing may start while the backend is quiet.
+            Some(f) if !f.closing.started() => {
+                match f.closing.or_stop(f.slot(), backend.read_with(op)).await {
+                    Some(r) => r,
+                    None => continue,
+                }
+            }
+            _ => backend.read_with(op).await,
+        };
         let n = match r {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return Err(DirError::Dst(e)),
@@ -155,6 +254,36 @@ async fn pump_down<D: Driver>(
         client.flush().await.map_err(DirError::Dst)?;
         add(moved, n as u64, last);
     }
+}
+
+/// The backend → client direction at its Close boundary: the Close to the client, then the
+/// backend's bytes are discarded until its own Close has passed.
+async fn close_down<D: Driver>(
+    w: &Worker,
+    backend: &Stream<D>,
+    client: &TlsStream<D>,
+    f: &Framing<'_>,
+) -> Result<(), DirError> {
+    if let Some((frame, len)) = f.close_frame() {
+        client.queue(&frame[..len]).map_err(DirError::Dst)?;
+        client.flush().await.map_err(DirError::Dst)?;
+    }
+    while !f.replied() {
+        let n = backend
+            .read_with(|mut s| {
+                w.with_scratch(|buf| {
+                    let n = s.read(buf)?;
+                    f.discard(&buf[..n]);
+                    Ok(n)
+                })
+            })
+            .await
+            .map_err(DirError::Src)?;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Counts `n` bytes moved one way, and the tunnel as not idle.

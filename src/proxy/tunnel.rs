@@ -24,6 +24,9 @@ use crate::io::{self as rio, Driver, Ready, Stream};
 use crate::sys::pipe::Pipe;
 use crate::sys::{self, socket};
 
+use crate::metrics::websocket::{WsCounters, WsDir};
+
+use super::frames::{self, Cause, Closing, Framing, Then};
 use super::lifecycle::{Ask, Ending};
 use super::Worker;
 
@@ -49,6 +52,10 @@ pub enum End {
     BackendReset,
     /// The gateway ended it (idle timeout, drain, shutdown, ...; see [`Ending`]).
     Ended(Ending),
+    /// Malformed WebSocket framing (`client`: the client sent it), closed with 1002.
+    Malformed {
+        client: bool,
+    },
 }
 
 impl End {
@@ -58,6 +65,8 @@ impl End {
             End::ClientReset => "client_reset",
             End::BackendReset => "backend_reset",
             End::Ended(why) => why.as_str(),
+            End::Malformed { client: true } => "client_protocol_error",
+            End::Malformed { client: false } => "backend_protocol_error",
         }
     }
 }
@@ -105,6 +114,14 @@ impl DirError {
     }
 }
 
+/// A WebSocket tunnel's frame tracking (none for raw tcp tunnels and `websocket_frames =
+/// false`): where its message counters go and how long its graceful ending may take.
+#[derive(Clone, Copy)]
+pub struct Frames<'a> {
+    pub counters: &'a WsCounters,
+    pub close_timeout: Duration,
+}
+
 /// Runs a tunnel until both directions are done, or one side resets, or it idles out.
 pub async fn run<D: Driver>(
     w: &Worker,
@@ -113,16 +130,28 @@ pub async fn run<D: Driver>(
     idle: Option<Duration>,
     stats: &BackendStats,
     ask: &Ask,
+    frames: Option<Frames<'_>>,
 ) -> (End, Moved) {
     let up = Counted::new(stats, Dir::Up);
     let down = Counted::new(stats, Dir::Down);
     let last = Cell::new(Instant::now());
     let track = idle.is_some();
+    let closing = Closing::default();
+    let fu = frames.map(|f| Framing::new(WsDir::FromClient, &closing, f.counters));
+    let fd = frames.map(|f| Framing::new(WsDir::FromBackend, &closing, f.counters));
 
-    let a = direction::<D>(w, client, backend, &up, track.then_some(&last));
-    let b = direction::<D>(w, backend, client, &down, track.then_some(&last));
+    let a = direction::<D>(w, client, backend, &up, track.then_some(&last), fu.as_ref());
+    let b = direction::<D>(
+        w,
+        backend,
+        client,
+        &down,
+        track.then_some(&last),
+        fd.as_ref(),
+    );
     let (c, k) = (client.get_ref(), backend.get_ref());
-    let end = supervise(a, b, c, k, idle, &last, ask).await;
+    let graceful = frames.map(|f| (&closing, f.close_timeout));
+    let end = supervise(a, b, c, k, idle, &last, ask, graceful).await;
     // The pumps may have been dropped mid-way: whatever they did not flush is added here.
     up.flush();
     down.flush();
@@ -140,6 +169,12 @@ pub async fn run<D: Driver>(
 /// TLS pump): both done is a clean close; an error on one side resets the other (RST on close);
 /// the idle watchdog and the worker's lifecycle tick ([`Ask`]: drain deadline, shutdown,
 /// reload) end it too. Shared so every kind of tunnel ends the same way.
+///
+/// With frame tracking (`graceful`: the tunnel's [`Closing`] and `close_timeout`) those
+/// endings, and malformed framing, are graceful: the directions close at their next frame
+/// boundary with a Close frame and wait for the peers' Close; when both are done both sides
+/// get a FIN. A peer that has not answered when `close_timeout` has passed is reset.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn supervise(
     up: impl Future<Output = Result<(), DirError>>,
     down: impl Future<Output = Result<(), DirError>>,
@@ -148,6 +183,7 @@ pub(super) async fn supervise(
     idle: Option<Duration>,
     last: &Cell<Instant>,
     ask: &Ask,
+    graceful: Option<(&Closing, Duration)>,
 ) -> End {
     tokio::pin!(up, down);
     let watchdog = idle_watchdog(idle, last);
@@ -155,14 +191,47 @@ pub(super) async fn supervise(
     let asked = ask.wait();
     tokio::pin!(asked);
     let (mut up_done, mut down_done) = (false, false);
+    // Set once a graceful ending started: when the peers are cut if they have not answered.
+    let mut cut_at: Option<Instant> = None;
+    let begin = |why: Ending| match graceful {
+        Some((c, _)) => {
+            c.start(Cause::Ended(why));
+            None
+        }
+        None => Some(End::Ended(why)),
+    };
     loop {
         // Src of `up` and Dst of `down` are the client; the other two are the backend.
         let failed = tokio::select! {
             r = &mut up, if !up_done => { up_done = true; r.err().map(|e| e.side(true)) }
             r = &mut down, if !down_done => { down_done = true; r.err().map(|e| e.side(false)) }
-            () = &mut watchdog => return End::Ended(Ending::IdleTimeout),
-            why = &mut asked => return End::Ended(why),
+            () = &mut watchdog, if cut_at.is_none() => match begin(Ending::IdleTimeout) {
+                Some(end) => return end,
+                None => None,
+            },
+            why = &mut asked, if cut_at.is_none() => match begin(why) {
+                Some(end) => return end,
+                None => None,
+            },
+            () = closing_started(graceful), if cut_at.is_none() => None,
+            () = until(cut_at) => {
+                // The peers had `close_timeout`: FIN to those that answered, RST to the others.
+                let _ = client.shutdown(Shutdown::Write);
+                let _ = backend.shutdown(Shutdown::Write);
+                if !up_done {
+                    socket::set_reset_on_close(client);
+                }
+                if !down_done {
+                    socket::set_reset_on_close(backend);
+                }
+                return graceful_end(graceful);
+            }
         };
+        if let (None, Some((c, timeout))) = (cut_at, graceful) {
+            if c.started() {
+                cut_at = Some(Instant::now() + timeout);
+            }
+        }
         match failed {
             Some((true, e)) => {
                 tracing::debug!(error = %e, "client side failed");
@@ -174,9 +243,40 @@ pub(super) async fn supervise(
                 socket::set_reset_on_close(client);
                 return End::BackendReset;
             }
-            None if up_done && down_done => return End::Closed,
+            None if up_done && down_done => {
+                if cut_at.is_some() {
+                    let _ = client.shutdown(Shutdown::Write);
+                    let _ = backend.shutdown(Shutdown::Write);
+                    return graceful_end(graceful);
+                }
+                return End::Closed;
+            }
             None => {}
         }
+    }
+}
+
+/// Resolves when a graceful ending starts (never without frame tracking).
+async fn closing_started(graceful: Option<(&Closing, Duration)>) {
+    match graceful {
+        Some((c, _)) => c.wait(frames::SUPERVISOR).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves at `at` (never for `None`).
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => rio::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn graceful_end(graceful: Option<(&Closing, Duration)>) -> End {
+    match graceful.and_then(|(c, _)| c.cause()) {
+        Some(Cause::Ended(why)) => End::Ended(why),
+        Some(Cause::Malformed { client }) => End::Malformed { client },
+        None => End::Closed,
     }
 }
 
@@ -246,6 +346,8 @@ enum PumpEnd {
     /// A run of small reads while splicing ([`PumpMode::UntilSmall`]), or one batch moved
     /// ([`PumpMode::OneBatch`]): hand back to the ring copy path.
     Handback,
+    /// The direction reached its Close boundary: [`close_out`] follows.
+    Close,
 }
 
 /// How long a readiness pump runs.
@@ -261,7 +363,9 @@ enum PumpMode {
 
 /// One direction: src → dst until src's EOF (then shutdown dst's write side). With
 /// [`PumpMode::UntilSmall`] (the bulk phase of a ring-native direction) it starts splicing and
-/// returns where it would switch back to copying.
+/// returns where it would switch back to copying. With frame tracking (`f`) every byte copied
+/// is scanned, a splice moves no further than the end of the current data frame (headers and
+/// control frames are copied, so scanned), and it stops at its Close boundary.
 async fn pump<D: Driver>(
     w: &Worker,
     src: &Stream<D>,
@@ -269,6 +373,7 @@ async fn pump<D: Driver>(
     moved: &Counted<'_>,
     last: Option<&Cell<Instant>>,
     mode: PumpMode,
+    f: Option<&Framing<'_>>,
 ) -> Result<PumpEnd, DirError> {
     let until_small = mode == PumpMode::UntilSmall;
     let strategy = w.strategy;
@@ -296,6 +401,9 @@ async fn pump<D: Driver>(
             w.put_pipe(p);
             r.map_err(DirError::Dst)?;
         }
+        if f.is_some_and(|f| f.must_close()) {
+            return Ok(PumpEnd::Close);
+        }
         if leave {
             return Ok(PumpEnd::Handback);
         }
@@ -304,13 +412,18 @@ async fn pump<D: Driver>(
         if strategy == Strategy::Splice {
             splicing = true; // retry after a pool-exhausted fallback
         }
-        let n = if splicing {
+        // A tracked direction splices only the payload of a data frame, at most up to its end.
+        let limit = f.map_or(usize::MAX, |f| f.blind().min(usize::MAX as u64) as usize);
+        let n = if splicing && limit > 0 {
             match w.get_pipe() {
                 Some(mut p) => {
                     let r = src
                         .read_with_hint(likely_ready, |s| {
-                            let n = p.fill_from(s.as_fd())?;
+                            let n = p.fill_from_max(s.as_fd(), limit)?;
                             if n > 0 {
+                                if let Some(f) = f {
+                                    f.skip(n as u64);
+                                }
                                 // Push it on right away: usually dst takes it all.
                                 match p.drain_to(dst.get_ref().as_fd()) {
                                     Ok(_) => {}
@@ -358,26 +471,44 @@ async fn pump<D: Driver>(
                 }
             }
         } else {
-            let r = src
-                .read_with(|mut s| {
-                    w.with_scratch(|buf| {
-                        let n = s.read(buf)?;
-                        if n == 0 {
-                            return Ok(Ok(0));
+            let op = |mut s: &TcpStream| {
+                w.with_scratch(|buf| {
+                    let n = s.read(buf)?;
+                    if n == 0 {
+                        return Ok(Ok(0));
+                    }
+                    let pass = match f {
+                        Some(f) => {
+                            let (pass, then) = f.scan(&buf[..n]);
+                            if then == Then::Close {
+                                f.discard(&buf[pass..n]);
+                            }
+                            pass
                         }
-                        let mut d: &TcpStream = dst.get_ref();
-                        let written = match d.write(&buf[..n]) {
-                            Ok(k) => k,
-                            Err(e) if sys::would_block(&e) => 0,
-                            Err(e) => return Ok(Err(e)),
-                        };
-                        if written < n {
-                            pending.extend_from_slice(&buf[written..n]);
-                        }
-                        Ok(Ok(n))
-                    })
+                        None => n,
+                    };
+                    let mut d: &TcpStream = dst.get_ref();
+                    let written = match d.write(&buf[..pass]) {
+                        Ok(k) => k,
+                        Err(e) if sys::would_block(&e) => 0,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    if written < pass {
+                        pending.extend_from_slice(&buf[written..pass]);
+                    }
+                    Ok(Ok(n))
                 })
-                .await;
+            };
+            let r = match f {
+                // Between frames a closing may start while src is quiet: wake up for it.
+                Some(f) if !f.closing.started() => {
+                    match f.closing.or_stop(f.slot(), src.read_with(op)).await {
+                        Some(r) => r,
+                        None => continue,
+                    }
+                }
+                _ => src.read_with(op).await,
+            };
             let n = match r {
                 Ok(Ok(n)) => n,
                 Ok(Err(e)) => return Err(DirError::Dst(e)),
@@ -423,6 +554,38 @@ async fn drain_pipe<D: Driver>(dst: &Stream<D>, p: &mut Pipe) -> io::Result<()> 
     Ok(())
 }
 
+/// The end of a tracked direction that reached its Close boundary (everything before it was
+/// passed on): the Close frame to dst, then src is read and discarded until its own Close
+/// has passed, or its EOF. Never half-closes dst: `supervise` FINs both sides at the end.
+async fn close_out<D: Driver>(
+    w: &Worker,
+    src: &Stream<D>,
+    dst: &Stream<D>,
+    f: &Framing<'_>,
+) -> Result<(), DirError> {
+    if let Some((frame, len)) = f.close_frame() {
+        rio::write_all::<D>(dst, &frame[..len])
+            .await
+            .map_err(DirError::Dst)?;
+    }
+    while !f.replied() {
+        let n = src
+            .read_with(|mut s| {
+                w.with_scratch(|buf| {
+                    let n = s.read(buf)?;
+                    f.discard(&buf[..n]);
+                    Ok(n)
+                })
+            })
+            .await
+            .map_err(DirError::Src)?;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// One direction, on whichever path the backend offers: the ring-native copy path (multishot
 /// receive into the core's buffer pool, sends as ring ops) with splice on readiness for bulk,
 /// or the readiness pump (copy through the scratch buffer, splice for bulk).
@@ -432,27 +595,38 @@ async fn direction<D: Driver>(
     dst: &Stream<D>,
     moved: &Counted<'_>,
     last: Option<&Cell<Instant>>,
+    f: Option<&Framing<'_>>,
 ) -> Result<(), DirError> {
     let socks = match (D::ring_sock(src), D::ring_sock(dst)) {
         (Some(s), Some(d)) if w.strategy != Strategy::Splice => Some((s, d)),
         _ => None,
     };
     let Some((rs, rd)) = socks else {
-        return pump::<D>(w, src, dst, moved, last, PumpMode::Whole)
-            .await
-            .map(drop);
+        let end = pump::<D>(w, src, dst, moved, last, PumpMode::Whole, f).await?;
+        return match (end, f) {
+            (PumpEnd::Close, Some(f)) => close_out::<D>(w, src, dst, f).await,
+            _ => Ok(()),
+        };
     };
     loop {
-        let mode = match ring_copy::ring_copy(w, dst.get_ref(), &rs, &rd, moved, last).await? {
+        let mode = match ring_copy::ring_copy(w, dst.get_ref(), &rs, &rd, moved, last, f).await? {
             ring_copy::RingEnd::Eof => return Ok(()),
             ring_copy::RingEnd::Bulk => PumpMode::UntilSmall,
             ring_copy::RingEnd::NoBuffers => PumpMode::OneBatch,
+            ring_copy::RingEnd::Close => match f {
+                Some(f) => return close_out::<D>(w, src, dst, f).await,
+                None => return Ok(()),
+            },
         };
         // Boxed: the readiness phase's state (pipe, pending bytes, readiness futures) is
         // allocated only while a direction streams, not carried by every idle tunnel.
-        match Box::pin(pump::<D>(w, src, dst, moved, last, mode)).await? {
-            PumpEnd::Eof => return Ok(()),
-            PumpEnd::Handback => {}
+        match (
+            Box::pin(pump::<D>(w, src, dst, moved, last, mode, f)).await?,
+            f,
+        ) {
+            (PumpEnd::Handback, _) => {}
+            (PumpEnd::Close, Some(f)) => return close_out::<D>(w, src, dst, f).await,
+            _ => return Ok(()),
         }
     }
 }

@@ -1201,6 +1201,42 @@ pub async fn raw_ws_client(addr: SocketAddr) -> Conn {
     c
 }
 
+/// One WebSocket frame (RFC 6455 §5.2) with `first` as its first byte (FIN | RSV | opcode):
+/// masked (with a fixed mask) for a client's frame, unmasked for a server's.
+pub fn ws_frame_bytes(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut f = vec![first];
+    let m = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => f.push(m | n as u8),
+        n if n <= 0xFFFF => {
+            f.push(m | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(m | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        let key = [0x11, 0x22, 0x33, 0x44];
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        f.extend_from_slice(payload);
+    }
+    f
+}
+
+/// A final binary frame from a client (masked).
+pub fn client_frame(payload: &[u8]) -> Vec<u8> {
+    ws_frame_bytes(0x82, payload, true)
+}
+
+/// A final binary frame from a server (unmasked).
+pub fn server_frame(payload: &[u8]) -> Vec<u8> {
+    ws_frame_bytes(0x82, payload, false)
+}
+
 /// Deterministic pseudo-random bytes (xorshift) for payloads.
 pub fn pseudo_bytes(seed: u64, n: usize) -> Vec<u8> {
     let mut x = seed | 1;
