@@ -25,9 +25,7 @@ use crate::sys;
 use crate::tls::stream::Plain;
 use crate::tls::TlsStream;
 
-use crate::metrics::websocket::WsDir;
-
-use super::frames::{Closing, Framing, Then};
+use super::frames::{Framing, Then};
 use super::lifecycle::Ask;
 use super::tunnel::{supervise, Counted, Dir, DirError, End, Frames, Moved};
 use super::Worker;
@@ -46,12 +44,9 @@ pub async fn run<D: Driver>(
     let up = Counted::new(stats, Dir::Up);
     let down = Counted::new(stats, Dir::Down);
     let last = Cell::new(Instant::now());
-    let closing = Closing::default();
-    let fu = frames.map(|f| Framing::new(WsDir::FromClient, &closing, f.counters));
-    let fd = frames.map(|f| Framing::new(WsDir::FromBackend, &closing, f.counters));
-    let a = pump_up::<D>(client, backend, &up, &last, fu.as_ref());
-    let b = pump_down::<D>(w, backend, client, &down, &last, fd.as_ref());
-    let graceful = frames.map(|f| (&closing, f.close_timeout));
+    let a = pump_up::<D>(client, backend, &up, &last, frames.map(|f| f.up));
+    let b = pump_down::<D>(w, backend, client, &down, &last, frames.map(|f| f.down));
+    let graceful = frames.map(|f| (f.closing, f.close_timeout));
     let (c, k) = (client.socket(), backend.get_ref());
     let end = supervise(a, b, c, k, idle, &last, ask, graceful).await;
     up.flush();

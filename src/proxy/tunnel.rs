@@ -24,9 +24,7 @@ use crate::io::{self as rio, Driver, Ready, Stream};
 use crate::sys::pipe::Pipe;
 use crate::sys::{self, socket};
 
-use crate::metrics::websocket::{WsCounters, WsDir};
-
-use super::frames::{self, Cause, Closing, Framing, Then};
+pub(super) use super::frames::{self, Cause, Closing, Framing, Then};
 use super::lifecycle::{Ask, Ending};
 use super::Worker;
 
@@ -115,10 +113,13 @@ impl DirError {
 }
 
 /// A WebSocket tunnel's frame tracking (none for raw tcp tunnels and `websocket_frames =
-/// false`): where its message counters go and how long its graceful ending may take.
+/// false`): each direction's tracker, their shared closing, and how long a graceful ending
+/// may take.
 #[derive(Clone, Copy)]
 pub struct Frames<'a> {
-    pub counters: &'a WsCounters,
+    pub up: &'a Framing<'a>,
+    pub down: &'a Framing<'a>,
+    pub closing: &'a Closing,
     pub close_timeout: Duration,
 }
 
@@ -136,21 +137,12 @@ pub async fn run<D: Driver>(
     let down = Counted::new(stats, Dir::Down);
     let last = Cell::new(Instant::now());
     let track = idle.is_some();
-    let closing = Closing::default();
-    let fu = frames.map(|f| Framing::new(WsDir::FromClient, &closing, f.counters));
-    let fd = frames.map(|f| Framing::new(WsDir::FromBackend, &closing, f.counters));
+    let (fu, fd) = (frames.map(|f| f.up), frames.map(|f| f.down));
 
-    let a = direction::<D>(w, client, backend, &up, track.then_some(&last), fu.as_ref());
-    let b = direction::<D>(
-        w,
-        backend,
-        client,
-        &down,
-        track.then_some(&last),
-        fd.as_ref(),
-    );
+    let a = direction::<D>(w, client, backend, &up, track.then_some(&last), fu);
+    let b = direction::<D>(w, backend, client, &down, track.then_some(&last), fd);
     let (c, k) = (client.get_ref(), backend.get_ref());
-    let graceful = frames.map(|f| (&closing, f.close_timeout));
+    let graceful = frames.map(|f| (f.closing, f.close_timeout));
     let end = supervise(a, b, c, k, idle, &last, ask, graceful).await;
     // The pumps may have been dropped mid-way: whatever they did not flush is added here.
     up.flush();
@@ -215,14 +207,14 @@ pub(super) async fn supervise(
             },
             () = closing_started(graceful), if cut_at.is_none() => None,
             () = until(cut_at) => {
-                // The peers had `close_timeout`: FIN to those that answered, RST to the others.
-                let _ = client.shutdown(Shutdown::Write);
-                let _ = backend.shutdown(Shutdown::Write);
-                if !up_done {
-                    socket::set_reset_on_close(client);
-                }
-                if !down_done {
-                    socket::set_reset_on_close(backend);
+                // The peers had `close_timeout`: FIN to those that answered (the direction that
+                // reads them is done), RST to the others.
+                for (sock, answered) in [(client, up_done), (backend, down_done)] {
+                    if answered {
+                        let _ = sock.shutdown(Shutdown::Write);
+                    } else {
+                        socket::set_reset_on_close(sock);
+                    }
                 }
                 return graceful_end(graceful);
             }

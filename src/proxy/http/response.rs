@@ -3,7 +3,7 @@
 //! connection is reused afterwards is decided here, from the state of the bytes (`reuse`).
 
 use crate::error::Kind;
-use crate::io::{self as rio, Driver};
+use crate::io::Driver;
 use crate::proto::{self, RespBody, Response};
 use crate::proxy::client::ByteStream;
 
@@ -84,8 +84,9 @@ impl<D: Driver> Conn<'_, D> {
         }
     }
 
-    /// The verified 101, then any bytes the backend sent right after it; and the client's
-    /// frames that arrived with its head go to the backend before anything else.
+    /// The verified 101. Any bytes the backend sent right after it (left in `rbuf`) and the
+    /// client's frames that arrived with its head (left in `buf`) go to the tunnel, which
+    /// passes them on first (through its frame trackers).
     async fn switch_protocols(
         &mut self,
         s: Shaped,
@@ -98,15 +99,7 @@ impl<D: Driver> Conn<'_, D> {
             .await
             .map_err(|_| client_gone)?;
         self.cur.responded = true;
-        self.client
-            .write_all(&self.rbuf[s.head_len..])
-            .await
-            .map_err(|_| client_gone)?;
-        if !self.buf.is_empty() {
-            rio::write_all::<D>(&backend.conn.stream, &self.buf)
-                .await
-                .map_err(|_| Failure::quiet(Kind::BackendReset))?;
-        }
+        self.rbuf.drain(..s.head_len);
         if let Some(ui) = self.cur.upgrade.take() {
             self.gen.upstreams[ui].counters.upgrade(self.w.id, true);
         }
