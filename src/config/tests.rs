@@ -987,3 +987,50 @@ fn admin_token_file() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn websocket_frames_and_close_timeout() {
+    let c = Config::from_toml(BASE).unwrap();
+    assert!(
+        c.upstreams[0].websocket_frames,
+        "frame tracking is on by default"
+    );
+    assert_eq!(
+        c.upstreams[0].close_timeout,
+        std::time::Duration::from_secs(5)
+    );
+    let c = Config::from_toml(&with_upstream(
+        "websocket_frames = false\nclose_timeout = \"750ms\"\nbackends = [{ address = \"127.0.0.1:1\" }]",
+    ))
+    .unwrap();
+    assert!(!c.upstreams[0].websocket_frames);
+    assert_eq!(
+        c.upstreams[0].close_timeout,
+        std::time::Duration::from_millis(750)
+    );
+    for (bad, what) in [
+        ("close_timeout = \"0s\"", "greater than 0"),
+        ("close_timeout = \"soon\"", ""),
+        ("close_timeout = \"-1s\"", ""),
+    ] {
+        let errs = errors(&with_upstream(&format!(
+            "{bad}\nbackends = [{{ address = \"127.0.0.1:1\" }}]"
+        )));
+        assert!(
+            errs.iter()
+                .any(|e| e.field.ends_with(".close_timeout") && e.message.contains(what)),
+            "{bad}: {errs:#?}"
+        );
+    }
+    // A type error is serde's: it names the line.
+    for bad in [
+        "websocket_frames = \"no\"",
+        "websocket_frames = 0",
+        "close_timeout = 5",
+    ] {
+        let errs = errors(&with_upstream(&format!(
+            "{bad}\nbackends = [{{ address = \"127.0.0.1:1\" }}]"
+        )));
+        assert!(errs.iter().any(|e| e.line.is_some()), "{bad}: {errs:#?}");
+    }
+}
