@@ -8,6 +8,8 @@
 #[macro_use]
 #[path = "common/gateway.rs"]
 mod gateway;
+#[path = "common/tls.rs"]
+mod tlsc;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -41,7 +43,12 @@ async fn ws_connect(addr: SocketAddr) -> Client {
 }
 
 /// The code of the Close the client reads next (data messages before it are returned too).
-async fn read_until_close(ws: &mut Client) -> (Vec<Vec<u8>>, Option<u16>) {
+async fn read_until_close<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+) -> (Vec<Vec<u8>>, Option<u16>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut data = Vec::new();
     loop {
         match within("ws message or close", ws.next()).await {
@@ -406,7 +413,65 @@ async fn frames_off_is_a_blind_pipe(io: &'static str) {
     assert!(rest.is_empty(), "no Close frame without tracking: {rest:?}");
 }
 
+/// A wss:// client (TLS terminated by the gateway, the copy pump through rustls): the idle
+/// timeout ends with Close 1001; malformed framing that arrives with the upgrade head gets the
+/// 101, then Close 1002, then the end.
+async fn wss_graceful_endings(io: &'static str) {
+    use tlsc::{connect, write_pair, Ca, Dir};
+    let ca = Ca::new();
+    let dir = Dir::new("wslife");
+    write_pair(&dir.path("chat"), &ca.leaf(&["chat.test"]));
+    let be = ws_echo_backend().await;
+    let cfg = format!(
+        "admin = \"\"\n[timeouts]\ntunnel_idle = \"1s\"\n\
+         [[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nmode = \"http\"\nupstream = \"app\"\n\
+         [listener.tls]\n[[listener.tls.certificate]]\ndir = \"{}\"\n\
+         [[upstream]]\nname = \"app\"\nbackends = [{{ address = \"{}\" }}]\n",
+        dir.path("chat").display(),
+        be.addr
+    );
+    let gw = Gateway::start_config(io, &cfg);
+    let tls = within(
+        "handshake",
+        connect(gw.addr, ca.client(&["http/1.1"]), "chat.test"),
+    )
+    .await
+    .unwrap();
+    let (mut ws, _) = within(
+        "ws upgrade",
+        tokio_tungstenite::client_async("wss://chat.test/live", tls),
+    )
+    .await
+    .expect("upgrade");
+    ws.send(Ws::text("hi")).await.unwrap();
+    let (data, code) = read_until_close(&mut ws).await;
+    assert_eq!(data, vec![b"hi".to_vec()]);
+    assert_eq!(code, Some(1001), "idle timeout over TLS");
+
+    let mut c = within(
+        "handshake",
+        connect(gw.addr, ca.client(&["http/1.1"]), "chat.test"),
+    )
+    .await
+    .unwrap();
+    let mut req = ws_upgrade_head("/raw", WS_KEY, "13");
+    req.extend(ws_frame_bytes(0x83, b"x", true)); // reserved opcode, with the head
+    c.write_all(&req).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match within("read to the end", c.read(&mut buf)).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(got.ends_with(&CLOSE_1002_UNMASKED), "{got:?}");
+}
+
 both_io!(
+    wss_graceful_endings,
     drained_gateway_sends_close_1001,
     idle_timeout_closes_with_handshake,
     silent_backend_is_cut,

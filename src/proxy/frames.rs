@@ -106,7 +106,12 @@ impl Closing {
         if self.started() {
             return Poll::Ready(());
         }
-        self.wakers[who].set(Some(cx.waker().clone()));
+        // Polled once per read batch while open: keep the waker we have when it is the same.
+        let slot = &self.wakers[who];
+        match slot.take() {
+            Some(w) if w.will_wake(cx.waker()) => slot.set(Some(w)),
+            _ => slot.set(Some(cx.waker().clone())),
+        }
         Poll::Pending
     }
 

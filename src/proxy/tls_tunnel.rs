@@ -252,7 +252,8 @@ async fn pump_down<D: Driver>(
 }
 
 /// The backend → client direction at its Close boundary: the Close to the client, then the
-/// backend's bytes are discarded until its own Close has passed.
+/// backend's bytes are discarded until its own Close has passed; then close_notify + FIN to
+/// the client (nothing more comes its way; the client may still answer).
 async fn close_down<D: Driver>(
     w: &Worker,
     backend: &Stream<D>,
@@ -278,7 +279,7 @@ async fn close_down<D: Driver>(
             break;
         }
     }
-    Ok(())
+    client.shutdown_write().await.map_err(DirError::Dst)
 }
 
 /// Counts `n` bytes moved one way, and the tunnel as not idle.
