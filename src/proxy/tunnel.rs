@@ -256,12 +256,14 @@ async fn closing_started(graceful: Option<(&Closing, Duration)>) {
     }
 }
 
-/// Resolves at `at` (never for `None`).
-async fn until(at: Option<Instant>) {
-    match at {
-        Some(at) => rio::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+/// Resolves at `at` (never for `None`). The timer is boxed so that a tunnel's future does not
+/// carry a second timer's state while it is open (it exists only once a tunnel is closing).
+fn until(at: Option<Instant>) -> impl Future<Output = ()> {
+    let mut timer = at.map(|at| Box::pin(rio::sleep_until(at)));
+    std::future::poll_fn(move |cx| match timer.as_mut() {
+        Some(t) => t.as_mut().poll(cx),
+        None => std::task::Poll::Pending,
+    })
 }
 
 fn graceful_end(graceful: Option<(&Closing, Duration)>) -> End {
