@@ -92,16 +92,16 @@ impl WsCounters {
             return;
         }
         let d = &self.dirs[dir as usize];
-        bump(&d.messages, t.messages);
+        bump(&d.messages, t.messages as u64);
         bump(&d.payload, t.payload);
         for (c, &n) in d.frames.iter().zip(&t.frames) {
             if n > 0 {
-                bump(c, n);
+                bump(c, n as u64);
             }
         }
-        if t.messages > 0 {
-            d.sizes.add_counts(&t.sizes, t.payload);
-        }
+        // The sum is payload bytes as frames pass (a fragmented message's bytes before its
+        // final frame's batch included), the counts complete messages.
+        d.sizes.add_counts(&t.sizes.map(u64::from), t.payload);
         if let Some(code) = t.close {
             let side = match dir {
                 WsDir::FromClient => CloseSide::Client,

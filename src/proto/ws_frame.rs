@@ -67,18 +67,19 @@ fn opcode_index(op: u8) -> Option<usize> {
 pub const SIZE_BOUNDS: &[u64] = &[64, 256, 1024, 4096, 16384, 65536, 262_144, 1_048_576];
 
 /// What went through one direction since the owner last took it, for metrics (the owner
-/// flushes it into its per-core counters and resets it).
+/// flushes it into its per-core counters and resets it, per read batch: so the counts are
+/// `u32`, which keeps a tracker small, and wrap rather than panic if an owner never flushes).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Tally {
     /// Frames by opcode, indexed like [`OPCODES`].
-    pub frames: [u64; 6],
+    pub frames: [u32; 6],
     /// Complete data messages (the final frame of a text or binary message).
-    pub messages: u64,
+    pub messages: u32,
     /// Payload bytes of data frames.
     pub payload: u64,
     /// Complete messages by payload size, one count per [`SIZE_BOUNDS`] entry plus +Inf (not
     /// cumulative); a message is counted at its final frame's header.
-    pub sizes: [u64; 9],
+    pub sizes: [u32; 9],
     /// The code of a Close frame that passed whole (1005 when it had none).
     pub close: Option<u16>,
 }
@@ -269,14 +270,14 @@ impl FrameTracker {
             self.in_message = !fin;
             self.msg_len = self.msg_len.saturating_add(len);
             if fin {
-                self.tally.messages += 1;
+                self.tally.messages = self.tally.messages.wrapping_add(1);
                 let bucket = SIZE_BOUNDS.partition_point(|&b| b < self.msg_len);
-                self.tally.sizes[bucket] += 1;
+                self.tally.sizes[bucket] = self.tally.sizes[bucket].wrapping_add(1);
                 self.msg_len = 0;
             }
-            self.tally.payload += len;
+            self.tally.payload = self.tally.payload.wrapping_add(len);
         }
-        self.tally.frames[index] += 1;
+        self.tally.frames[index] = self.tally.frames[index].wrapping_add(1);
         let mut mask = [0u8; 4];
         if masked {
             mask.copy_from_slice(&h[at..at + 4]);

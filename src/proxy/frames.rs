@@ -358,3 +358,17 @@ mod tests {
         assert!(f.replied());
     }
 }
+
+#[cfg(test)]
+mod size {
+    use super::*;
+
+    /// What frame tracking adds to every WebSocket tunnel: two of these and one `Closing`
+    /// (docs/architecture.md). A regression here is memory per idle connection.
+    #[test]
+    fn per_tunnel_state_stays_small() {
+        let (f, c) = (size_of::<Framing<'_>>(), size_of::<Closing>());
+        eprintln!("Framing {f} B, Closing {c} B");
+        assert!(2 * f + c <= 512, "Framing {f} B, Closing {c} B");
+    }
+}
