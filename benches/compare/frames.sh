@@ -36,13 +36,15 @@ OUT=${1:-target/compare-frames}
 RUNS=${2:-3}
 DURATION=${3:-5s}
 mkdir -p "$OUT"
+on=(--gateway-cmd "bash benches/compare/frames.sh gateway {LISTEN} {BACKENDS} true" --name frames-on)
+off=(--gateway-cmd "bash benches/compare/frames.sh gateway {LISTEN} {BACKENDS} false" --name frames-off)
 for i in $(seq 1 "$RUNS"); do
     for size in 64 1024; do
         echo "== size $size run $i/$RUNS" >&2
+        # Alternate which goes first, so a drift in the machine's load hits both alike.
+        if [ $((i % 2)) = 1 ]; then order=("${on[@]}" "${off[@]}"); else order=("${off[@]}" "${on[@]}"); fi
         target/release/loadgen compare --scenario pingpong --proto ws --conns 100 --size "$size" \
-            --duration "$DURATION" \
-            --gateway-cmd "bash benches/compare/frames.sh gateway {LISTEN} {BACKENDS} true" --name frames-on \
-            --gateway-cmd "bash benches/compare/frames.sh gateway {LISTEN} {BACKENDS} false" --name frames-off \
+            --duration "$DURATION" "${order[@]}" \
             --json > "$OUT/ws-pingpong-$size.$i.json"
     done
 done
