@@ -133,7 +133,7 @@ pub struct DirTotals {
 pub struct WsTotals {
     /// Indexed by [`WsDir`].
     pub dirs: [DirTotals; 2],
-    /// Close frames: (side, code label, count), non-zero ones only.
+    /// Close frames: (side, code label, count), non-zero ones and the gateway's own codes.
     pub closes: Vec<(CloseSide, String, u64)>,
 }
 
@@ -157,7 +157,15 @@ impl WsTotals {
                     .clone()
                     .map(|s| s.closes[side as usize][k].load(Relaxed))
                     .sum();
-                if n > 0 {
+                // The codes the gateway writes itself always have a series (0 until used),
+                // so dashboards and alerts on them exist before the first drain.
+                let own = matches!(
+                    side,
+                    CloseSide::GatewayToClient | CloseSide::GatewayToBackend
+                ) && CLOSE_CODES
+                    .get(k)
+                    .is_some_and(|c| [1001, 1002, 1012].contains(c));
+                if n > 0 || own {
                     let label = CLOSE_CODES
                         .get(k)
                         .map_or_else(|| "other".to_string(), |c| c.to_string());
@@ -197,12 +205,17 @@ mod tests {
         let sizes = s.dirs[0].sizes.as_ref().unwrap();
         assert_eq!(sizes.cumulative[0], 1);
         assert_eq!(sizes.cumulative[2], 2);
+        let nonzero: Vec<_> = s.closes.iter().filter(|c| c.2 > 0).cloned().collect();
         assert_eq!(
-            s.closes,
+            nonzero,
             vec![
                 (CloseSide::Client, "1001".to_string(), 1),
                 (CloseSide::GatewayToClient, "other".to_string(), 1)
             ]
         );
+        // The gateway's own codes are there at 0.
+        assert!(s
+            .closes
+            .contains(&(CloseSide::GatewayToBackend, "1012".to_string(), 0)));
     }
 }

@@ -319,6 +319,12 @@ pub fn routed_config(top: &str, routes: &[(&str, &str, &[SocketAddr])]) -> Strin
     s
 }
 
+/// `config` with every upstream's WebSocket tunnels blind (`websocket_frames = false`), for
+/// tests that push raw bytes, not WebSocket frames, through an upgrade.
+pub fn blind_tunnels(config: &str) -> String {
+    config.replace("[[upstream]]\n", "[[upstream]]\nwebsocket_frames = false\n")
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         let crashed = self.child.try_wait().ok().flatten();
