@@ -470,7 +470,110 @@ async fn wss_graceful_endings(io: &'static str) {
     assert!(got.ends_with(&CLOSE_1002_UNMASKED), "{got:?}");
 }
 
+/// The frames a client sent, as (opcode, unmasked payload), from bytes a backend received.
+fn client_frames(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while b.len() >= 6 {
+        let op = b[0] & 0x0F;
+        let (len, at) = match b[1] & 0x7F {
+            126 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+            127 => (
+                u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            n => (n as usize, 2),
+        };
+        assert!(b[1] & 0x80 != 0, "unmasked client frame: {b:?}");
+        let key = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+        let body = &b[at + 4..at + 4 + len];
+        out.push((
+            op,
+            body.iter()
+                .enumerate()
+                .map(|(i, x)| x ^ key[i % 4])
+                .collect(),
+        ));
+        b = &b[at + 4 + len..];
+    }
+    assert!(b.is_empty(), "trailing bytes {b:?}");
+    out
+}
+
+const PING: [u8; 6] = [0x89, 0x04, b'r', b'w', b'p', b'g'];
+
+/// Gateway pings: a client that answers (tokio-tungstenite answers pings by itself) stays; the
+/// backend never sees the pings nor the client's Pongs.
+async fn pings_keep_answering_clients(io: &'static str) {
+    let (be, seen) = closing_backend(true).await;
+    let gw = Gateway::start_config(
+        io,
+        &config(
+            "",
+            be.addr,
+            "ws_ping_interval = \"300ms\"\nws_ping_timeout = \"3s\"",
+        ),
+    );
+    let mut ws = ws_connect(gw.addr).await;
+    // Silent for a while, reading (which answers the pings).
+    let mut pings = 0;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Some(m) = ws.next().await {
+            match m.expect("no error while pinged") {
+                Ws::Ping(p) => {
+                    assert_eq!(&p[..], b"rwpg");
+                    pings += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(pings >= 2, "the gateway pinged a silent client ({pings})");
+    ws.send(Ws::text("still here")).await.unwrap();
+    let frames = within("the backend gets the message", async {
+        loop {
+            let b = seen.lock().unwrap().bytes.clone();
+            if !b.is_empty() {
+                return client_frames(&b);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        frames,
+        vec![(0x1, b"still here".to_vec())],
+        "no ping or pong reached the backend"
+    );
+}
+
+/// Gateway pings: a client that never answers gets a Ping, then Close 1001; the backend gets
+/// Close 1001 and nothing else.
+async fn silent_client_is_closed_after_a_ping(io: &'static str) {
+    let (be, seen) = closing_backend(true).await;
+    let gw = Gateway::start_config(
+        io,
+        &config(
+            "",
+            be.addr,
+            "ws_ping_interval = \"300ms\"\nws_ping_timeout = \"500ms\"\nclose_timeout = \"1s\"",
+        ),
+    );
+    let mut c = raw_ws_client(gw.addr).await;
+    let got = within("ping, then close", c.read_exact(10)).await.unwrap();
+    assert_eq!(&got[..6], &PING, "a Ping first");
+    assert_eq!(&got[6..], &CLOSE_1001_UNMASKED, "then Close 1001");
+    let s = wait_seen(&seen).await;
+    assert_eq!(
+        client_frames(&s.bytes),
+        vec![(0x8, 1001u16.to_be_bytes().to_vec())],
+        "the backend: only the gateway's Close 1001"
+    );
+}
+
 both_io!(
+    pings_keep_answering_clients,
+    silent_client_is_closed_after_a_ping,
     wss_graceful_endings,
     drained_gateway_sends_close_1001,
     idle_timeout_closes_with_handshake,

@@ -125,13 +125,18 @@ pub fn describe(c: &Config) -> String {
         }
         let _ = writeln!(
             o,
-            "  websocket: frames={} close_timeout={}",
+            "  websocket: frames={} close_timeout={} pings={}",
             if u.websocket_frames {
                 "tracked"
             } else {
                 "blind"
             },
-            d(u.close_timeout)
+            d(u.close_timeout),
+            u.ws_ping_interval.map_or("off".to_string(), |i| format!(
+                "every {} silent, answer within {}",
+                d(i),
+                d(u.ws_ping_timeout)
+            ))
         );
         match &u.discovery {
             Discovery::Static(list) => {

@@ -265,6 +265,12 @@ pub struct UpstreamConfig {
     /// How long a WebSocket tunnel the gateway ends itself waits for the peers' Close replies
     /// (after finishing the frames in flight) before it cuts them.
     pub close_timeout: Duration,
+    /// Ping WebSocket clients silent for this long (opt-in, needs `websocket_frames`): finds
+    /// half-open mobile clients without the backend's help. `None`: no gateway pings.
+    pub ws_ping_interval: Option<Duration>,
+    /// How long a pinged client has to answer (a Pong, or any bytes) before its tunnel ends
+    /// (Close 1001 both ways).
+    pub ws_ping_timeout: Duration,
 }
 
 /// The route cookie's attributes (`balance = "cookie"`). Its fallback policy lives in

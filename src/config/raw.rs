@@ -126,6 +126,8 @@ pub struct RawUpstream {
     pub required_for_ready: Option<bool>,
     pub websocket_frames: Option<bool>,
     pub close_timeout: Option<String>,
+    pub ws_ping_interval: Option<String>,
+    pub ws_ping_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

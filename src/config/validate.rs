@@ -449,6 +449,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     }
 }
 
+/// `ws_ping_timeout`'s default: a mobile client woken from the background answers well
+/// within it.
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// `close_timeout`'s default: long enough for a client on a slow mobile link to answer a Close,
 /// short enough to fit the drain window's last seconds (`proxy::lifecycle::CLOSE_LEAD`).
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -766,6 +770,18 @@ fn validate_upstream(
         );
     }
 
+    // Gateway pings are opt-in; "0s" is off too. They need the frame trackers (a ping may only
+    // go in between two frames, and the client's Pong must be taken out of its stream).
+    let ping_field = format!("{field}.ws_ping_interval");
+    let ws_ping_interval =
+        Some(e.duration(&ping_field, &u.ws_ping_interval, Duration::ZERO)).filter(|d| !d.is_zero());
+    if ws_ping_interval.is_some() && u.websocket_frames == Some(false) {
+        e.push(
+            ping_field,
+            "gateway pings need websocket_frames = true (remove one of them)",
+        );
+    }
+
     Some(UpstreamConfig {
         name,
         policy,
@@ -781,6 +797,12 @@ fn validate_upstream(
             &format!("{field}.close_timeout"),
             &u.close_timeout,
             DEFAULT_CLOSE_TIMEOUT,
+        ),
+        ws_ping_interval,
+        ws_ping_timeout: e.positive(
+            &format!("{field}.ws_ping_timeout"),
+            &u.ws_ping_timeout,
+            DEFAULT_PING_TIMEOUT,
         ),
     })
 }

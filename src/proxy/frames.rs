@@ -72,12 +72,24 @@ impl Cause {
 /// Wakers of a [`Closing`]: the two directions (by [`WsDir`]) and the supervisor.
 pub const SUPERVISOR: usize = 2;
 
+/// The gateway's Ping to a silent client (opt-in, `ws_ping_interval`): unmasked, with a
+/// payload of our own so that the client's Pong (which echoes it) is told from the client's
+/// own Pongs, which are the backend's business.
+pub const PING: [u8; 6] = [0x89, 0x04, b'r', b'w', b'p', b'g'];
+const PING_IDLE: u8 = 0;
+const PING_DUE: u8 = 1;
+const PING_SENT: u8 = 2;
+
 /// A tunnel's graceful ending, shared by its directions and its supervisor: set once, wakes
-/// all three.
+/// all three. Also the gateway's pings: the supervisor asks for one, the down direction writes
+/// it between two frames, the up direction takes the client's Pong out of its stream.
 #[derive(Default)]
 pub struct Closing {
     cause: Cell<Option<Cause>>,
     wakers: [Cell<Option<Waker>>; 3],
+    ping: Cell<u8>,
+    /// Batches read from the client (any bytes: an answer to a ping, or the client talking).
+    heard: Cell<u32>,
 }
 
 impl Closing {
@@ -101,7 +113,8 @@ impl Closing {
         self.cause.get().is_some()
     }
 
-    /// Ready once closing started; registers `cx` in slot `who` otherwise.
+    /// Ready once closing started (or, for the down direction, when a ping is due); registers
+    /// `cx` in slot `who` otherwise.
     pub fn poll_started(&self, who: usize, cx: &mut Context<'_>) -> Poll<()> {
         if self.started() {
             return Poll::Ready(());
@@ -112,7 +125,31 @@ impl Closing {
             Some(w) if w.will_wake(cx.waker()) => slot.set(Some(w)),
             _ => slot.set(Some(cx.waker().clone())),
         }
+        if who == WsDir::FromBackend as usize && self.ping.get() == PING_DUE {
+            return Poll::Ready(());
+        }
         Poll::Pending
+    }
+
+    /// Asks the down direction to ping the client at its next frame boundary.
+    /// A ping still unanswered from an earlier round (the client talked meanwhile, so it was
+    /// not cut) is sent again.
+    pub fn request_ping(&self) {
+        if self.ping.get() != PING_DUE && !self.started() {
+            self.ping.set(PING_DUE);
+            if let Some(w) = self.wakers[WsDir::FromBackend as usize].take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// How many batches the client has sent so far (wrapping).
+    pub fn heard(&self) -> u32 {
+        self.heard.get()
+    }
+
+    fn heard_now(&self) {
+        self.heard.set(self.heard.get().wrapping_add(1));
     }
 
     /// Resolves once closing started.
@@ -183,8 +220,59 @@ impl<'a> Framing<'a> {
         self.dir as usize
     }
 
+    /// The down direction is between frames and a ping is due: write [`PING`] to the client
+    /// now, then call [`Self::ping_sent`].
+    pub fn ping_now(&self) -> bool {
+        self.dir == WsDir::FromBackend
+            && self.closing.ping.get() == PING_DUE
+            && !self.closing.started()
+            && self.tracker.borrow().at_boundary()
+    }
+
+    pub fn ping_sent(&self) {
+        self.closing.ping.set(PING_SENT);
+    }
+
+    /// Where the client's Pong to our [`PING`] lies in a batch from the client, if a ping is
+    /// outstanding and the whole Pong is in it: those bytes must not reach the backend. The
+    /// caller that takes it out calls [`Self::pong_taken`].
+    pub fn find_pong(&self, data: &[u8]) -> Option<(usize, usize)> {
+        if self.dir != WsDir::FromClient || self.closing.ping.get() != PING_SENT {
+            return None;
+        }
+        // Walk the batch frame by frame on a copy of the tracker (rare: a ping is out).
+        let mut t = self.tracker.borrow().clone();
+        let mut i = 0;
+        while i < data.len() {
+            let starts = t.at_boundary();
+            let k = t.scan(&data[i..], true).ok()?;
+            if k == 0 {
+                return None;
+            }
+            if starts && is_our_pong(&data[i..i + k]) {
+                return Some((i, i + k));
+            }
+            i += k;
+        }
+        None
+    }
+
+    /// The client's Pong was taken out of its stream: the ping is answered.
+    pub fn pong_taken(&self) {
+        self.closing.ping.set(PING_IDLE);
+        self.closing.heard_now();
+    }
+
+    /// Between two frames (a read there may wait for a closing or a ping to start).
+    pub fn at_boundary(&self) -> bool {
+        self.tracker.borrow().at_boundary()
+    }
+
     /// Scans a batch read from the source: how many bytes may pass, and what then.
     pub fn scan(&self, data: &[u8]) -> (usize, Then) {
+        if self.dir == WsDir::FromClient && !data.is_empty() {
+            self.closing.heard_now();
+        }
         let stopping = self.closing.started();
         let mut t = self.tracker.borrow_mut();
         let out = match t.scan_to_error(data, stopping) {
@@ -224,6 +312,9 @@ impl<'a> Framing<'a> {
 
     /// Accounts for `n` spliced bytes (at most [`Self::blind`]).
     pub fn skip(&self, n: u64) {
+        if self.dir == WsDir::FromClient {
+            self.closing.heard_now();
+        }
         let mut t = self.tracker.borrow_mut();
         t.skip(n);
         if self.closing.started() && t.at_boundary() {
@@ -280,6 +371,15 @@ impl<'a> Framing<'a> {
     pub fn replied(&self) -> bool {
         self.desync.get() || self.tracker.borrow().close_code().is_some()
     }
+}
+
+/// A masked Pong from a client whose payload is [`PING`]'s.
+fn is_our_pong(frame: &[u8]) -> bool {
+    let [0x8A, 0x84, m0, m1, m2, m3, p @ ..] = frame else {
+        return false;
+    };
+    let m = [*m0, *m1, *m2, *m3];
+    p.len() == 4 && p.iter().enumerate().all(|(i, b)| b ^ m[i] == PING[2 + i])
 }
 
 #[cfg(test)]
@@ -344,6 +444,34 @@ mod tests {
         assert!(down.must_close(), "the other direction is between frames");
         let (f, n) = down.close_frame().unwrap();
         assert_eq!(&f[..n], &[0x88, 0x02, 0x03, 0xEA]);
+    }
+
+    #[test]
+    fn the_clients_pong_to_our_ping_is_found_only_while_a_ping_is_out() {
+        let closing = Closing::default();
+        let counters = WsCounters::default();
+        let up = Framing::new(WsDir::FromClient, &closing, &counters);
+        let down = Framing::new(WsDir::FromBackend, &closing, &counters);
+        let data = client_frame(0x82, b"data");
+        let ours = client_frame(0x8A, b"rwpg");
+        let theirs = client_frame(0x8A, b"abcd");
+        let mut batch = data.clone();
+        batch.extend(&ours);
+        batch.extend(&data);
+        assert_eq!(up.find_pong(&batch), None, "no ping out");
+        closing.request_ping();
+        assert!(down.ping_now());
+        down.ping_sent();
+        assert!(!down.ping_now());
+        assert_eq!(
+            up.find_pong(&batch),
+            Some((data.len(), data.len() + ours.len()))
+        );
+        assert_eq!(up.find_pong(&theirs), None, "the client's own Pong passes");
+        let heard = closing.heard();
+        up.pong_taken();
+        assert_ne!(closing.heard(), heard);
+        assert_eq!(up.find_pong(&batch), None, "answered");
     }
 
     #[test]

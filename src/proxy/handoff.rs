@@ -72,6 +72,7 @@ pub async fn run<D: Driver>(
             down: fd,
             closing: &closing,
             close_timeout: up.cfg.close_timeout,
+            ping: up.cfg.ws_ping_interval.map(|i| (i, up.cfg.ws_ping_timeout)),
         }),
         _ => None,
     };

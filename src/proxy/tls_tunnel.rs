@@ -46,7 +46,7 @@ pub async fn run<D: Driver>(
     let last = Cell::new(Instant::now());
     let a = pump_up::<D>(client, backend, &up, &last, frames.map(|f| f.up));
     let b = pump_down::<D>(w, backend, client, &down, &last, frames.map(|f| f.down));
-    let graceful = frames.map(|f| (f.closing, f.close_timeout));
+    let graceful = frames.map(|f| (f.closing, f.close_timeout, f.ping));
     let (c, k) = (client.socket(), backend.get_ref());
     let end = supervise(a, b, c, k, idle, &last, ask, graceful).await;
     up.flush();
@@ -84,6 +84,16 @@ fn take_up<D: Driver>(
     client.take_plain(|b| {
         let Some(f) = f else {
             return write_now(d, b, err);
+        };
+        // The client's answer to a gateway ping is not the backend's: taken when it comes
+        // first, and nothing after it passes before it.
+        let b = match f.find_pong(b) {
+            Some((0, end)) => {
+                f.pong_taken();
+                return end;
+            }
+            Some((start, _)) => &b[..start],
+            None => b,
         };
         let pass = f.probe(b);
         let n = if pass > 0 {
@@ -205,6 +215,11 @@ async fn pump_down<D: Driver>(
         if let Some(f) = f.filter(|f| f.must_close()) {
             return close_down::<D>(w, backend, client, f).await;
         }
+        if let Some(f) = f.filter(|f| f.ping_now()) {
+            client.queue(&super::frames::PING).map_err(DirError::Dst)?;
+            client.flush().await.map_err(DirError::Dst)?;
+            f.ping_sent();
+        }
         let op = |mut s: &TcpStream| {
             w.with_scratch(|buf| {
                 let n = s.read(buf)?;
@@ -229,8 +244,8 @@ async fn pump_down<D: Driver>(
             })
         };
         let r = match f {
-            // Between frames a closing may start while the backend is quiet.
-            Some(f) if !f.closing.started() => {
+            // Between frames a closing (or a ping) may start while the backend is quiet.
+            Some(f) if !f.closing.started() && f.at_boundary() => {
                 match f.closing.or_stop(f.slot(), backend.read_with(op)).await {
                     Some(r) => r,
                     None => continue,

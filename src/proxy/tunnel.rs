@@ -121,7 +121,12 @@ pub struct Frames<'a> {
     pub down: &'a Framing<'a>,
     pub closing: &'a Closing,
     pub close_timeout: Duration,
+    /// Gateway pings (`ws_ping_interval`, `ws_ping_timeout`), if the upstream has them.
+    pub ping: Option<(Duration, Duration)>,
 }
+
+/// What `supervise` needs of a tracked tunnel: its closing, `close_timeout`, and pings.
+pub(super) type Graceful<'a> = (&'a Closing, Duration, Option<(Duration, Duration)>);
 
 /// Runs a tunnel until both directions are done, or one side resets, or it idles out.
 pub async fn run<D: Driver>(
@@ -142,7 +147,7 @@ pub async fn run<D: Driver>(
     let a = direction::<D>(w, client, backend, &up, track.then_some(&last), fu);
     let b = direction::<D>(w, backend, client, &down, track.then_some(&last), fd);
     let (c, k) = (client.get_ref(), backend.get_ref());
-    let graceful = frames.map(|f| (f.closing, f.close_timeout));
+    let graceful = frames.map(|f| (f.closing, f.close_timeout, f.ping));
     let end = supervise(a, b, c, k, idle, &last, ask, graceful).await;
     // The pumps may have been dropped mid-way: whatever they did not flush is added here.
     up.flush();
@@ -175,7 +180,7 @@ pub(super) async fn supervise(
     idle: Option<Duration>,
     last: &Cell<Instant>,
     ask: &Ask,
-    graceful: Option<(&Closing, Duration)>,
+    graceful: Option<Graceful<'_>>,
 ) -> End {
     tokio::pin!(up, down);
     let watchdog = idle_watchdog(idle, last);
@@ -185,8 +190,10 @@ pub(super) async fn supervise(
     let (mut up_done, mut down_done) = (false, false);
     // Set once a graceful ending started: when the peers are cut if they have not answered.
     let mut cut_at: Option<Instant> = None;
+    let pings = pinger(graceful);
+    tokio::pin!(pings);
     let begin = |why: Ending| match graceful {
-        Some((c, _)) => {
+        Some((c, _, _)) => {
             c.start(Cause::Ended(why));
             None
         }
@@ -205,6 +212,10 @@ pub(super) async fn supervise(
                 Some(end) => return end,
                 None => None,
             },
+            () = &mut pings, if cut_at.is_none() => match begin(Ending::PingTimeout) {
+                Some(end) => return end,
+                None => None,
+            },
             () = closing_started(graceful), if cut_at.is_none() => None,
             () = until(cut_at) => {
                 // The peers had `close_timeout`: FIN to those that answered (the direction that
@@ -219,7 +230,7 @@ pub(super) async fn supervise(
                 return graceful_end(graceful);
             }
         };
-        if let (None, Some((c, timeout))) = (cut_at, graceful) {
+        if let (None, Some((c, timeout, _))) = (cut_at, graceful) {
             if c.started() {
                 cut_at = Some(Instant::now() + timeout);
             }
@@ -249,10 +260,41 @@ pub(super) async fn supervise(
 }
 
 /// Resolves when a graceful ending starts (never without frame tracking).
-async fn closing_started(graceful: Option<(&Closing, Duration)>) {
+async fn closing_started(graceful: Option<Graceful<'_>>) {
     match graceful {
-        Some((c, _)) => c.wait(frames::SUPERVISOR).await,
+        Some((c, _, _)) => c.wait(frames::SUPERVISOR).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Gateway pings (opt-in): resolves when a client that was silent for a whole
+/// `ws_ping_interval` did not answer the ping (a Pong, or any bytes) within `ws_ping_timeout`.
+/// Never resolves without pings. The timers are boxed: a tunnel without pings carries none.
+async fn pinger(graceful: Option<Graceful<'_>>) {
+    let Some((c, _, Some((interval, timeout)))) = graceful else {
+        return std::future::pending().await;
+    };
+    loop {
+        let seen = c.heard();
+        Box::pin(rio::sleep(interval)).await;
+        if c.heard() != seen {
+            continue;
+        }
+        c.request_ping();
+        // Wait for the answer, looking every interval, for at most `timeout`.
+        let deadline = Instant::now() + timeout;
+        loop {
+            let step = deadline
+                .saturating_duration_since(Instant::now())
+                .min(interval);
+            Box::pin(rio::sleep(step)).await;
+            if c.heard() != seen {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return;
+            }
+        }
     }
 }
 
@@ -266,8 +308,8 @@ fn until(at: Option<Instant>) -> impl Future<Output = ()> {
     })
 }
 
-fn graceful_end(graceful: Option<(&Closing, Duration)>) -> End {
-    match graceful.and_then(|(c, _)| c.cause()) {
+fn graceful_end(graceful: Option<Graceful<'_>>) -> End {
+    match graceful.and_then(|(c, _, _)| c.cause()) {
         Some(Cause::Ended(why)) => End::Ended(why),
         Some(Cause::Malformed { client }) => End::Malformed { client },
         None => End::Closed,
@@ -398,6 +440,12 @@ async fn pump<D: Driver>(
         if f.is_some_and(|f| f.must_close()) {
             return Ok(PumpEnd::Close);
         }
+        if let Some(f) = f.filter(|f| f.ping_now()) {
+            rio::write_all::<D>(dst, &frames::PING)
+                .await
+                .map_err(DirError::Dst)?;
+            f.ping_sent();
+        }
         if leave {
             return Ok(PumpEnd::Handback);
         }
@@ -473,9 +521,16 @@ async fn pump<D: Driver>(
                     }
                     let pass = match f {
                         Some(f) => {
-                            let (pass, then) = f.scan(&buf[..n]);
+                            // The client's answer to a gateway ping is not the backend's.
+                            let mut len = n;
+                            if let Some((a, b)) = f.find_pong(&buf[..n]) {
+                                buf.copy_within(b..n, a);
+                                len -= b - a;
+                                f.pong_taken();
+                            }
+                            let (pass, then) = f.scan(&buf[..len]);
                             if then == Then::Close {
-                                f.discard(&buf[pass..n]);
+                                f.discard(&buf[pass..len]);
                             }
                             pass
                         }
@@ -494,8 +549,9 @@ async fn pump<D: Driver>(
                 })
             };
             let r = match f {
-                // Between frames a closing may start while src is quiet: wake up for it.
-                Some(f) if !f.closing.started() => {
+                // Between frames a closing (or a ping) may start while src is quiet: wake up
+                // for it.
+                Some(f) if !f.closing.started() && f.at_boundary() => {
                     match f.closing.or_stop(f.slot(), src.read_with(op)).await {
                         Some(r) => r,
                         None => continue,

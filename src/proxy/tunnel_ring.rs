@@ -107,8 +107,16 @@ pub async fn ring_copy(
 
         // 2. The receive.
         if let Some(f) = f.filter(|_| !stopping) {
-            let _ = f.closing.poll_started(f.slot(), cx); // wakes us when a closing starts
+            let _ = f.closing.poll_started(f.slot(), cx); // wakes us for a closing or a ping
             stopping = f.must_close();
+            if !stopping && sending.is_none() && queue.is_empty() && f.ping_now() {
+                // Nothing of ours in flight: a plain write keeps the order.
+                match write_ping(dst) {
+                    Ok(()) => f.ping_sent(),
+                    Err(e) if crate::sys::would_block(&e) => {} // next time round
+                    Err(e) => return Poll::Ready(Err(DirError::Dst(e))),
+                }
+            }
         }
         match recv.as_mut() {
             Some(r) => {
@@ -121,6 +129,21 @@ pub async fn ring_copy(
                             if stopping {
                                 f.discard(l.as_slice());
                                 continue;
+                            }
+                            // The client's answer to a gateway ping is not the backend's: cut
+                            // when it starts or ends the buffer (a Pong in the middle of one
+                            // passes; the backend ignores an unsolicited Pong, RFC 6455 §5.5.3).
+                            if let Some((a, b)) = f.find_pong(l.as_slice()) {
+                                if a == 0 {
+                                    l.advance(b);
+                                    f.pong_taken();
+                                } else if b == l.len() {
+                                    l.truncate(a);
+                                    f.pong_taken();
+                                }
+                                if l.is_empty() {
+                                    continue;
+                                }
                             }
                             let (pass, then) = f.scan(l.as_slice());
                             if then != Then::Go {
@@ -194,4 +217,25 @@ pub async fn ring_copy(
         }
     })
     .await
+}
+
+/// Writes the gateway's Ping to the client with a plain syscall (no ring send in flight).
+/// Six bytes into a socket with nothing queued by us: a short write is not expected; one is
+/// finished here, or the tunnel ends (never a Ping cut in two with other bytes after it).
+fn write_ping(dst: &TcpStream) -> std::io::Result<()> {
+    use std::io::Write;
+    let ping = &crate::proxy::frames::PING;
+    let mut d = dst;
+    let mut at = d.write(ping)?;
+    while at < ping.len() {
+        match d.write(&ping[at..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => at += n,
+            Err(e) if crate::sys::would_block(&e) => {
+                return Err(std::io::Error::other("short write of a ping"))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
