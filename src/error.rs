@@ -54,6 +54,7 @@ kinds! {
     NoRoute => "no_route", Client;
     ClientReset => "client_reset", Client;
     ClientTimeout => "client_idle_timeout", Client;
+    ClientFraming => "client_ws_framing", Client;
     BodyTimeout => "client_body_timeout", Client;
     LimitTotal => "limit_connections", Client;
     LimitSource => "limit_source", Client;
@@ -68,6 +69,7 @@ kinds! {
     BadResponse => "bad_response", Backend;
     BadAccept => "bad_accept", Backend;
     BackendReset => "backend_reset", Backend;
+    BackendFraming => "backend_ws_framing", Backend;
     Drained => "drained", Internal;
     Internal => "internal", Internal;
 }
@@ -92,6 +94,8 @@ impl Kind {
             Kind::ClientReset
             | Kind::ClientTimeout
             | Kind::BackendReset
+            | Kind::ClientFraming
+            | Kind::BackendFraming
             | Kind::Drained
             | Kind::BadClientHello => return None,
         })

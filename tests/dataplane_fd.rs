@@ -22,7 +22,7 @@ fn config(backend: SocketAddr, mode: &str) -> String {
     format!(
         "admin = \"\"\nworkers = 2\n[timeouts]\nhead = \"1s\"\ntunnel_idle = \"1s\"\n\n[[listener]]\nname = \"main\"\n\
          bind = \"127.0.0.1:0\"\nmode = \"{mode}\"\nupstream = \"main\"\n\n[[upstream]]\nname = \"main\"\n\
-         backends = [{{ name = \"b0\", address = \"{backend}\" }}]\n"
+         close_timeout = \"1s\"\nbackends = [{{ name = \"b0\", address = \"{backend}\" }}]\n"
     )
 }
 
@@ -80,7 +80,10 @@ async fn timeout_round(addr: SocketAddr) {
                     c.send(&ws_upgrade_head("/idle", WS_KEY, "13")).await;
                     let r = c.response(false).await.expect("101");
                     assert_eq!(r.status, 101);
-                    // idle: the gateway's tunnel_idle closes us
+                    // idle: the gateway's tunnel_idle ends the tunnel gracefully (Close
+                    // 1001), then cuts us after close_timeout since we never answer
+                    let close = c.read_exact(4).await.expect("a Close frame");
+                    assert_eq!(close, [0x88, 0x02, 0x03, 0xE9], "Close 1001");
                     assert!(c.closed().await, "idle tunnel not closed");
                 }
                 2 => {

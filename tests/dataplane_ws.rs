@@ -265,19 +265,22 @@ async fn half_close_client_first(io: &'static str) {
             got.extend_from_slice(&tmp[..n]);
         }
         // EOF seen: answer with what we got, after the client's FIN
-        c.s.write_all(b"backend saw EOF after: ").await.unwrap();
-        c.s.write_all(&got).await.unwrap();
+        let mut answer = b"backend saw EOF after: ".to_vec();
+        answer.extend_from_slice(&got);
+        c.s.write_all(&server_frame(&answer)).await.unwrap();
         c.s.shutdown().await.unwrap();
     })
     .await;
     let gw = Gateway::start(io, &["--backend", &be.addr.to_string()]);
     let mut c = raw_ws_client(gw.addr).await;
-    c.send(b"client-data").await;
+    c.send(&client_frame(b"client-data")).await;
     c.s.shutdown().await.unwrap();
     let rest = within("read after half-close", c.read_to_end())
         .await
         .unwrap();
-    assert_eq!(rest, b"backend saw EOF after: client-data");
+    let mut answer = b"backend saw EOF after: ".to_vec();
+    answer.extend_from_slice(&client_frame(b"client-data"));
+    assert_eq!(rest, server_frame(&answer));
 }
 
 /// Backend shuts down its write side first: the client sees EOF and can still send.
@@ -287,7 +290,9 @@ async fn half_close_backend_first(io: &'static str) {
     let be = raw_ws_backend(move |mut c, _| {
         let st = st.clone();
         async move {
-            c.s.write_all(b"bye from backend").await.unwrap();
+            c.s.write_all(&server_frame(b"bye from backend"))
+                .await
+                .unwrap();
             c.s.shutdown().await.unwrap();
             let mut got = c.buf.drain(..).collect::<Vec<u8>>();
             let mut tmp = [0u8; 4096];
@@ -307,9 +312,9 @@ async fn half_close_backend_first(io: &'static str) {
     let data = within("read until backend FIN", c.read_to_end())
         .await
         .unwrap();
-    assert_eq!(data, b"bye from backend");
+    assert_eq!(data, server_frame(b"bye from backend"));
     // our write side is still open through the tunnel
-    c.send(b"client still talking").await;
+    c.send(&client_frame(b"client still talking")).await;
     c.s.shutdown().await.unwrap();
     let mut got = None;
     for _ in 0..100 {
@@ -321,7 +326,7 @@ async fn half_close_backend_first(io: &'static str) {
     }
     assert_eq!(
         got.as_deref(),
-        Some(&b"client still talking"[..]),
+        Some(&client_frame(b"client still talking")[..]),
         "backend did not get the client's bytes sent after the backend's FIN, then EOF"
     );
 }
@@ -341,7 +346,7 @@ async fn backend_dies_mid_tunnel(io: &'static str) {
     let gw = Gateway::start(io, &["--backend", &be.addr.to_string()]);
     for round in 0..4 {
         let mut c = raw_ws_client(gw.addr).await;
-        c.send(b"trigger").await;
+        c.send(&client_frame(b"trigger")).await;
         let rest = within("client sees close", c.read_to_end())
             .await
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
@@ -349,7 +354,7 @@ async fn backend_dies_mid_tunnel(io: &'static str) {
     }
     // still serving
     let mut ws_ok = raw_ws_client(gw.addr).await;
-    ws_ok.send(b"x").await;
+    ws_ok.send(&client_frame(b"x")).await;
 }
 
 /// tokio-tungstenite client against a backend that answers a non-101 to the upgrade: the

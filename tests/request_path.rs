@@ -190,9 +190,11 @@ async fn upgrade_chunked_body_declined(io: &'static str) {
 /// body reaches it first, then the tunnel's bytes, in order (the client sent them together).
 async fn upgrade_body_accepted(io: &'static str) {
     let be = scripted_backend(Arc::new(|_: &Message, _| Reply::Tunnel)).await;
+    // The tunnel carries raw bytes (the scripted backend echoes them as they are), not
+    // WebSocket frames: a blind pipe, or the gateway would refuse them with Close 1002.
     let gw = Gateway::start_config(
         io,
-        &routed_config("", &[("/socket.io/", "sio", &[be.addr])]),
+        &blind_tunnels(&routed_config("", &[("/socket.io/", "sio", &[be.addr])])),
     );
     let mut bytes = upgrade("/socket.io/ws-101", "Content-Length: 5\r\n");
     bytes.extend(b"helloTUNNEL");

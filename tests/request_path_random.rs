@@ -358,7 +358,12 @@ async fn random_sequences(io: &'static str) {
     b.name = "b".into();
     let gw = Gateway::start_config(
         io,
-        &routed_config("", &[("/a/", "a", &[a.addr]), ("/b/", "b", &[b.addr])]),
+        // Accepted upgrades carry raw bytes (the scripted backend echoes them), not WebSocket
+        // frames: blind tunnels, or the gateway would refuse them with Close 1002.
+        &blind_tunnels(&routed_config(
+            "",
+            &[("/a/", "a", &[a.addr]), ("/b/", "b", &[b.addr])],
+        )),
     );
     let mut next = 0;
     for i in 0..SEQUENCES {

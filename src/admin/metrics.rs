@@ -91,6 +91,21 @@ fn histogram(m: &mut MetricEncoder, snap: Option<HistogramSnapshot>) -> fmt::Res
     m.encode_histogram::<NoLabelSet>(s.sum_us as f64 / 1e6, prev, &buckets, None)
 }
 
+/// A histogram of plain counts (bytes): no unit conversion.
+fn count_histogram(m: &mut MetricEncoder, snap: Option<HistogramSnapshot>) -> fmt::Result {
+    let Some(s) = snap else {
+        return m.encode_histogram::<NoLabelSet>(0.0, 0, &[(f64::MAX, 0)], None);
+    };
+    let mut buckets = Vec::with_capacity(s.cumulative.len());
+    let mut prev = 0;
+    for (i, &cum) in s.cumulative.iter().enumerate() {
+        let bound = s.bounds.get(i).map_or(f64::MAX, |&b| b as f64);
+        buckets.push((bound, cum.saturating_sub(prev)));
+        prev = cum;
+    }
+    m.encode_histogram::<NoLabelSet>(s.sum_us as f64, prev, &buckets, None)
+}
+
 /// Where a backend stands for `ringway_backend_up` and `/backends`.
 pub fn backend_up(b: &Backend, now: u64) -> bool {
     b.stats().health_up() && !b.stats().is_down(now)
@@ -249,6 +264,61 @@ fn encode_upstreams(enc: &mut DescriptorEncoder, gen: &Generation) -> fmt::Resul
                         counter(m, [("upstream", &*u.cfg.name), ("result", r)], n)
                     })
             })
+    })?;
+    encode_websocket(enc, gen)
+}
+
+/// WebSocket message metrics per upstream (tunnels with frame tracking).
+fn encode_websocket(enc: &mut DescriptorEncoder, gen: &Generation) -> fmt::Result {
+    use crate::proto::ws_frame::OPCODES;
+    const DIRS: [&str; 2] = ["to_backend", "to_client"];
+    let totals: Vec<_> = gen
+        .upstreams
+        .iter()
+        .map(|u| (&*u.cfg.name, u.counters.ws_totals()))
+        .collect();
+    family(enc, &names::WS_MESSAGES, |m| {
+        totals.iter().try_for_each(|(up, t)| {
+            DIRS.iter().zip(&t.dirs).try_for_each(|(dir, d)| {
+                counter(m, [("upstream", up), ("direction", dir)], d.messages)
+            })
+        })
+    })?;
+    family(enc, &names::WS_PAYLOAD, |m| {
+        totals.iter().try_for_each(|(up, t)| {
+            DIRS.iter().zip(&t.dirs).try_for_each(|(dir, d)| {
+                counter(m, [("upstream", up), ("direction", dir)], d.payload)
+            })
+        })
+    })?;
+    family(enc, &names::WS_FRAMES, |m| {
+        totals.iter().try_for_each(|(up, t)| {
+            DIRS.iter().zip(&t.dirs).try_for_each(|(dir, d)| {
+                OPCODES.iter().zip(d.frames).try_for_each(|((_, op), n)| {
+                    counter(m, [("upstream", up), ("direction", dir), ("opcode", op)], n)
+                })
+            })
+        })
+    })?;
+    family(enc, &names::WS_CLOSE, |m| {
+        totals.iter().try_for_each(|(up, t)| {
+            t.closes.iter().try_for_each(|(side, code, n)| {
+                counter(
+                    m,
+                    [("upstream", up), ("side", side.as_str()), ("code", code)],
+                    *n,
+                )
+            })
+        })
+    })?;
+    family(enc, &names::WS_MESSAGE_SIZE, |m| {
+        totals.iter().try_for_each(|(up, t)| {
+            DIRS.iter().zip(&t.dirs).try_for_each(|(dir, d)| {
+                let labels = [("upstream", *up), ("direction", *dir)];
+                let mut h = m.encode_family(&labels)?;
+                count_histogram(&mut h, d.sizes.clone())
+            })
+        })
     })
 }
 

@@ -187,6 +187,29 @@ pub const TLS_CERT_RELOADS: Def = counter(
     "Certificate reloads after their files changed (or SIGHUP in the quick form); result=failed kept the old certificates.",
 );
 
+pub const WS_MESSAGES: Def = counter(
+    "ringway_websocket_messages",
+    "Complete WebSocket data messages (text or binary) through tunnels with frame tracking, per upstream and direction (to_backend, to_client).",
+);
+pub const WS_PAYLOAD: Def = counter(
+    "ringway_websocket_payload_bytes",
+    "Payload bytes of WebSocket data frames (headers excluded), per upstream and direction.",
+);
+pub const WS_FRAMES: Def = counter(
+    "ringway_websocket_frames",
+    "WebSocket frames per upstream, direction and opcode (continuation, text, binary, close, ping, pong).",
+);
+pub const WS_CLOSE: Def = counter(
+    "ringway_websocket_close",
+    "WebSocket Close frames per upstream, side and code: side=client or backend for Closes a peer sent (relayed, or absorbed as the reply to the gateway's own), gateway_to_client / gateway_to_backend for the Closes the gateway wrote when it ended a tunnel (drain, idle timeout, malformed framing with 1002, ...). code=other for codes without a label of their own.",
+);
+pub const WS_MESSAGE_SIZE: Def = Def {
+    family: "ringway_websocket_message_size",
+    help: "WebSocket data message payload sizes, per upstream and direction.",
+    kind: MetricType::Histogram,
+    unit: Some(Unit::Bytes),
+};
+
 /// Every family, in exposition order.
 pub const ALL: &[&Def] = &[
     &CONNECTIONS_ACTIVE,
@@ -208,6 +231,11 @@ pub const ALL: &[&Def] = &[
     &BUILD,
     &PIPES_IN_USE,
     &UPSTREAM_RESPONSE,
+    &WS_MESSAGES,
+    &WS_PAYLOAD,
+    &WS_FRAMES,
+    &WS_CLOSE,
+    &WS_MESSAGE_SIZE,
     &PROCESS_OPEN_FDS,
     &PROCESS_MAX_FDS,
     &PROCESS_RESIDENT_MEMORY,

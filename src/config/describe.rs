@@ -146,6 +146,21 @@ pub fn describe(c: &Config) -> String {
                 d(c.timeouts.tls_handshake)
             );
         }
+        let _ = writeln!(
+            o,
+            "  websocket: frames={} close_timeout={} pings={}",
+            if u.websocket_frames {
+                "tracked"
+            } else {
+                "blind"
+            },
+            d(u.close_timeout),
+            u.ws_ping_interval.map_or("off".to_string(), |i| format!(
+                "every {} silent, answer within {}",
+                d(i),
+                d(u.ws_ping_timeout)
+            ))
+        );
         match &u.discovery {
             Discovery::Static(list) => {
                 for b in list {

@@ -262,6 +262,19 @@ pub struct UpstreamConfig {
     pub required_for_ready: bool,
     /// `[upstream.tls]`: backends are reached over TLS (`None`: plain TCP).
     pub tls: Option<Arc<UpstreamTlsConfig>>,
+    /// Track WebSocket frame boundaries in this upstream's upgraded tunnels (on by default):
+    /// needed for graceful Close frames, 1002 on malformed framing and message metrics.
+    /// `false` makes them blind byte pipes again (the gateway's endings are FIN/RST).
+    pub websocket_frames: bool,
+    /// How long a WebSocket tunnel the gateway ends itself waits for the peers' Close replies
+    /// (after finishing the frames in flight) before it cuts them.
+    pub close_timeout: Duration,
+    /// Ping WebSocket clients silent for this long (opt-in, needs `websocket_frames`): finds
+    /// half-open mobile clients without the backend's help. `None`: no gateway pings.
+    pub ws_ping_interval: Option<Duration>,
+    /// How long a pinged client has to answer (a Pong, or any bytes) before its tunnel ends
+    /// (Close 1001 both ways).
+    pub ws_ping_timeout: Duration,
 }
 
 /// The route cookie's attributes (`balance = "cookie"`). Its fallback policy lives in

@@ -124,6 +124,10 @@ pub struct RawUpstream {
     pub discovery: Option<RawDns>,
     pub health: Option<RawHealth>,
     pub required_for_ready: Option<bool>,
+    pub websocket_frames: Option<bool>,
+    pub close_timeout: Option<String>,
+    pub ws_ping_interval: Option<String>,
+    pub ws_ping_timeout: Option<String>,
     pub tls: Option<RawUpstreamTls>,
 }
 

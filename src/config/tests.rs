@@ -987,3 +987,96 @@ fn admin_token_file() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn websocket_frames_and_close_timeout() {
+    let c = Config::from_toml(BASE).unwrap();
+    assert!(
+        c.upstreams[0].websocket_frames,
+        "frame tracking is on by default"
+    );
+    assert_eq!(
+        c.upstreams[0].close_timeout,
+        std::time::Duration::from_secs(5)
+    );
+    let c = Config::from_toml(&with_upstream(
+        "websocket_frames = false\nclose_timeout = \"750ms\"\nbackends = [{ address = \"127.0.0.1:1\" }]",
+    ))
+    .unwrap();
+    assert!(!c.upstreams[0].websocket_frames);
+    assert_eq!(
+        c.upstreams[0].close_timeout,
+        std::time::Duration::from_millis(750)
+    );
+    for (bad, what) in [
+        ("close_timeout = \"0s\"", "greater than 0"),
+        ("close_timeout = \"soon\"", ""),
+        ("close_timeout = \"-1s\"", ""),
+    ] {
+        let errs = errors(&with_upstream(&format!(
+            "{bad}\nbackends = [{{ address = \"127.0.0.1:1\" }}]"
+        )));
+        assert!(
+            errs.iter()
+                .any(|e| e.field.ends_with(".close_timeout") && e.message.contains(what)),
+            "{bad}: {errs:#?}"
+        );
+    }
+    // A type error is serde's: it names the line.
+    for bad in [
+        "websocket_frames = \"no\"",
+        "websocket_frames = 0",
+        "close_timeout = 5",
+    ] {
+        let errs = errors(&with_upstream(&format!(
+            "{bad}\nbackends = [{{ address = \"127.0.0.1:1\" }}]"
+        )));
+        assert!(errs.iter().any(|e| e.line.is_some()), "{bad}: {errs:#?}");
+    }
+}
+
+#[test]
+fn gateway_pings_are_opt_in_and_need_frames() {
+    let c = Config::from_toml(BASE).unwrap();
+    assert_eq!(c.upstreams[0].ws_ping_interval, None, "off by default");
+    assert_eq!(
+        c.upstreams[0].ws_ping_timeout,
+        std::time::Duration::from_secs(10)
+    );
+    let b = "backends = [{ address = \"127.0.0.1:1\" }]";
+    let c = Config::from_toml(&with_upstream(&format!(
+        "ws_ping_interval = \"30s\"\nws_ping_timeout = \"5s\"\n{b}"
+    )))
+    .unwrap();
+    assert_eq!(
+        c.upstreams[0].ws_ping_interval,
+        Some(std::time::Duration::from_secs(30))
+    );
+    assert_eq!(
+        c.upstreams[0].ws_ping_timeout,
+        std::time::Duration::from_secs(5)
+    );
+    let c = Config::from_toml(&with_upstream(&format!("ws_ping_interval = \"0s\"\n{b}"))).unwrap();
+    assert_eq!(c.upstreams[0].ws_ping_interval, None, "0s is off");
+    for (bad, field, what) in [
+        ("ws_ping_interval = \"often\"", "ws_ping_interval", ""),
+        (
+            "ws_ping_timeout = \"0s\"",
+            "ws_ping_timeout",
+            "greater than 0",
+        ),
+        ("ws_ping_timeout = \"x\"", "ws_ping_timeout", ""),
+        (
+            "ws_ping_interval = \"30s\"\nwebsocket_frames = false",
+            "ws_ping_interval",
+            "websocket_frames",
+        ),
+    ] {
+        let errs = errors(&with_upstream(&format!("{bad}\n{b}")));
+        assert!(
+            errs.iter()
+                .any(|e| e.field.ends_with(field) && e.message.contains(what)),
+            "{bad}: {errs:#?}"
+        );
+    }
+}

@@ -449,6 +449,14 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     }
 }
 
+/// `ws_ping_timeout`'s default: a mobile client woken from the background answers well
+/// within it.
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `close_timeout`'s default: long enough for a client on a slow mobile link to answer a Close,
+/// short enough to fit the drain window's last seconds (`proxy::lifecycle::CLOSE_LEAD`).
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn validate_upstream(
     e: &mut Errors,
     warnings: &mut Vec<String>,
@@ -765,6 +773,17 @@ fn validate_upstream(
     let tls = u.tls.as_ref().and_then(|t| {
         super::upstream_tls::validate(&format!("{field}.tls"), t, &mut |f, m| e.push(f, m))
     });
+    // Gateway pings are opt-in; "0s" is off too. They need the frame trackers (a ping may only
+    // go in between two frames, and the client's Pong must be taken out of its stream).
+    let ping_field = format!("{field}.ws_ping_interval");
+    let ws_ping_interval =
+        Some(e.duration(&ping_field, &u.ws_ping_interval, Duration::ZERO)).filter(|d| !d.is_zero());
+    if ws_ping_interval.is_some() && u.websocket_frames == Some(false) {
+        e.push(
+            ping_field,
+            "gateway pings need websocket_frames = true (remove one of them)",
+        );
+    }
 
     Some(UpstreamConfig {
         name,
@@ -777,6 +796,18 @@ fn validate_upstream(
         health,
         required_for_ready: u.required_for_ready.unwrap_or(false),
         tls: tls.map(Arc::new),
+        websocket_frames: u.websocket_frames.unwrap_or(true),
+        close_timeout: e.positive(
+            &format!("{field}.close_timeout"),
+            &u.close_timeout,
+            DEFAULT_CLOSE_TIMEOUT,
+        ),
+        ws_ping_interval,
+        ws_ping_timeout: e.positive(
+            &format!("{field}.ws_ping_timeout"),
+            &u.ws_ping_timeout,
+            DEFAULT_PING_TIMEOUT,
+        ),
     })
 }
 

@@ -60,6 +60,18 @@ impl Histogram {
         bump(&self.sum_us, us);
     }
 
+    /// Adds counts gathered elsewhere (one per bound plus +Inf, not cumulative, with the same
+    /// bounds as this histogram) and their sum.
+    #[inline]
+    pub fn add_counts(&self, counts: &[u64], sum: u64) {
+        for (c, &n) in self.counts.iter().zip(counts) {
+            if n > 0 {
+                bump(c, n);
+            }
+        }
+        bump(&self.sum_us, sum);
+    }
+
     pub fn sum<'a>(hs: impl Iterator<Item = &'a Histogram>) -> Option<HistogramSnapshot> {
         let mut out: Option<HistogramSnapshot> = None;
         for h in hs {

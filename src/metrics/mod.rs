@@ -5,6 +5,7 @@
 
 mod histogram;
 pub mod process;
+pub mod websocket;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -125,6 +126,8 @@ struct UpstreamSlot {
     /// TLS handshakes to this upstream's backends, by result (`crate::tls::upstream::RESULTS`
     /// order, then resumed sessions); touched once per backend connection, never per message.
     tls: [AtomicU64; UPSTREAM_TLS_SLOTS],
+    /// WebSocket frames of this upstream's tunnels, per direction.
+    ws: websocket::WsCounters,
 }
 
 /// Upstream TLS handshake results counted per upstream (the results, then "resumed").
@@ -137,6 +140,7 @@ impl Default for UpstreamSlot {
             upgrades_failed: AtomicU64::new(0),
             response: Histogram::new(RESPONSE_BUCKETS),
             tls: Default::default(),
+            ws: websocket::WsCounters::default(),
         }
     }
 }
@@ -190,6 +194,17 @@ impl UpstreamCounters {
             }
         }
         sum
+    }
+
+    /// This worker's WebSocket counters (written by the worker's tunnels only).
+    #[inline]
+    pub fn ws(&self, worker: usize) -> &websocket::WsCounters {
+        &self.slots[worker % self.slots.len()].ws
+    }
+
+    /// The WebSocket counters summed over the workers (at scrape time).
+    pub fn ws_totals(&self) -> websocket::WsTotals {
+        websocket::WsTotals::sum(self.slots.iter().map(|s| &s.ws))
     }
 
     pub fn upgrades(&self) -> (u64, u64) {

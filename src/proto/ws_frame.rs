@@ -63,15 +63,25 @@ fn opcode_index(op: u8) -> Option<usize> {
     OPCODES.iter().position(|&(o, _)| o == op)
 }
 
-/// What went through one direction, for metrics (flushed by the owner as it likes).
+/// Upper bounds (bytes, inclusive) of the message size histogram in [`Tally::sizes`].
+pub const SIZE_BOUNDS: &[u64] = &[64, 256, 1024, 4096, 16384, 65536, 262_144, 1_048_576];
+
+/// What went through one direction since the owner last took it, for metrics (the owner
+/// flushes it into its per-core counters and resets it, per read batch: so the counts are
+/// `u32`, which keeps a tracker small, and wrap rather than panic if an owner never flushes).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Tally {
     /// Frames by opcode, indexed like [`OPCODES`].
-    pub frames: [u64; 6],
+    pub frames: [u32; 6],
     /// Complete data messages (the final frame of a text or binary message).
-    pub messages: u64,
+    pub messages: u32,
     /// Payload bytes of data frames.
     pub payload: u64,
+    /// Complete messages by payload size, one count per [`SIZE_BOUNDS`] entry plus +Inf (not
+    /// cumulative); a message is counted at its final frame's header.
+    pub sizes: [u32; 9],
+    /// The code of a Close frame that passed whole (1005 when it had none).
+    pub close: Option<u16>,
 }
 
 /// The frame being read.
@@ -95,6 +105,8 @@ pub struct FrameTracker {
     frame: Frame,
     /// A fragmented data message is open.
     in_message: bool,
+    /// Payload bytes of the message being read so far (its frames' declared lengths).
+    msg_len: u64,
     /// The status code of the last Close frame seen (1005 when it had none).
     close_code: Option<u16>,
     code_bytes: [u8; 2],
@@ -114,6 +126,7 @@ impl FrameTracker {
                 seen: 0,
             },
             in_message: false,
+            msg_len: 0,
             close_code: None,
             code_bytes: [0; 2],
             tally: Tally::default(),
@@ -155,10 +168,23 @@ impl FrameTracker {
     /// unless `stop_at_boundary` is set and a frame ends inside it: then the count ends right
     /// after that frame (the caller sends those bytes, then its own frame).
     pub fn scan(&mut self, data: &[u8], stop_at_boundary: bool) -> Result<usize, FrameError> {
+        self.scan_to_error(data, stop_at_boundary)
+            .map_err(|(e, _)| e)
+    }
+
+    /// [`Self::scan`], saying on malformed framing where the bad frame's header starts in
+    /// `data` (`None` when it started in an earlier call): the bytes before it are whole frames
+    /// that may pass, so a Close can follow them without breaking a frame.
+    pub fn scan_to_error(
+        &mut self,
+        data: &[u8],
+        stop_at_boundary: bool,
+    ) -> Result<usize, (FrameError, Option<usize>)> {
         let mut i = 0;
         while i < data.len() {
             if self.have > 0 || self.left == 0 {
-                i += self.read_head(&data[i..])?;
+                let start = (self.have == 0).then_some(i);
+                i += self.read_head(&data[i..]).map_err(|e| (e, start))?;
                 if self.have > 0 {
                     continue; // header incomplete: `i == data.len()` now
                 }
@@ -242,12 +268,16 @@ impl FrameTracker {
                 _ => {}
             }
             self.in_message = !fin;
+            self.msg_len = self.msg_len.saturating_add(len);
             if fin {
-                self.tally.messages += 1;
+                self.tally.messages = self.tally.messages.wrapping_add(1);
+                let bucket = SIZE_BOUNDS.partition_point(|&b| b < self.msg_len);
+                self.tally.sizes[bucket] = self.tally.sizes[bucket].wrapping_add(1);
+                self.msg_len = 0;
             }
-            self.tally.payload += len;
+            self.tally.payload = self.tally.payload.wrapping_add(len);
         }
-        self.tally.frames[index] += 1;
+        self.tally.frames[index] = self.tally.frames[index].wrapping_add(1);
         let mut mask = [0u8; 4];
         if masked {
             mask.copy_from_slice(&h[at..at + 4]);
@@ -276,11 +306,13 @@ impl FrameTracker {
 
     fn end_frame(&mut self) {
         if self.frame.opcode == 0x8 {
-            self.close_code = Some(if self.frame.seen >= 2 {
+            let code = if self.frame.seen >= 2 {
                 u16::from_be_bytes(self.code_bytes)
             } else {
                 1005 // no status code present (RFC 6455 §7.1.5)
-            });
+            };
+            self.close_code = Some(code);
+            self.tally.close = Some(code);
         }
         self.frame.opcode = 0; // a finished frame blinds nothing
     }

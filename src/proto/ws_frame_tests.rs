@@ -231,3 +231,35 @@ fn random_input_never_panics() {
         }
     }
 }
+
+#[test]
+fn scan_to_error_says_where_the_bad_header_starts() {
+    let good = frame(true, 2, b"fine", K);
+    let mut data = good.clone();
+    data.extend(frame(true, 3, b"x", K)); // reserved opcode
+    let mut t = FrameTracker::new(Sender::Client);
+    assert_eq!(
+        t.scan_to_error(&data, false),
+        Err((FrameError::ReservedOpcode, Some(good.len())))
+    );
+    // A bad header split across two calls: it began in the earlier one.
+    let bad = frame(true, 3, b"x", K);
+    let mut t = FrameTracker::new(Sender::Client);
+    assert_eq!(t.scan_to_error(&bad[..1], false), Ok(1));
+    assert_eq!(
+        t.scan_to_error(&bad[1..], false),
+        Err((FrameError::ReservedOpcode, None))
+    );
+}
+
+#[test]
+fn message_sizes_and_close_code_reach_the_tally() {
+    let mut t = FrameTracker::new(Sender::Client);
+    t.scan(&stream(), false).unwrap();
+    // "hello" (5 B), the fragmented 300 + 70 000 B message, the empty one.
+    assert_eq!(t.tally.sizes.iter().sum::<u32>(), 3);
+    assert_eq!(t.tally.sizes[0], 2, "5 B and 0 B are <= 64");
+    let big = SIZE_BOUNDS.partition_point(|&b| b < 70_300);
+    assert_eq!(t.tally.sizes[big], 1);
+    assert_eq!(t.tally.close, Some(1001));
+}

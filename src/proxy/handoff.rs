@@ -14,8 +14,11 @@ use crate::error::Kind;
 use crate::io::Driver;
 use crate::state::Generation;
 
-use super::client::Client;
+use crate::metrics::websocket::WsDir;
+
+use super::client::{ByteStream, Client};
 use super::connect::Connected;
+use super::frames::{Closing, Framing};
 use super::lifecycle::{self, Ending};
 use super::{access, tls_tunnel, tunnel, Worker};
 
@@ -31,7 +34,9 @@ pub struct Who<'a> {
     pub request: Option<&'a access::RequestInfo>,
 }
 
-/// Runs the tunnel between `client` and `backend` to its end, then accounts for it.
+/// Runs the tunnel between `client` and `backend` to its end, then accounts for it. `early`:
+/// bytes that arrived with the heads (client → backend, backend → client), passed on before
+/// the tunnel moves anything else.
 pub async fn run<D: Driver>(
     w: &Worker,
     gen: &Generation,
@@ -39,6 +44,7 @@ pub async fn run<D: Driver>(
     client: &Client<D>,
     backend: &Connected<D>,
     who: &Who<'_>,
+    early: (Vec<u8>, Vec<u8>),
 ) {
     let up = &gen.upstreams[who.upstream];
     let started = Instant::now();
@@ -53,11 +59,37 @@ pub async fn run<D: Driver>(
         websocket: who.status == 101,
     });
     let ask = &registered.ask;
-    let (end, moved) = match (client, &backend.stream) {
-        (Client::Plain(c), Client::Plain(b)) => tunnel::run::<D>(w, c, b, idle, &stats, ask).await,
-        // splice cannot see plaintext: a TLS side (client or backend) takes the copy pumps
-        // through rustls.
-        (c, b) => tls_tunnel::run::<D>(w, c, b, idle, &stats, ask).await,
+    // WebSocket tunnels track frames unless the upstream opts out; raw tcp tunnels never do.
+    // A TLS backend (upstream TLS) is not tracked yet: its tunnel is a blind pipe.
+    let tracked =
+        who.status == 101 && up.cfg.websocket_frames && matches!(backend.stream, Client::Plain(_));
+    let closing = Closing::default();
+    let counters = up.counters.ws(w.id);
+    let fu = tracked.then(|| Framing::new(WsDir::FromClient, &closing, counters));
+    let fd = tracked.then(|| Framing::new(WsDir::FromBackend, &closing, counters));
+    let frames = match (&fu, &fd) {
+        (Some(fu), Some(fd)) => Some(tunnel::Frames {
+            up: fu,
+            down: fd,
+            closing: &closing,
+            close_timeout: up.cfg.close_timeout,
+            ping: up.cfg.ws_ping_interval.map(|i| (i, up.cfg.ws_ping_timeout)),
+        }),
+        _ => None,
+    };
+    let s = &backend.stream;
+    let passed = pass_early::<D>(client, s, &early, fu.as_ref(), fd.as_ref()).await;
+    drop(early); // an idle tunnel holds no buffer
+    let (end, moved) = match passed {
+        Err(end) => (end, tunnel::Moved::default()),
+        Ok(()) => match (client, s) {
+            (Client::Plain(c), Client::Plain(b)) => {
+                tunnel::run::<D>(w, c, b, idle, &stats, ask, frames).await
+            }
+            // splice cannot see plaintext: a TLS side (client or backend) takes the copy pumps
+            // through rustls.
+            (c, b) => tls_tunnel::run::<D>(w, c, b, idle, &stats, ask, frames).await,
+        },
     };
     drop(registered);
     access::log(
@@ -85,8 +117,41 @@ pub async fn run<D: Driver>(
         tunnel::End::BackendReset => w.error(Kind::BackendReset),
         tunnel::End::Ended(Ending::IdleTimeout) => w.error(Kind::ClientTimeout),
         tunnel::End::Ended(Ending::BackendGone) => w.error(Kind::Drained),
+        tunnel::End::Malformed { client: true } => w.error(Kind::ClientFraming),
+        tunnel::End::Malformed { client: false } => w.error(Kind::BackendFraming),
         tunnel::End::Ended(_) => {}
     }
+}
+
+/// Passes on the bytes that came with the heads, each way (a tracked tunnel scans them first:
+/// they may hold whole frames, the start of one, or malformed framing, which starts the
+/// tunnel's closing and passes only the whole frames before it).
+async fn pass_early<D: Driver>(
+    client: &Client<D>,
+    backend: &Client<D>,
+    (up, down): &(Vec<u8>, Vec<u8>),
+    fu: Option<&Framing<'_>>,
+    fd: Option<&Framing<'_>>,
+) -> Result<(), tunnel::End> {
+    let passable = |f: Option<&Framing<'_>>, b: &[u8]| match f {
+        Some(f) if !b.is_empty() => f.scan(b).0,
+        _ => b.len(),
+    };
+    let up = &up[..passable(fu, up)];
+    if !up.is_empty() {
+        backend
+            .write_all(up)
+            .await
+            .map_err(|_| tunnel::End::BackendReset)?;
+    }
+    let down = &down[..passable(fd, down)];
+    if !down.is_empty() {
+        client
+            .write_all(down)
+            .await
+            .map_err(|_| tunnel::End::ClientReset)?;
+    }
+    Ok(())
 }
 
 /// Everything an upgraded connection keeps once it is a tunnel: the sockets, the table that
@@ -99,6 +164,10 @@ pub struct Upgraded<D: Driver> {
     pub peer: SocketAddr,
     pub request: access::RequestInfo,
     pub life: super::ConnLife,
+    /// Client bytes after its request head (frames sent before the 101 arrived).
+    pub early_up: Vec<u8>,
+    /// Backend bytes right after its 101.
+    pub early_down: Vec<u8>,
 }
 
 /// Continues an upgraded connection in a task of its own: the request task's future is sized
@@ -113,6 +182,11 @@ pub fn spawn<D: Driver>(
     let w = w.clone();
     let gen = gen.clone();
     crate::io::spawn_local(async move {
+        let mut u = u;
+        let (early_up, early_down) = (
+            std::mem::take(&mut u.early_up),
+            std::mem::take(&mut u.early_down),
+        );
         let who = Who {
             log: &gen.config.log,
             client: u.peer,
@@ -121,7 +195,8 @@ pub fn spawn<D: Driver>(
             status: 101,
             request: Some(&u.request),
         };
-        run::<D>(&w, &gen, &u.table, &u.client, &u.backend, &who).await;
+        let early = (early_up, early_down);
+        run::<D>(&w, &gen, &u.table, &u.client, &u.backend, &who, early).await;
         drop(u.life);
     });
 }

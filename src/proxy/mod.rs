@@ -20,6 +20,7 @@ mod access;
 mod body;
 pub mod client;
 pub mod connect;
+mod frames;
 mod handoff;
 mod head_reader;
 pub mod http;

@@ -105,7 +105,8 @@ pub async fn serve<D: Driver>(
         status: 0,
         request: None,
     };
-    handoff::run::<D>(w, gen, &table, &client, &backend, &who).await;
+    let early = (Vec::new(), Vec::new()); // tcp mode wrote its early bytes itself
+    handoff::run::<D>(w, gen, &table, &client, &backend, &who, early).await;
 }
 
 /// Bytes a ClientHello may take on the wire: the largest handshake message plus the headers of

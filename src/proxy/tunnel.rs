@@ -13,7 +13,6 @@
 //!   wait in a small per-direction buffer freed as soon as it drains).
 
 use std::cell::Cell;
-use std::future::Future;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsFd;
@@ -21,14 +20,19 @@ use std::time::{Duration, Instant};
 
 use crate::balance::BackendStats;
 use crate::io::{self as rio, Driver, Ready, Stream};
+use crate::sys;
 use crate::sys::pipe::Pipe;
-use crate::sys::{self, socket};
 
+use super::frames::{self, Closing, Framing, Then};
 use super::lifecycle::{Ask, Ending};
 use super::Worker;
 
 #[path = "tunnel_ring.rs"]
 mod ring_copy;
+#[path = "tunnel_end.rs"]
+mod tunnel_end;
+
+pub(super) use tunnel_end::supervise;
 
 /// A read that fills the scratch buffer switches the direction to splice.
 pub const SCRATCH_SIZE: usize = 16 * 1024;
@@ -49,6 +53,10 @@ pub enum End {
     BackendReset,
     /// The gateway ended it (idle timeout, drain, shutdown, ...; see [`Ending`]).
     Ended(Ending),
+    /// Malformed WebSocket framing (`client`: the client sent it), closed with 1002.
+    Malformed {
+        client: bool,
+    },
 }
 
 impl End {
@@ -58,6 +66,8 @@ impl End {
             End::ClientReset => "client_reset",
             End::BackendReset => "backend_reset",
             End::Ended(why) => why.as_str(),
+            End::Malformed { client: true } => "client_protocol_error",
+            End::Malformed { client: false } => "backend_protocol_error",
         }
     }
 }
@@ -105,6 +115,22 @@ impl DirError {
     }
 }
 
+/// A WebSocket tunnel's frame tracking (none for raw tcp tunnels and `websocket_frames =
+/// false`): each direction's tracker, their shared closing, and how long a graceful ending
+/// may take.
+#[derive(Clone, Copy)]
+pub struct Frames<'a> {
+    pub up: &'a Framing<'a>,
+    pub down: &'a Framing<'a>,
+    pub closing: &'a Closing,
+    pub close_timeout: Duration,
+    /// Gateway pings (`ws_ping_interval`, `ws_ping_timeout`), if the upstream has them.
+    pub ping: Option<(Duration, Duration)>,
+}
+
+/// What `supervise` needs of a tracked tunnel: its closing, `close_timeout`, and pings.
+pub(super) type Graceful<'a> = (&'a Closing, Duration, Option<(Duration, Duration)>);
+
 /// Runs a tunnel until both directions are done, or one side resets, or it idles out.
 pub async fn run<D: Driver>(
     w: &Worker,
@@ -113,16 +139,19 @@ pub async fn run<D: Driver>(
     idle: Option<Duration>,
     stats: &BackendStats,
     ask: &Ask,
+    frames: Option<Frames<'_>>,
 ) -> (End, Moved) {
     let up = Counted::new(stats, Dir::Up);
     let down = Counted::new(stats, Dir::Down);
     let last = Cell::new(Instant::now());
     let track = idle.is_some();
+    let (fu, fd) = (frames.map(|f| f.up), frames.map(|f| f.down));
 
-    let a = direction::<D>(w, client, backend, &up, track.then_some(&last));
-    let b = direction::<D>(w, backend, client, &down, track.then_some(&last));
+    let a = direction::<D>(w, client, backend, &up, track.then_some(&last), fu);
+    let b = direction::<D>(w, backend, client, &down, track.then_some(&last), fd);
     let (c, k) = (client.get_ref(), backend.get_ref());
-    let end = supervise(a, b, c, k, idle, &last, ask).await;
+    let graceful = frames.map(|f| (f.closing, f.close_timeout, f.ping));
+    let end = supervise(a, b, c, k, idle, &last, ask, graceful).await;
     // The pumps may have been dropped mid-way: whatever they did not flush is added here.
     up.flush();
     down.flush();
@@ -133,51 +162,6 @@ pub async fn run<D: Driver>(
             down: down.total.get(),
         },
     )
-}
-
-/// Drives both directions of a tunnel (`up`: client → backend, `down`: backend → client) to
-/// the tunnel's end, whatever moves the bytes (the readiness pump, the ring copy path, or the
-/// TLS pump): both done is a clean close; an error on one side resets the other (RST on close);
-/// the idle watchdog and the worker's lifecycle tick ([`Ask`]: drain deadline, shutdown,
-/// reload) end it too. Shared so every kind of tunnel ends the same way.
-pub(super) async fn supervise(
-    up: impl Future<Output = Result<(), DirError>>,
-    down: impl Future<Output = Result<(), DirError>>,
-    client: &TcpStream,
-    backend: &TcpStream,
-    idle: Option<Duration>,
-    last: &Cell<Instant>,
-    ask: &Ask,
-) -> End {
-    tokio::pin!(up, down);
-    let watchdog = idle_watchdog(idle, last);
-    tokio::pin!(watchdog);
-    let asked = ask.wait();
-    tokio::pin!(asked);
-    let (mut up_done, mut down_done) = (false, false);
-    loop {
-        // Src of `up` and Dst of `down` are the client; the other two are the backend.
-        let failed = tokio::select! {
-            r = &mut up, if !up_done => { up_done = true; r.err().map(|e| e.side(true)) }
-            r = &mut down, if !down_done => { down_done = true; r.err().map(|e| e.side(false)) }
-            () = &mut watchdog => return End::Ended(Ending::IdleTimeout),
-            why = &mut asked => return End::Ended(why),
-        };
-        match failed {
-            Some((true, e)) => {
-                tracing::debug!(error = %e, "client side failed");
-                socket::set_reset_on_close(backend);
-                return End::ClientReset;
-            }
-            Some((false, e)) => {
-                tracing::debug!(error = %e, "backend side failed");
-                socket::set_reset_on_close(client);
-                return End::BackendReset;
-            }
-            None if up_done && down_done => return End::Closed,
-            None => {}
-        }
-    }
 }
 
 #[derive(Clone, Copy)]
@@ -226,19 +210,6 @@ impl<'a> Counted<'a> {
     }
 }
 
-async fn idle_watchdog(idle: Option<Duration>, last: &Cell<Instant>) {
-    let Some(idle) = idle else {
-        return std::future::pending().await;
-    };
-    loop {
-        let deadline = last.get() + idle;
-        if Instant::now() >= deadline {
-            return;
-        }
-        rio::sleep_until(deadline).await;
-    }
-}
-
 /// How a readiness pump stopped without an error.
 enum PumpEnd {
     /// src's EOF, passed on as dst's half-close.
@@ -246,6 +217,8 @@ enum PumpEnd {
     /// A run of small reads while splicing ([`PumpMode::UntilSmall`]), or one batch moved
     /// ([`PumpMode::OneBatch`]): hand back to the ring copy path.
     Handback,
+    /// The direction reached its Close boundary: [`close_out`] follows.
+    Close,
 }
 
 /// How long a readiness pump runs.
@@ -261,7 +234,9 @@ enum PumpMode {
 
 /// One direction: src → dst until src's EOF (then shutdown dst's write side). With
 /// [`PumpMode::UntilSmall`] (the bulk phase of a ring-native direction) it starts splicing and
-/// returns where it would switch back to copying.
+/// returns where it would switch back to copying. With frame tracking (`f`) every byte copied
+/// is scanned, a splice moves no further than the end of the current data frame (headers and
+/// control frames are copied, so scanned), and it stops at its Close boundary.
 async fn pump<D: Driver>(
     w: &Worker,
     src: &Stream<D>,
@@ -269,6 +244,7 @@ async fn pump<D: Driver>(
     moved: &Counted<'_>,
     last: Option<&Cell<Instant>>,
     mode: PumpMode,
+    f: Option<&Framing<'_>>,
 ) -> Result<PumpEnd, DirError> {
     let until_small = mode == PumpMode::UntilSmall;
     let strategy = w.strategy;
@@ -296,6 +272,15 @@ async fn pump<D: Driver>(
             w.put_pipe(p);
             r.map_err(DirError::Dst)?;
         }
+        if f.is_some_and(|f| f.must_close()) {
+            return Ok(PumpEnd::Close);
+        }
+        if let Some(f) = f.filter(|f| f.ping_now()) {
+            rio::write_all::<D>(dst, &frames::PING)
+                .await
+                .map_err(DirError::Dst)?;
+            f.ping_sent();
+        }
         if leave {
             return Ok(PumpEnd::Handback);
         }
@@ -304,13 +289,18 @@ async fn pump<D: Driver>(
         if strategy == Strategy::Splice {
             splicing = true; // retry after a pool-exhausted fallback
         }
-        let n = if splicing {
+        // A tracked direction splices only the payload of a data frame, at most up to its end.
+        let limit = f.map_or(usize::MAX, |f| f.blind().min(usize::MAX as u64) as usize);
+        let n = if splicing && limit > 0 {
             match w.get_pipe() {
                 Some(mut p) => {
                     let r = src
                         .read_with_hint(likely_ready, |s| {
-                            let n = p.fill_from(s.as_fd())?;
+                            let n = p.fill_from_max(s.as_fd(), limit)?;
                             if n > 0 {
+                                if let Some(f) = f {
+                                    f.skip(n as u64);
+                                }
                                 // Push it on right away: usually dst takes it all.
                                 match p.drain_to(dst.get_ref().as_fd()) {
                                     Ok(_) => {}
@@ -358,26 +348,52 @@ async fn pump<D: Driver>(
                 }
             }
         } else {
-            let r = src
-                .read_with(|mut s| {
-                    w.with_scratch(|buf| {
-                        let n = s.read(buf)?;
-                        if n == 0 {
-                            return Ok(Ok(0));
+            let op = |mut s: &TcpStream| {
+                w.with_scratch(|buf| {
+                    let n = s.read(buf)?;
+                    if n == 0 {
+                        return Ok(Ok(0));
+                    }
+                    let pass = match f {
+                        Some(f) => {
+                            // The client's answer to a gateway ping is not the backend's.
+                            let mut len = n;
+                            if let Some((a, b)) = f.find_pong(&buf[..n]) {
+                                buf.copy_within(b..n, a);
+                                len -= b - a;
+                                f.pong_taken();
+                            }
+                            let (pass, then) = f.scan(&buf[..len]);
+                            if then == Then::Close {
+                                f.discard(&buf[pass..len]);
+                            }
+                            pass
                         }
-                        let mut d: &TcpStream = dst.get_ref();
-                        let written = match d.write(&buf[..n]) {
-                            Ok(k) => k,
-                            Err(e) if sys::would_block(&e) => 0,
-                            Err(e) => return Ok(Err(e)),
-                        };
-                        if written < n {
-                            pending.extend_from_slice(&buf[written..n]);
-                        }
-                        Ok(Ok(n))
-                    })
+                        None => n,
+                    };
+                    let mut d: &TcpStream = dst.get_ref();
+                    let written = match d.write(&buf[..pass]) {
+                        Ok(k) => k,
+                        Err(e) if sys::would_block(&e) => 0,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    if written < pass {
+                        pending.extend_from_slice(&buf[written..pass]);
+                    }
+                    Ok(Ok(n))
                 })
-                .await;
+            };
+            let r = match f {
+                // Between frames a closing (or a ping) may start while src is quiet: wake up
+                // for it.
+                Some(f) if !f.closing.started() && f.at_boundary() => {
+                    match f.closing.or_stop(f.slot(), src.read_with(op)).await {
+                        Some(r) => r,
+                        None => continue,
+                    }
+                }
+                _ => src.read_with(op).await,
+            };
             let n = match r {
                 Ok(Ok(n)) => n,
                 Ok(Err(e)) => return Err(DirError::Dst(e)),
@@ -423,6 +439,38 @@ async fn drain_pipe<D: Driver>(dst: &Stream<D>, p: &mut Pipe) -> io::Result<()> 
     Ok(())
 }
 
+/// The end of a tracked direction that reached its Close boundary (everything before it was
+/// passed on): the Close frame to dst, then src is read and discarded until its own Close
+/// has passed, or its EOF. Never half-closes dst: `supervise` FINs both sides at the end.
+async fn close_out<D: Driver>(
+    w: &Worker,
+    src: &Stream<D>,
+    dst: &Stream<D>,
+    f: &Framing<'_>,
+) -> Result<(), DirError> {
+    if let Some((frame, len)) = f.close_frame() {
+        rio::write_all::<D>(dst, &frame[..len])
+            .await
+            .map_err(DirError::Dst)?;
+    }
+    while !f.replied() {
+        let n = src
+            .read_with(|mut s| {
+                w.with_scratch(|buf| {
+                    let n = s.read(buf)?;
+                    f.discard(&buf[..n]);
+                    Ok(n)
+                })
+            })
+            .await
+            .map_err(DirError::Src)?;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// One direction, on whichever path the backend offers: the ring-native copy path (multishot
 /// receive into the core's buffer pool, sends as ring ops) with splice on readiness for bulk,
 /// or the readiness pump (copy through the scratch buffer, splice for bulk).
@@ -432,27 +480,38 @@ async fn direction<D: Driver>(
     dst: &Stream<D>,
     moved: &Counted<'_>,
     last: Option<&Cell<Instant>>,
+    f: Option<&Framing<'_>>,
 ) -> Result<(), DirError> {
     let socks = match (D::ring_sock(src), D::ring_sock(dst)) {
         (Some(s), Some(d)) if w.strategy != Strategy::Splice => Some((s, d)),
         _ => None,
     };
     let Some((rs, rd)) = socks else {
-        return pump::<D>(w, src, dst, moved, last, PumpMode::Whole)
-            .await
-            .map(drop);
+        let end = pump::<D>(w, src, dst, moved, last, PumpMode::Whole, f).await?;
+        return match (end, f) {
+            (PumpEnd::Close, Some(f)) => close_out::<D>(w, src, dst, f).await,
+            _ => Ok(()),
+        };
     };
     loop {
-        let mode = match ring_copy::ring_copy(w, dst.get_ref(), &rs, &rd, moved, last).await? {
+        let mode = match ring_copy::ring_copy(w, dst.get_ref(), &rs, &rd, moved, last, f).await? {
             ring_copy::RingEnd::Eof => return Ok(()),
             ring_copy::RingEnd::Bulk => PumpMode::UntilSmall,
             ring_copy::RingEnd::NoBuffers => PumpMode::OneBatch,
+            ring_copy::RingEnd::Close => match f {
+                Some(f) => return close_out::<D>(w, src, dst, f).await,
+                None => return Ok(()),
+            },
         };
         // Boxed: the readiness phase's state (pipe, pending bytes, readiness futures) is
         // allocated only while a direction streams, not carried by every idle tunnel.
-        match Box::pin(pump::<D>(w, src, dst, moved, last, mode)).await? {
-            PumpEnd::Eof => return Ok(()),
-            PumpEnd::Handback => {}
+        match (
+            Box::pin(pump::<D>(w, src, dst, moved, last, mode, f)).await?,
+            f,
+        ) {
+            (PumpEnd::Handback, _) => {}
+            (PumpEnd::Close, Some(f)) => return close_out::<D>(w, src, dst, f).await,
+            _ => return Ok(()),
         }
     }
 }

@@ -14,6 +14,9 @@
 //! - When the core's pool is dry at its maximum, the direction moves one batch on readiness
 //!   (through the core's scratch buffer) and comes back: no wait, no per-connection buffer.
 //! - src's EOF becomes `shutdown(SHUT_WR)` on dst once everything queued is sent.
+//! - With frame tracking each received buffer is scanned; at the direction's Close boundary
+//!   the buffer is cut there, the receive cancelled (what arrives after is only watched for
+//!   src's Close) and, once the queue is sent, the direction returns [`RingEnd::Close`].
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -23,6 +26,7 @@ use std::time::Instant;
 
 use super::{Counted, DirError, Strategy};
 use crate::io::ring::{Received, RecvMulti, RingSock, SendOp};
+use crate::proxy::frames::{Framing, Then};
 use crate::proxy::Worker;
 use crate::sys::bufring::Lease;
 use crate::sys::ring::POOL_BUF_SIZE;
@@ -38,6 +42,8 @@ pub enum RingEnd {
     /// The core's buffer pool is dry at its maximum: move one batch on readiness (through the
     /// core's scratch buffer), then come back.
     NoBuffers,
+    /// Everything before the direction's Close boundary was sent: close out.
+    Close,
 }
 
 pub async fn ring_copy(
@@ -47,6 +53,7 @@ pub async fn ring_copy(
     rd: &RingSock,
     moved: &Counted<'_>,
     last: Option<&Cell<Instant>>,
+    f: Option<&Framing<'_>>,
 ) -> Result<RingEnd, DirError> {
     let adaptive = w.strategy == Strategy::Adaptive;
     let mut recv: Option<RecvMulti> = Some(rs.recv_multi());
@@ -58,6 +65,8 @@ pub async fn ring_copy(
     let mut eof = false;
     let mut bulk = false;
     let mut nobufs = false;
+    // Past the Close boundary: nothing more is sent, what arrives is only watched.
+    let mut stopping = false;
 
     std::future::poll_fn(|cx| loop {
         let mut again = false;
@@ -97,13 +106,57 @@ pub async fn ring_copy(
         }
 
         // 2. The receive.
+        if let Some(f) = f.filter(|_| !stopping) {
+            let _ = f.closing.poll_started(f.slot(), cx); // wakes us for a closing or a ping
+            stopping = f.must_close();
+            if !stopping && sending.is_none() && queue.is_empty() && f.ping_now() {
+                // Nothing of ours in flight: a plain write keeps the order.
+                match write_ping(dst) {
+                    Ok(()) => f.ping_sent(),
+                    Err(e) if crate::sys::would_block(&e) => {} // next time round
+                    Err(e) => return Poll::Ready(Err(DirError::Dst(e))),
+                }
+            }
+        }
         match recv.as_mut() {
             Some(r) => {
-                if (queued >= QUEUE_MAX || bulk) && !r.is_cancelled() {
+                if (queued >= QUEUE_MAX || bulk || stopping) && !r.is_cancelled() {
                     r.cancel();
                 }
                 match r.poll_next(cx) {
-                    Poll::Ready(Received::Data(l)) => {
+                    Poll::Ready(Received::Data(mut l)) => {
+                        if let Some(f) = f {
+                            if stopping {
+                                f.discard(l.as_slice());
+                                continue;
+                            }
+                            // The client's answer to a gateway ping is not the backend's: cut
+                            // when it starts or ends the buffer (a Pong in the middle of one
+                            // passes; the backend ignores an unsolicited Pong, RFC 6455 §5.5.3).
+                            if let Some((a, b)) = f.find_pong(l.as_slice()) {
+                                if a == 0 {
+                                    l.advance(b);
+                                    f.pong_taken();
+                                } else if b == l.len() {
+                                    l.truncate(a);
+                                    f.pong_taken();
+                                }
+                                if l.is_empty() {
+                                    continue;
+                                }
+                            }
+                            let (pass, then) = f.scan(l.as_slice());
+                            if then != Then::Go {
+                                if then == Then::Close {
+                                    f.discard(&l.as_slice()[pass..]);
+                                }
+                                l.truncate(pass);
+                                stopping = true;
+                                if l.is_empty() {
+                                    continue;
+                                }
+                            }
+                        }
                         let n = l.len();
                         moved.add(n as u64);
                         if let Some(last) = last {
@@ -136,7 +189,7 @@ pub async fn ring_copy(
                     Poll::Pending => {}
                 }
             }
-            None if !eof && !bulk && !nobufs && queued < QUEUE_MAX / 2 => {
+            None if !eof && !bulk && !nobufs && !stopping && queued < QUEUE_MAX / 2 => {
                 recv = Some(rs.recv_multi());
                 again = true;
             }
@@ -145,6 +198,9 @@ pub async fn ring_copy(
 
         // 3. Done: everything received has been sent.
         if recv.is_none() && sending.is_none() && queue.is_empty() {
+            if stopping {
+                return Poll::Ready(Ok(RingEnd::Close));
+            }
             if eof {
                 let _ = dst.shutdown(Shutdown::Write);
                 return Poll::Ready(Ok(RingEnd::Eof));
@@ -161,4 +217,25 @@ pub async fn ring_copy(
         }
     })
     .await
+}
+
+/// Writes the gateway's Ping to the client with a plain syscall (no ring send in flight).
+/// Six bytes into a socket with nothing queued by us: a short write is not expected; one is
+/// finished here, or the tunnel ends (never a Ping cut in two with other bytes after it).
+fn write_ping(dst: &TcpStream) -> std::io::Result<()> {
+    use std::io::Write;
+    let ping = &crate::proxy::frames::PING;
+    let mut d = dst;
+    let mut at = d.write(ping)?;
+    while at < ping.len() {
+        match d.write(&ping[at..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => at += n,
+            Err(e) if crate::sys::would_block(&e) => {
+                return Err(std::io::Error::other("short write of a ping"))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -202,6 +202,11 @@ impl Lease {
         self.len -= n;
     }
 
+    /// Keeps only the first `n` bytes (the rest is not to be sent).
+    pub fn truncate(&mut self, n: usize) {
+        self.len = self.len.min(n as u32);
+    }
+
     /// Pointer to the remaining bytes (for a send op).
     pub(crate) fn as_ptr(&self) -> *const u8 {
         // SAFETY: `bid < count` and `off + len <= size`: inside the buffers mapping.

@@ -63,11 +63,18 @@ impl Pipe {
 
     /// splice(src → pipe), non-blocking. `Ok(0)` = src reached EOF.
     pub fn fill_from(&mut self, src: BorrowedFd<'_>) -> io::Result<usize> {
+        self.fill_from_max(src, usize::MAX)
+    }
+
+    /// [`Pipe::fill_from`], moving at most `limit` bytes (a WebSocket tunnel splices no further
+    /// than the end of the current frame). `limit` must not be 0 (that would read as EOF).
+    pub fn fill_from_max(&mut self, src: BorrowedFd<'_>, limit: usize) -> io::Result<usize> {
         debug_assert!(
             self.len == 0,
             "never splice into a pipe that still holds bytes"
         );
-        let max = self.capacity - self.len;
+        debug_assert!(limit > 0, "a zero-length splice reads as EOF");
+        let max = (self.capacity - self.len).min(limit);
         // SAFETY: `src` is borrowed for the call, so it is open; `wr` is ours. Null offsets
         // are required for sockets and pipes.
         let n = unsafe {

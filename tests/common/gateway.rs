@@ -319,6 +319,12 @@ pub fn routed_config(top: &str, routes: &[(&str, &str, &[SocketAddr])]) -> Strin
     s
 }
 
+/// `config` with every upstream's WebSocket tunnels blind (`websocket_frames = false`), for
+/// tests that push raw bytes, not WebSocket frames, through an upgrade.
+pub fn blind_tunnels(config: &str) -> String {
+    config.replace("[[upstream]]\n", "[[upstream]]\nwebsocket_frames = false\n")
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         let crashed = self.child.try_wait().ok().flatten();
@@ -1199,6 +1205,42 @@ pub async fn raw_ws_client(addr: SocketAddr) -> Conn {
         Some(ws_accept(WS_KEY).as_str())
     );
     c
+}
+
+/// One WebSocket frame (RFC 6455 §5.2) with `first` as its first byte (FIN | RSV | opcode):
+/// masked (with a fixed mask) for a client's frame, unmasked for a server's.
+pub fn ws_frame_bytes(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut f = vec![first];
+    let m = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => f.push(m | n as u8),
+        n if n <= 0xFFFF => {
+            f.push(m | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(m | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        let key = [0x11, 0x22, 0x33, 0x44];
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        f.extend_from_slice(payload);
+    }
+    f
+}
+
+/// A final binary frame from a client (masked).
+pub fn client_frame(payload: &[u8]) -> Vec<u8> {
+    ws_frame_bytes(0x82, payload, true)
+}
+
+/// A final binary frame from a server (unmasked).
+pub fn server_frame(payload: &[u8]) -> Vec<u8> {
+    ws_frame_bytes(0x82, payload, false)
 }
 
 /// Deterministic pseudo-random bytes (xorshift) for payloads.

@@ -181,6 +181,8 @@ impl<D: Driver> Conn<'_, D> {
             peer: self.peer,
             request,
             life,
+            early_up: self.buf,
+            early_down: self.rbuf,
         };
         handoff::spawn(self.w, self.gen, self.lcfg.name.clone(), u);
     }

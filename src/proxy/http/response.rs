@@ -84,8 +84,9 @@ impl<D: Driver> Conn<'_, D> {
         }
     }
 
-    /// The verified 101, then any bytes the backend sent right after it; and the client's
-    /// frames that arrived with its head go to the backend before anything else.
+    /// The verified 101. Any bytes the backend sent right after it (left in `rbuf`) and the
+    /// client's frames that arrived with its head (left in `buf`) go to the tunnel, which
+    /// passes them on first (through its frame trackers).
     async fn switch_protocols(
         &mut self,
         s: Shaped,
@@ -98,18 +99,7 @@ impl<D: Driver> Conn<'_, D> {
             .await
             .map_err(|_| client_gone)?;
         self.cur.responded = true;
-        self.client
-            .write_all(&self.rbuf[s.head_len..])
-            .await
-            .map_err(|_| client_gone)?;
-        if !self.buf.is_empty() {
-            backend
-                .conn
-                .stream
-                .write_all(&self.buf)
-                .await
-                .map_err(|_| Failure::quiet(Kind::BackendReset))?;
-        }
+        self.rbuf.drain(..s.head_len);
         if let Some(ui) = self.cur.upgrade.take() {
             self.gen.upstreams[ui].counters.upgrade(self.w.id, true);
         }

@@ -1,0 +1,184 @@
+//! How a tunnel ends, whatever moves its bytes: `supervise` drives both directions and the
+//! endings the gateway decides (the idle watchdog, the lifecycle tick's [`Ask`], gateway pings,
+//! malformed framing), hard for raw tunnels, graceful (Close frames, `close_timeout`) for
+//! tracked WebSocket tunnels.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::io as rio;
+use crate::sys::socket;
+
+use super::{DirError, End, Graceful};
+use crate::proxy::frames::{self, Cause};
+use crate::proxy::lifecycle::{Ask, Ending};
+
+/// Drives both directions of a tunnel (`up`: client → backend, `down`: backend → client) to
+/// the tunnel's end, whatever moves the bytes (the readiness pump, the ring copy path, or the
+/// TLS pump): both done is a clean close; an error on one side resets the other (RST on close);
+/// the idle watchdog and the worker's lifecycle tick ([`Ask`]: drain deadline, shutdown,
+/// reload) end it too. Shared so every kind of tunnel ends the same way.
+///
+/// With frame tracking (`graceful`: the tunnel's [`Closing`] and `close_timeout`) those
+/// endings, and malformed framing, are graceful: the directions close at their next frame
+/// boundary with a Close frame and wait for the peers' Close; when both are done both sides
+/// get a FIN. A peer that has not answered when `close_timeout` has passed is reset.
+#[allow(clippy::too_many_arguments)]
+pub(in crate::proxy) async fn supervise(
+    up: impl Future<Output = Result<(), DirError>>,
+    down: impl Future<Output = Result<(), DirError>>,
+    client: &TcpStream,
+    backend: &TcpStream,
+    idle: Option<Duration>,
+    last: &Cell<Instant>,
+    ask: &Ask,
+    graceful: Option<Graceful<'_>>,
+) -> End {
+    tokio::pin!(up, down);
+    let watchdog = idle_watchdog(idle, last);
+    tokio::pin!(watchdog);
+    let asked = ask.wait();
+    tokio::pin!(asked);
+    let (mut up_done, mut down_done) = (false, false);
+    // Set once a graceful ending started: when the peers are cut if they have not answered.
+    let mut cut_at: Option<Instant> = None;
+    let pings = pinger(graceful);
+    tokio::pin!(pings);
+    let begin = |why: Ending| match graceful {
+        Some((c, _, _)) => {
+            c.start(Cause::Ended(why));
+            None
+        }
+        None => Some(End::Ended(why)),
+    };
+    loop {
+        // Src of `up` and Dst of `down` are the client; the other two are the backend.
+        let failed = tokio::select! {
+            r = &mut up, if !up_done => { up_done = true; r.err().map(|e| e.side(true)) }
+            r = &mut down, if !down_done => { down_done = true; r.err().map(|e| e.side(false)) }
+            () = &mut watchdog, if cut_at.is_none() => match begin(Ending::IdleTimeout) {
+                Some(end) => return end,
+                None => None,
+            },
+            why = &mut asked, if cut_at.is_none() => match begin(why) {
+                Some(end) => return end,
+                None => None,
+            },
+            () = &mut pings, if cut_at.is_none() => match begin(Ending::PingTimeout) {
+                Some(end) => return end,
+                None => None,
+            },
+            () = closing_started(graceful), if cut_at.is_none() => None,
+            () = until(cut_at) => {
+                // The peers had `close_timeout`: FIN to those that answered (the direction that
+                // reads them is done), RST to the others.
+                for (sock, answered) in [(client, up_done), (backend, down_done)] {
+                    if answered {
+                        let _ = sock.shutdown(Shutdown::Write);
+                    } else {
+                        socket::set_reset_on_close(sock);
+                    }
+                }
+                return graceful_end(graceful);
+            }
+        };
+        if let (None, Some((c, timeout, _))) = (cut_at, graceful) {
+            if c.started() {
+                cut_at = Some(Instant::now() + timeout);
+            }
+        }
+        match failed {
+            Some((true, e)) => {
+                tracing::debug!(error = %e, "client side failed");
+                socket::set_reset_on_close(backend);
+                return End::ClientReset;
+            }
+            Some((false, e)) => {
+                tracing::debug!(error = %e, "backend side failed");
+                socket::set_reset_on_close(client);
+                return End::BackendReset;
+            }
+            None if up_done && down_done => {
+                if cut_at.is_some() {
+                    let _ = client.shutdown(Shutdown::Write);
+                    let _ = backend.shutdown(Shutdown::Write);
+                    return graceful_end(graceful);
+                }
+                return End::Closed;
+            }
+            None => {}
+        }
+    }
+}
+
+/// Resolves when a graceful ending starts (never without frame tracking).
+async fn closing_started(graceful: Option<Graceful<'_>>) {
+    match graceful {
+        Some((c, _, _)) => c.wait(frames::SUPERVISOR).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Gateway pings (opt-in): resolves when a client that was silent for a whole
+/// `ws_ping_interval` did not answer the ping (a Pong, or any bytes) within `ws_ping_timeout`.
+/// Never resolves without pings. The timers are boxed: a tunnel without pings carries none.
+async fn pinger(graceful: Option<Graceful<'_>>) {
+    let Some((c, _, Some((interval, timeout)))) = graceful else {
+        return std::future::pending().await;
+    };
+    loop {
+        let seen = c.heard();
+        Box::pin(rio::sleep(interval)).await;
+        if c.heard() != seen {
+            continue;
+        }
+        c.request_ping();
+        // Wait for the answer, looking every interval, for at most `timeout`.
+        let deadline = Instant::now() + timeout;
+        loop {
+            let step = deadline
+                .saturating_duration_since(Instant::now())
+                .min(interval);
+            Box::pin(rio::sleep(step)).await;
+            if c.heard() != seen {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return;
+            }
+        }
+    }
+}
+
+/// Resolves at `at` (never for `None`). The timer is boxed so that a tunnel's future does not
+/// carry a second timer's state while it is open (it exists only once a tunnel is closing).
+fn until(at: Option<Instant>) -> impl Future<Output = ()> {
+    let mut timer = at.map(|at| Box::pin(rio::sleep_until(at)));
+    std::future::poll_fn(move |cx| match timer.as_mut() {
+        Some(t) => t.as_mut().poll(cx),
+        None => std::task::Poll::Pending,
+    })
+}
+
+fn graceful_end(graceful: Option<Graceful<'_>>) -> End {
+    match graceful.and_then(|(c, _, _)| c.cause()) {
+        Some(Cause::Ended(why)) => End::Ended(why),
+        Some(Cause::Malformed { client }) => End::Malformed { client },
+        None => End::Closed,
+    }
+}
+
+async fn idle_watchdog(idle: Option<Duration>, last: &Cell<Instant>) {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
+    loop {
+        let deadline = last.get() + idle;
+        if Instant::now() >= deadline {
+            return;
+        }
+        rio::sleep_until(deadline).await;
+    }
+}
