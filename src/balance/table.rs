@@ -330,6 +330,16 @@ impl Table {
         )
     }
 
+    /// [`Table::placement`] of a key already hashed (with `KEY_SEED`, as picks record it in
+    /// [`Pick::key_hash`]): what rebalancing compares a live tunnel's backend with, one
+    /// Maglev read per tunnel and no key bytes kept.
+    pub fn placement_of_hash(&self, hash: u64) -> Option<usize> {
+        let Structure::Hash { maglev, .. } = &self.structure else {
+            return None;
+        };
+        self.first_eligible(maglev.as_ref()?, hash, &[], &Now::lazy())
+    }
+
     /// The backend holding live connections of `key` (hash policies; `None` when it has none,
     /// or they are not tracked: see [`KeyHolders`]). May be a draining backend.
     pub fn key_holder(&self, key: &[u8]) -> Option<usize> {
@@ -396,7 +406,11 @@ impl Table {
             let sticky = req
                 .cookie(&c.name)
                 .and_then(|v| self.lookup_cookie_signed(v))
-                .filter(|&(i, _)| self.eligible(i, exclude, now_ms));
+                // A shedding backend (rebalancing) keeps its tunnels but not its cookies'
+                // reconnects: they are re-placed, and get the new backend's cookie.
+                .filter(|&(i, _)| {
+                    self.eligible(i, exclude, now_ms) && !self.backends[i].stats.shedding()
+                });
             if let Some((index, current)) = sticky {
                 return Some(Pick {
                     index,

@@ -258,6 +258,24 @@ pub struct UpstreamConfig {
     /// `/readyz` is 503 while this upstream has no backend that can take a connection. Off by
     /// default: one empty upstream must not take every edge node out of the load balancer.
     pub required_for_ready: bool,
+    /// `Some`: move live tunnels after the backend set changes (opt-in; see
+    /// `docs/config.md` and `proxy::rebalance`).
+    pub rebalance: Option<Rebalance>,
+}
+
+/// `rebalance = { max_per_second, tolerance }` of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rebalance {
+    /// Tunnels this gateway closes per second at most, over all its cores.
+    pub max_per_second: u32,
+    /// Non-hash policies: a backend sheds tunnels once it holds more than
+    /// `(1 + tolerance) ×` its fair share.
+    pub tolerance: f64,
+}
+
+impl Rebalance {
+    pub const DEFAULT_MAX_PER_SECOND: u32 = 20;
+    pub const DEFAULT_TOLERANCE: f64 = 0.10;
 }
 
 /// The route cookie's attributes (`balance = "cookie"`). Its fallback policy lives in

@@ -124,6 +124,14 @@ pub struct RawUpstream {
     pub discovery: Option<RawDns>,
     pub health: Option<RawHealth>,
     pub required_for_ready: Option<bool>,
+    pub rebalance: Option<RawRebalance>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRebalance {
+    pub max_per_second: Option<i64>,
+    pub tolerance: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

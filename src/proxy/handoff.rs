@@ -48,7 +48,7 @@ pub async fn run<D: Driver>(
         ask: Default::default(),
         upstream: up.cfg.name.clone(),
         backend: stats.clone(),
-        key: None,
+        key: backend.key_hash,
         opened: started,
         websocket: who.status == 101,
     });

@@ -19,6 +19,7 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::balance::{now_ms, BackendStats};
+use crate::metrics::MoveReason;
 use crate::state::Phase;
 
 use super::Worker;
@@ -211,24 +212,35 @@ pub async fn tick(w: Rc<Worker>) {
     }
 }
 
-/// One pass over the registry.
+/// One pass over the registry: endings first, then moves (an admin drain, rebalancing).
 fn look_over(w: &Worker, stopping: bool) {
     let tunnels = w.tunnels();
-    if tunnels.live() == 0 {
-        return;
-    }
     let now = now_ms();
     let gen = w.shared.gen.load();
-    tunnels.for_each(|e| {
-        if e.ask.asked().is_some() {
-            return;
-        }
-        if stopping {
-            e.ask.ask(Ending::Shutdown);
-        } else if e.backend.drain_deadline().is_some_and(|at| now >= at) {
-            e.ask.ask(Ending::BackendGone);
-        } else if !gen.upstreams.iter().any(|u| *u.cfg.name == *e.upstream) {
-            e.ask.ask(Ending::RouteRemoved);
-        }
-    });
+    if tunnels.live() > 0 {
+        tunnels.for_each(|e| {
+            if e.ask.asked().is_some() {
+                return;
+            }
+            let upstream = gen.upstreams.iter().find(|u| *u.cfg.name == *e.upstream);
+            if stopping {
+                e.ask.ask(Ending::Shutdown);
+            } else if e.backend.drain_deadline().is_some_and(|at| now >= at) {
+                e.ask.ask(Ending::BackendGone);
+            } else if upstream.is_none() {
+                e.ask.ask(Ending::RouteRemoved);
+            } else if e.backend.take_drain_token(now) {
+                // An operator drains the backend: its tunnels go at the drain's rate, shared
+                // by the cores (whichever takes the token closes one of its own).
+                e.ask.ask(Ending::AdminDrain);
+                if let Some(u) = upstream {
+                    u.counters.moved(w.id, MoveReason::AdminDrain);
+                }
+            }
+        });
+    }
+    if !stopping {
+        // Also with no tunnel here: the shedding marks follow the gateway-wide counts.
+        super::rebalance::pass(w, &gen, now);
+    }
 }

@@ -121,6 +121,7 @@ async fn connect_or_reuse<D: Driver>(
             && !rio::peer_closed::<D>(&k.conn.stream)
         {
             k.conn.set_cookie = pick.set_cookie;
+            k.conn.key_hash = pick.key_hash;
             return Ok(k);
         }
     }
