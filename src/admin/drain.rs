@@ -32,7 +32,13 @@ pub fn parse_path(path: &str) -> Option<(&str, &str, bool)> {
 }
 
 /// Answers a drain or undrain (the method and token were checked by the router).
-pub fn handle(shared: &Shared, upstream: &str, backend: &str, drain: bool, query: &str) -> Response {
+pub fn handle(
+    shared: &Shared,
+    upstream: &str,
+    backend: &str,
+    drain: bool,
+    query: &str,
+) -> Response {
     let decode = |s: &str, what: &str| {
         percent_decode(s)
             .and_then(|b| String::from_utf8(b).ok())
@@ -52,7 +58,10 @@ pub fn handle(shared: &Shared, upstream: &str, backend: &str, drain: bool, query
         .map_or(Rebalance::DEFAULT_MAX_PER_SECOND, |r| r.max_per_second);
     let rate = match query_param(query, "rate") {
         None => default_rate,
-        Some(Ok(v)) => match std::str::from_utf8(&v).ok().and_then(|s| s.parse::<u32>().ok()) {
+        Some(Ok(v)) => match std::str::from_utf8(&v)
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok())
+        {
             Some(r) if (1..=MAX_RATE).contains(&r) => r,
             _ => {
                 return Response::error(
@@ -96,7 +105,10 @@ mod tests {
 
     #[test]
     fn drain_paths() {
-        assert_eq!(parse_path("/backends/chat/pod-a/drain"), Some(("chat", "pod-a", true)));
+        assert_eq!(
+            parse_path("/backends/chat/pod-a/drain"),
+            Some(("chat", "pod-a", true))
+        );
         assert_eq!(
             parse_path("/backends/chat/127.0.0.1:80/undrain"),
             Some(("chat", "127.0.0.1:80", false))

@@ -56,9 +56,21 @@ mod tests {
     fn a_burst_is_one_seconds_worth_then_the_rate() {
         let b = Bucket::default();
         assert_eq!(taken(&b, 10_000, 20, 100), 20, "one second's worth at once");
-        assert_eq!(taken(&b, 10_000, 20, 100), 0, "then nothing at the same instant");
-        assert_eq!(taken(&b, 10_500, 20, 100), 10, "half a second later: half the rate");
-        assert_eq!(taken(&b, 11_500, 20, 100), 20, "never more than a second's worth");
+        assert_eq!(
+            taken(&b, 10_000, 20, 100),
+            0,
+            "then nothing at the same instant"
+        );
+        assert_eq!(
+            taken(&b, 10_500, 20, 100),
+            10,
+            "half a second later: half the rate"
+        );
+        assert_eq!(
+            taken(&b, 11_500, 20, 100),
+            20,
+            "never more than a second's worth"
+        );
     }
 
     #[test]

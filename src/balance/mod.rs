@@ -86,10 +86,10 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-pub use bucket::Bucket;
 pub use backend::{
     now_ms, BackendSpec, BackendState, BackendStats, ConnGuard, PassiveHealth, StatsRegistry,
 };
+pub use bucket::Bucket;
 pub use policy::{HashKey, Policy, ACCEPTED, DEFAULT_COOKIE_NAME, SUGGESTED_LOAD_FACTOR};
 pub use table::{ip_bytes, Backend, Table, RR_MAX_SEQUENCE};
 
