@@ -134,10 +134,9 @@ fn by_fair_share(
     });
     let mut moved = Vec::new();
     for o in &mut over {
-        // This core's share of the excess, rounded up, less what it already asked to end.
-        let share = (o.excess * o.mine).div_ceil(o.live.max(1));
-        let quota = share.saturating_sub(o.asked) as usize;
-        o.candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        let quota = quota(o);
+        o.candidates
+            .sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
         for (_, ask) in o.candidates.iter().take(quota) {
             if !u.lb.rebalance_bucket().take(now_ms, cfg.max_per_second) {
                 return moved;
@@ -147,6 +146,13 @@ fn by_fair_share(
         }
     }
     moved
+}
+
+/// How many more of its tunnels on `o`'s backend this core moves: its share of the excess (in
+/// proportion to the tunnels it holds there, rounded up), less what it already asked to end.
+fn quota(o: &Over) -> usize {
+    let share = (o.excess * o.mine).div_ceil(o.live.max(1));
+    share.saturating_sub(o.asked) as usize
 }
 
 /// Backends holding more than `(1 + tolerance) ×` their fair share, each marked shedding
@@ -180,4 +186,107 @@ fn over_fair_share(table: &Table, tolerance: f64) -> Vec<Over> {
         }
     }
     over
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::balance::{BackendSpec, ConnGuard, StatsRegistry};
+
+    fn table(weights: &[(&str, u32)], registry: &StatsRegistry) -> Table {
+        let specs = weights
+            .iter()
+            .enumerate()
+            .map(|(i, (name, w))| BackendSpec {
+                weight: *w,
+                ..BackendSpec::new(name, SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)))
+            })
+            .collect();
+        Table::build(&Policy::LeastConn, specs, registry)
+    }
+
+    fn open(t: &Table, counts: &[usize]) -> Vec<ConnGuard> {
+        let mut g = Vec::new();
+        for (i, &n) in counts.iter().enumerate() {
+            g.extend((0..n).map(|_| t.guard(i).unwrap()));
+        }
+        g
+    }
+
+    fn over(t: &Table, tolerance: f64) -> Vec<(usize, u64)> {
+        over_fair_share(t, tolerance)
+            .iter()
+            .map(|o| (o.index, o.excess))
+            .collect()
+    }
+
+    #[test]
+    fn after_a_scale_out_the_old_backends_shed_down_to_their_share() {
+        let r = StatsRegistry::default();
+        let t = table(&[("a", 1), ("b", 1), ("c", 1)], &r);
+        let _g = open(&t, &[30, 30, 0]);
+        // Fair share 20 each, shed above 22: a and b each give 10.
+        assert_eq!(over(&t, 0.10), vec![(0, 10), (1, 10)]);
+        let marks: Vec<bool> = t.backends().iter().map(|b| b.stats().shedding()).collect();
+        assert_eq!(marks, [true, true, false]);
+    }
+
+    #[test]
+    fn within_tolerance_nothing_moves_and_marks_clear() {
+        let r = StatsRegistry::default();
+        let t = table(&[("a", 1), ("b", 1), ("c", 1)], &r);
+        let g = open(&t, &[30, 30, 0]);
+        assert_eq!(over(&t, 0.10).len(), 2);
+        drop(g);
+        let _g = open(&t, &[22, 20, 18]);
+        assert_eq!(over(&t, 0.10), vec![], "22 is not over 1.1 × 20");
+        assert!(t.backends().iter().all(|b| !b.stats().shedding()));
+        assert_eq!(over(&t, 0.05), vec![(0, 2)], "a tighter tolerance sheds it");
+    }
+
+    #[test]
+    fn weights_set_the_share_and_a_drained_backend_has_none() {
+        let r = StatsRegistry::default();
+        let t = table(&[("a", 1), ("b", 3)], &r);
+        let _g = open(&t, &[20, 20]);
+        // Shares 10 and 30: a holds twice its share.
+        assert_eq!(over(&t, 0.10), vec![(0, 10)]);
+        // Drained by an operator: its tunnels go with the drain, not here, and b's share is
+        // now everything.
+        t.backends()[0].stats().set_admin_drain(Some(5));
+        assert_eq!(over(&t, 0.10), vec![]);
+        assert!(!t.backends()[0].stats().shedding());
+    }
+
+    #[test]
+    fn each_core_moves_its_proportion_of_the_excess() {
+        let o = |excess, live, mine, asked| Over {
+            index: 0,
+            excess,
+            live,
+            mine,
+            asked,
+            candidates: Vec::new(),
+        };
+        assert_eq!(
+            quota(&o(10, 30, 15, 0)),
+            5,
+            "half the tunnels: half the excess"
+        );
+        assert_eq!(
+            quota(&o(10, 30, 1, 0)),
+            1,
+            "rounded up: a core with a few still moves"
+        );
+        assert_eq!(quota(&o(10, 30, 0, 0)), 0);
+        assert_eq!(
+            quota(&o(10, 30, 15, 3)),
+            2,
+            "less those already asked to end"
+        );
+        assert_eq!(quota(&o(10, 30, 15, 9)), 0);
+        assert_eq!(quota(&o(1, 0, 0, 0)), 0, "no division by zero");
+    }
 }
