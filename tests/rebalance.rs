@@ -48,15 +48,8 @@ impl Drop for TokenFile {
     }
 }
 
-async fn start(io: &str, upstream: &str) -> Setup {
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let token = std::env::temp_dir().join(format!(
-        "ringway-rebalance-token-{}-{}",
-        std::process::id(),
-        admin.port()
-    ));
-    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-    let config = format!(
+fn gateway_config(io: &str, admin: SocketAddr, token: &std::path::Path, upstream: &str) -> String {
+    format!(
         r#"workers = 2
 io = "{io}"
 admin = "{admin}"
@@ -73,7 +66,18 @@ name = "chat"
 {upstream}
 "#,
         token = token.display()
-    );
+    )
+}
+
+async fn start(io: &str, upstream: &str) -> Setup {
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let token = std::env::temp_dir().join(format!(
+        "ringway-rebalance-token-{}-{}",
+        std::process::id(),
+        admin.port()
+    ));
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let config = gateway_config(io, admin, &token, upstream);
     let gw = Gateway::start(&config).await;
     Setup {
         gw,
@@ -597,9 +601,58 @@ async fn admin_drain_moves_a_backends_tunnels_and_undrain_restores(io: &'static 
     assert_eq!(s.gw.get("/whoami", None).await.body, "pod-a");
 }
 
+/// A reload that changes where a hash policy takes its key from moves nobody: the hashes the
+/// tunnels were placed by say nothing about the new key.
+async fn a_new_key_source_moves_no_tunnel(io: &'static str) {
+    let port = free_port();
+    let base = if io == "uring" { 151 } else { 161 };
+    let (_pods, _) = pods(base, port, 3).await;
+    let backends = |n: u8| {
+        (0..n)
+            .map(|k| {
+                format!(
+                    "{{ name = \"pod-{}\", address = \"127.0.0.{}:{port}\" }}",
+                    (b'a' + k) as char,
+                    base + k
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let upstream = |key: &str, n: u8| {
+        format!(
+            "balance = \"hash:header:{key}\"\nrebalance = {{ max_per_second = 100 }}\nbackends = [{}]",
+            backends(n)
+        )
+    };
+    let s = start(io, &upstream("X-Device", 2)).await;
+    const N: usize = 40;
+    let fleet = Fleet::start(s.gw.addr, N);
+    fleet.until("40 tunnels", |_| true).await;
+
+    let token = s._token_file.0.clone();
+    s.gw.rewrite_config(&gateway_config(
+        io,
+        s.admin,
+        &token,
+        &upstream("X-Other", 3),
+    ));
+    let (status, body) = admin(s.admin, "POST", "/reload", Some(TOKEN), "").await;
+    assert_eq!(status, 200, "{body}");
+    active_backends(s.admin, 3).await;
+    // Three ticks: a tunnel compared by the wrong key would be moved by then (100/s).
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let seen = fleet.snapshot();
+    assert!(
+        seen.values().all(|c| c.endings.is_empty()),
+        "no tunnel moved: {seen:?}"
+    );
+}
+
 both_io!(
     scale_out_moves_exactly_the_keys_that_map_elsewhere,
     least_conn_sheds_down_to_the_fair_share,
     cookie_clients_of_a_shedding_pod_are_re_placed,
     admin_drain_moves_a_backends_tunnels_and_undrain_restores,
+    a_new_key_source_moves_no_tunnel,
 );

@@ -72,6 +72,8 @@ enum Structure {
         holders: Arc<KeyHolders>,
         /// Active backends by [`short_id`] of their stats id.
         by_id: HashMap<u64, usize, ahash::RandomState>,
+        /// [`Table::key_source`].
+        source: u64,
     },
 }
 
@@ -183,6 +185,7 @@ impl Table {
                     maglev: Maglev::build(&entries),
                     holders: registry.holders(),
                     by_id,
+                    source: key_source(key),
                 }
             }
             // `Cookie` never nests (`Policy::cookie` refuses it); treat it as least-conn.
@@ -338,6 +341,17 @@ impl Table {
             return None;
         };
         self.first_eligible(maglev.as_ref()?, hash, &[], &Now::lazy())
+    }
+
+    /// What a hash policy takes its key from, as a number (`None`: not a hash policy): a tunnel
+    /// placed under another key source (a reload changed `hash:header:A` to `hash:header:B`)
+    /// has a recorded hash that says nothing about where the new key goes, so rebalancing
+    /// leaves it alone instead of reshuffling every tunnel. Computed at build.
+    pub fn key_source(&self) -> Option<u64> {
+        match &self.structure {
+            Structure::Hash { source, .. } => Some(*source),
+            _ => None,
+        }
     }
 
     /// The backend holding live connections of `key` (hash policies; `None` when it has none,
@@ -637,6 +651,19 @@ impl Table {
             .find(|&i| under(i))
             .or_else(|| self.least_conn(exclude, now_ms))
     }
+}
+
+/// A number naming where a hash key comes from (its kind and, lower-cased, its name).
+fn key_source(key: &HashKey) -> u64 {
+    let (kind, name): (u64, String) = match key {
+        HashKey::Ip => (1, String::new()),
+        HashKey::Sni => (2, String::new()),
+        // Header names match case-insensitively; cookie and query names do not.
+        HashKey::Header(n) => (3, n.to_ascii_lowercase()),
+        HashKey::Cookie(n) => (4, n.clone()),
+        HashKey::Query(n) => (5, n.clone()),
+    };
+    stable_hash(kind, name.as_bytes())
 }
 
 fn map_hasher() -> ahash::RandomState {

@@ -1349,3 +1349,19 @@ fn an_admin_drain_is_set_by_name_and_survives_a_rebuild() {
     assert!(u.set_admin_drain("pod-1", None));
     assert!(u.load().can_take(1));
 }
+
+#[test]
+fn key_sources_tell_keys_apart() {
+    let r = StatsRegistry::default();
+    let source =
+        |p: &str| Table::build(&Policy::parse(p).unwrap(), specs(&pods(2)), &r).key_source();
+    assert_eq!(
+        source("hash:header:X-Device"),
+        source("hash:header:x-device")
+    );
+    assert_ne!(source("hash:header:X-Device"), source("hash:header:X-User"));
+    assert_ne!(source("hash:header:a"), source("hash:query:a"));
+    assert_ne!(source("hash:cookie:A"), source("hash:cookie:a"));
+    assert_ne!(source("hash:ip"), source("hash:sni"));
+    assert_eq!(source("least-conn"), None);
+}

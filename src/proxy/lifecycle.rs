@@ -125,11 +125,21 @@ pub struct Entry {
     /// The upstream's name (indices change with reloads; names do not).
     pub upstream: Arc<str>,
     pub backend: Arc<BackendStats>,
-    /// The hash of the balancing key that placed it, for hash upstreams.
-    pub key: Option<u64>,
+    /// The balancing key that placed it, for hash upstreams.
+    pub key: Option<PlacedKey>,
     pub opened: Instant,
     /// An upgraded WebSocket (Close frames possible), as opposed to a raw tcp tunnel.
     pub websocket: bool,
+}
+
+/// How a hash policy placed a tunnel: enough to recompute its placement against a newer table
+/// (one Maglev read), no key bytes kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlacedKey {
+    /// The key's hash, as the pick recorded it (`Pick::key_hash`).
+    pub hash: u64,
+    /// [`crate::balance::Table::key_source`] of the table that placed it.
+    pub source: u64,
 }
 
 /// A core's live tunnels: a slab (free slots reused) so register and unregister are O(1).

@@ -8,7 +8,9 @@
 //! - **Hash upstreams** ([`by_placement`]): a tunnel whose key the current table places on
 //!   another backend than the one it is on is moved, so `/lookup` becomes true again for every
 //!   key. The registry keeps the key's hash (what the pick recorded), so this is one Maglev
-//!   read per tunnel and no key bytes kept. Tunnels are left alone while the table has no
+//!   read per tunnel and no key bytes kept. Tunnels are left alone when they were placed
+//!   without a key (the least-conn fallback of a request without one) or by another key
+//!   source (a reload changed the policy's key), while the table has no
 //!   backend for the key, while their own backend is down by health (they still work, and are
 //!   placed right again once it is back) and while an operator drains it (the drain moves them).
 //! - **Other policies** ([`by_fair_share`]): a backend holding more than `(1 + tolerance) ×`
@@ -65,11 +67,15 @@ fn by_placement(
 ) -> Vec<MoveReason> {
     let mut moved = Vec::new();
     let mut budget = true;
+    let source = table.key_source();
     tunnels.for_each(|e| {
         if !budget || e.ask.asked().is_some() || *e.upstream != *u.cfg.name {
             return;
         }
-        let Some(hash) = e.key else { return };
+        // Placed by a key (not the keyless fallback), taken from where the table takes it now.
+        let Some(hash) = e.key.filter(|k| Some(k.source) == source).map(|k| k.hash) else {
+            return;
+        };
         if !e.backend.is_available(now_ms) {
             return; // down by health (it comes back), or drained by an operator
         }
