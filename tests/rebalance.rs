@@ -71,6 +71,13 @@ async fn start(io: &str, upstream: &str) -> Setup {
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     let config = gateway_config(io, admin, &token, upstream);
     let gw = Gateway::start(&config).await;
+    // The harness returns once the listener accepts; the admin port may bind a moment later.
+    within("the admin port to accept", async {
+        while tokio::net::TcpStream::connect(admin).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     Setup {
         gw,
         admin,
@@ -169,9 +176,13 @@ async fn scale_out_moves_exactly_the_keys_that_map_elsewhere(io: &'static str) {
         after.push(pod_of[&lookup(s.admin, &format!("dev-{i}")).await].clone());
     }
     let moved: BTreeSet<usize> = (0..N).filter(|&i| before[i] != after[i]).collect();
+    // Maglev moves about a third of the keys to the new pod, and (its small extra disruption,
+    // which depends on the names, here addresses with a random port) a few between the old
+    // ones: both are keys /lookup now places elsewhere.
+    let to_new = moved.iter().filter(|&&i| after[i] == "pod-c").count();
     assert!(
-        moved.len() > N / 5 && moved.iter().all(|&i| after[i] == "pod-c"),
-        "about a third of the keys map to the new pod, and only there: {moved:?}"
+        moved.len() > N / 5 && to_new + N / 20 >= moved.len(),
+        "about a third of the keys map elsewhere, nearly all to the new pod: {moved:?} {after:?}"
     );
 
     fleet
@@ -290,22 +301,38 @@ async fn cookie_clients_of_a_shedding_pod_are_re_placed(io: &'static str) {
         })
         .await;
     let seen = fleet.snapshot();
+    // Re-placed: a client whose cookie named a shedding pod reconnected elsewhere (least-conn
+    // picks the emptiest pod, mostly the new one) and was given that pod's cookie.
     let moved: Vec<&Seen> = seen
         .values()
         .filter(|c| c.backends.first() != c.backends.last())
         .collect();
-    assert!(!moved.is_empty());
+    assert!(
+        moved.iter().any(|c| c.backends.last().unwrap() == "pod-c"),
+        "{seen:?}"
+    );
     for c in &moved {
+        assert!(!c.endings.is_empty() && c.backends[0] != "pod-c", "{c:?}");
+    }
+    within("the shedding marks to clear", async {
+        loop {
+            let v = admin_json(s.admin, "/backends").await;
+            let backends = v["upstreams"][0]["backends"].as_array().unwrap().clone();
+            if backends.iter().all(|b| b["shedding"] == false) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    for c in &moved {
+        let r = s.gw.get("/whoami", c.cookie.as_deref()).await;
         assert_eq!(
+            &r.body,
             c.backends.last().unwrap(),
-            "pod-c",
-            "re-placed on the new pod: {c:?}"
+            "its new cookie routes where it is: {c:?}"
         );
     }
-    // The cookie they hold now routes to the new pod.
-    let c = moved[0];
-    let r = s.gw.get("/whoami", c.cookie.as_deref()).await;
-    assert_eq!(r.body, "pod-c", "{c:?}");
 }
 
 /// An operator drains pod-a: the token is required, pod-a takes no new connection, its
