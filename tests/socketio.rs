@@ -35,12 +35,10 @@ use app::{upgrades_by_design, within_or, App, ClientLog, Pod, CLIENTS};
 use dns::DnsServer;
 use gateway::within;
 
-/// The WebSocket close code every moved client must see. `None` on this branch: ringway ends
-/// a moved tunnel with a FIN, which the client reports as 1006 (printed, not asserted). Once
-/// the frame-tracking branch (issue 12) is merged, set `Some(1012)`: with its binary (b98fc76)
-/// the `LeaveDiscovery` test passes on both io backends and every moved client saw 1012
-/// (service restart: reconnect); the admin drain is documented to send 1012 too.
-const MOVED_CLOSE_CODE: Option<u64> = None;
+/// The WebSocket close code every moved client must see: 1012 (service restart: reconnect),
+/// which ringway sends at a frame boundary when it moves a tunnel (frame tracking, issue 12).
+/// Before frame tracking a moved tunnel ended with a FIN, which clients report as 1006.
+const MOVED_CLOSE_CODE: Option<u64> = Some(1012);
 
 /// How the clients are moved: the three ways ringway ends tunnels to move load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,37 +231,30 @@ async fn socketio_clients_stay_sticky_and_moved_ones_reconnect(io: &'static str)
 
 both_io!(socketio_clients_stay_sticky_and_moved_ones_reconnect);
 
-/// The admin drain and `rebalance` triggers need the `rebalance` branch (issue 12). Against its
-/// binary (ae996b0): both admin drain tests pass; the rebalance tests fail about one run in
-/// two, and rightly: a moved client's reconnect handshake (no cookie yet) is placed by the
-/// least-conn fallback on a pod that is still shedding, and the session's next request, now
-/// carrying that pod's fresh cookie, is re-placed to `c` — "Session ID unknown", a second
-/// disconnect ("transport error") before the client settles on `c`. Re-placing should spare
-/// cookies issued while the pod was already shedding (or the fallback should skip shedding
-/// pods). Remove the `#[ignore]`s once the branch is merged (and that is fixed).
-mod needs_rebalance_branch {
+/// The admin drain and `rebalance` triggers. The rebalance test found a defect: a moved
+/// client's reconnect handshake (no cookie yet) was placed by the least-conn fallback on a pod
+/// still shedding, and the session's next request, carrying that pod's fresh cookie, was
+/// re-placed to `c` ("Session ID unknown", a second disconnect). New cookie sessions now avoid
+/// shedding backends (`Table::place_new_session`).
+mod moved_by_the_gateway {
     use super::{run, Trigger};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "needs POST /backends/U/B/drain (branch `rebalance`, issue 12)"]
     async fn admin_drain_uring() {
         run("uring", Trigger::AdminDrain).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "needs POST /backends/U/B/drain (branch `rebalance`, issue 12)"]
     async fn admin_drain_epoll() {
         run("epoll", Trigger::AdminDrain).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "needs the upstream's `rebalance` (branch `rebalance`, issue 12)"]
     async fn rebalance_uring() {
         run("uring", Trigger::Rebalance).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "needs the upstream's `rebalance` (branch `rebalance`, issue 12)"]
     async fn rebalance_epoll() {
         run("epoll", Trigger::Rebalance).await
     }

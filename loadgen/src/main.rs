@@ -39,6 +39,9 @@ enum Cmd {
     Bulk(ScenarioArgs),
     /// N clients (default 5,000) connect and upgrade at the same instant, hold, close.
     Storm(ScenarioArgs),
+    /// Hold N WebSockets, reconnect those the gateway ends, print connections per backend
+    /// over time (a scale-out, before and after).
+    Rebalance(RebalanceArgs),
     /// An echo backend (WebSocket + plain HTTP, or raw TCP).
     Backend(BackendArgs),
     /// Run a scenario direct and through each gateway; report the gateway's cost.
@@ -120,6 +123,42 @@ impl TlsArgs {
             resume: !self.no_resume,
         })
     }
+}
+
+#[derive(Args, Debug)]
+struct RebalanceArgs {
+    /// The gateway, host:port.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    target: String,
+    /// Request path of the WebSocket upgrade.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// WebSocket clients held (client i sends `X-Device: dev-i`).
+    #[arg(long, default_value_t = 300)]
+    conns: usize,
+    /// Run time (capped at 1h).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// How often connections per backend are counted.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// Connect and handshake timeout.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// A shell command run once at --trigger-after (a reload, a DNS change: the scale-out).
+    #[arg(long, requires = "trigger_after")]
+    trigger: Option<String>,
+    #[arg(long, value_parser = parse_duration, requires = "trigger")]
+    trigger_after: Option<Duration>,
+    /// Print the timeline as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Draw connections per backend over time as SVG into this file.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
+    /// The plot's title (default: the connection count and target).
+    #[arg(long, requires = "plot")]
+    title: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -328,6 +367,42 @@ fn print_report(report: &Report, json: bool) -> Result<()> {
     Ok(())
 }
 
+async fn rebalance_cmd(a: RebalanceArgs) -> Result<()> {
+    use loadgen::scenario::rebalance;
+    if let Err(e) = loadgen::limits::raise_nofile() {
+        eprintln!("warning: could not raise RLIMIT_NOFILE: {e}");
+    }
+    let target = resolve(&a.target).await?;
+    let mut cfg = RunConfig::new(target, Proto::Ws);
+    cfg.path = a.path.clone();
+    cfg.host = a.target.clone();
+    cfg.conns = a.conns;
+    cfg.duration = a.duration;
+    cfg.connect_timeout = a.connect_timeout;
+    let cfg = cfg.clamp();
+    let opts = rebalance::Options {
+        interval: a.interval,
+        trigger: a.trigger_after.zip(a.trigger.clone()),
+    };
+    let timeline = tokio::select! {
+        t = rebalance::run(&cfg, &opts, !a.json) => t,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+    };
+    if let Some(p) = &a.plot {
+        let title = a.title.clone().unwrap_or_else(|| {
+            format!("{} WebSockets through {}, per backend", cfg.conns, a.target)
+        });
+        write_plot(p, &rebalance::plot_svg(&title, &timeline))?;
+    }
+    if a.json {
+        let v = serde_json::json!({ "machine": Machine::detect(), "timeline": timeline });
+        println!("{}", serde_json::to_string(&v)?);
+    } else if !timeline.errors.is_empty() {
+        println!("connect errors: {:?}", timeline.errors);
+    }
+    Ok(())
+}
+
 async fn backend_cmd(a: BackendArgs) -> Result<()> {
     loadgen::limits::raise_nofile().ok();
     let addr = resolve(&a.listen).await?;
@@ -424,6 +499,7 @@ fn main() -> Result<()> {
             Cmd::Idle(a) => scenario_cmd(Kind::Idle, a).await,
             Cmd::Bulk(a) => scenario_cmd(Kind::Bulk, a).await,
             Cmd::Storm(a) => scenario_cmd(Kind::Storm, a).await,
+            Cmd::Rebalance(a) => rebalance_cmd(a).await,
             Cmd::Backend(a) => backend_cmd(a).await,
             Cmd::Compare(a) => compare_cmd(a).await,
         }
@@ -445,6 +521,28 @@ mod tests {
         assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn cli_parses_rebalance() {
+        let c = Cli::try_parse_from([
+            "loadgen",
+            "rebalance",
+            "--conns",
+            "20",
+            "--trigger-after",
+            "8s",
+            "--trigger",
+            "true",
+        ])
+        .unwrap();
+        let Cmd::Rebalance(a) = c.cmd else { panic!() };
+        assert_eq!(
+            (a.conns, a.trigger_after),
+            (20, Some(Duration::from_secs(8)))
+        );
+        assert!(Cli::try_parse_from(["loadgen", "rebalance", "--trigger", "true"]).is_err());
+        assert!(Cli::try_parse_from(["loadgen", "rebalance", "--title", "x"]).is_err());
     }
 
     #[test]

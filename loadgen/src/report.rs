@@ -471,7 +471,7 @@ pub fn plot_svg(title: &str, series: &[(String, &Latency)]) -> String {
     s
 }
 
-fn xml_escape(s: &str) -> String {
+pub(crate) fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

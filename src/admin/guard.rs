@@ -3,11 +3,11 @@
 
 use super::http::{Request, Response};
 
-/// Endpoints that mutate (`/reload`) or reveal backends, addresses and cookie validity
-/// (`/lookup`, `/backends`): behind the token when one is configured. `/metrics`, `/healthz`
-/// and `/readyz` stay open for Prometheus and the kubelet.
+/// Endpoints that mutate (`/reload`, the drains under `/backends/`) or reveal backends,
+/// addresses and cookie validity (`/lookup`, `/backends`): behind the token when one is
+/// configured. `/metrics`, `/healthz` and `/readyz` stay open for Prometheus and the kubelet.
 pub fn protected(path: &str) -> bool {
-    matches!(path, "/reload" | "/lookup" | "/backends")
+    matches!(path, "/reload" | "/lookup" | "/backends") || path.starts_with("/backends/")
 }
 
 /// `Some(refusal)` for a request a browser sent on behalf of another site:

@@ -17,7 +17,7 @@ use crate::balance::{now_ms, Backend};
 use crate::error::Kind;
 use crate::io::IoKind;
 use crate::metrics::process::ProcessStats;
-use crate::metrics::{Histogram, HistogramSnapshot};
+use crate::metrics::{Histogram, HistogramSnapshot, MoveReason};
 use crate::state::{Generation, Shared};
 
 /// Content-Type of the exposition (Prometheus negotiates OpenMetrics and accepts it as is).
@@ -242,6 +242,14 @@ fn encode_upstreams(enc: &mut DescriptorEncoder, gen: &Generation) -> fmt::Resul
             let (ok, failed) = u.counters.upgrades();
             counter(m, [("upstream", &u.cfg.name), ("result", "ok")], ok)?;
             counter(m, [("upstream", &u.cfg.name), ("result", "failed")], failed)
+        })
+    })?;
+    family(enc, &names::REBALANCE_CLOSED, |m| {
+        gen.upstreams.iter().try_for_each(|u| {
+            MoveReason::ALL.iter().try_for_each(|&r| {
+                let labels = [("upstream", &*u.cfg.name), ("reason", r.as_str())];
+                counter(m, labels, u.counters.moved_total(r))
+            })
         })
     })?;
     family(enc, &names::UPSTREAM_RESPONSE, |m| {

@@ -10,12 +10,14 @@
 //! | `GET /backends`                   | JSON: every upstream's backends ([`views`])          |
 //! | `GET /lookup?upstream=U&key=K`    | JSON: where key K goes now (`&cookie=V` for cookies) |
 //! | `POST /reload`                    | re-reads the config file: 200, or 500 (old kept)     |
+//! | `POST /backends/U/B/drain?rate=N` | an operator drains backend B ([`drain`]); `undrain` undoes |
 //!
 //! See `docs/operations.md` for example outputs.
 //!
 //! ## Guards
 //!
-//! - **Token.** With `admin_token_file`, `/reload`, `/lookup` and `/backends` (which mutate or
+//! - **Token.** With `admin_token_file`, `/reload`, `/lookup`, `/backends` and the drain
+//!   endpoints under `/backends/` (which mutate or
 //!   reveal backends, addresses and cookie validity) need `Authorization: Bearer <token>`
 //!   (401 otherwise); `/metrics`, `/healthz` and `/readyz` stay open for scrapers and probes.
 //! - **No cross-site requests.** A browser on another site must not drive the port (a
@@ -28,6 +30,7 @@
 //!   [`BUSY_CONNECTIONS`] are open (a probe sends its request at once; an idle client is let go
 //!   fast); beyond [`MAX_CONNECTIONS`] new connections are closed unanswered.
 
+mod drain;
 mod guard;
 mod http;
 mod metrics;
@@ -147,6 +150,14 @@ fn route(req: &Request, shared: &Arc<Shared>, reload: &Reloader) -> Response {
                 return r;
             }
         }
+    }
+    if let Some((upstream, backend, on)) = drain::parse_path(&req.path) {
+        if req.method != "POST" {
+            let mut r = Response::error(405, format!("{} does not allow {}", req.path, req.method));
+            r.allow = Some("POST");
+            return r;
+        }
+        return drain::handle(shared, upstream, backend, on, &req.query);
     }
     let get = matches!(req.method.as_str(), "GET" | "HEAD");
     let allow = match req.path.as_str() {

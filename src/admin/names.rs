@@ -90,6 +90,10 @@ pub const UPGRADES: Def = counter(
     "ringway_upgrades",
     "WebSocket upgrades per upstream; result=ok (101 relayed) or failed.",
 );
+pub const REBALANCE_CLOSED: Def = counter(
+    "ringway_rebalance_closed",
+    "Tunnels this gateway closed to move them, per upstream; reason=placement (a hash key now maps elsewhere), fair_share (its backend was over its share), admin_drain (an operator drains its backend).",
+);
 pub const ERRORS: Def = counter(
     "ringway_errors",
     "Errors by kind; side says whose fault: client, backend or internal.",
@@ -218,6 +222,7 @@ pub const ALL: &[&Def] = &[
     &UPSTREAM_CONNECTIONS_ACTIVE,
     &REQUESTS,
     &UPGRADES,
+    &REBALANCE_CLOSED,
     &ERRORS,
     &BYTES,
     &HEAD_PARSE,

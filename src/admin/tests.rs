@@ -330,6 +330,8 @@ fn the_token_guards_revealing_and_mutating_endpoints_only() {
         ("POST", "/reload"),
         ("GET", "/backends"),
         ("GET", "/lookup?upstream=chat&key=a"),
+        ("POST", "/backends/chat/chat-1/drain?rate=3"),
+        ("POST", "/backends/chat/chat-1/undrain"),
     ] {
         let bare = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n");
         let (status, body, challenge) = send(&s, &bare);
@@ -398,4 +400,46 @@ fn cross_site_requests_are_refused() {
         "GET /backends HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\n\r\n",
     );
     assert_eq!(status, 403);
+}
+
+#[test]
+fn drain_marks_the_backend_and_undrain_clears_it() {
+    let s = shared();
+    let post = |path: &str| send(&s, &format!("POST {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
+    let (status, body, _) = post("/backends/chat/chat-1/drain?rate=7");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["drained"].as_bool(), v["rate"].as_u64()),
+        (Some(true), Some(7))
+    );
+    let (_, view) = get(&s, "/backends");
+    assert!(view.contains("\"drained-admin\""), "{view}");
+    let table = s.gen.load().upstreams[0].lb.load_full();
+    assert_eq!(table.backends()[1].stats().admin_drain(), Some(7));
+    // No rate: the default (no `rebalance` on this upstream).
+    assert_eq!(post("/backends/chat/chat-0/drain").0, 200);
+    assert_eq!(table.backends()[0].stats().admin_drain(), Some(20));
+    assert_eq!(post("/backends/chat/chat-0/undrain").0, 200);
+    assert_eq!(post("/backends/chat/chat-1/undrain").0, 200);
+    assert!(table
+        .backends()
+        .iter()
+        .all(|b| b.stats().admin_drain().is_none()));
+    for (path, want) in [
+        ("/backends/chat/chat-9/drain", 404),
+        ("/backends/nope/chat-0/drain", 404),
+        ("/backends/chat/chat-0/drain?rate=0", 400),
+        ("/backends/chat/chat-0/drain?rate=1e3", 400),
+        ("/backends/chat/chat-0/drain?rate=%zz", 400),
+        ("/backends/chat/chat-%zz/drain", 400),
+        ("/backends/chat/chat-0/stop", 404),
+    ] {
+        assert_eq!(post(path).0, want, "{path}");
+    }
+    assert_eq!(get(&s, "/backends/chat/chat-0/drain").0, 405);
+    assert!(table
+        .backends()
+        .iter()
+        .all(|b| b.stats().admin_drain().is_none()));
 }

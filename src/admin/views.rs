@@ -21,6 +21,8 @@ use crate::state::{Shared, UpstreamRt};
 pub fn reason(b: &Backend, now: u64) -> &'static str {
     if b.state() == BackendState::Draining {
         "draining"
+    } else if b.stats().admin_drain().is_some() {
+        "drained-admin"
     } else if !b.stats().health_up() {
         "down-health"
     } else if b.stats().is_down(now) {
@@ -44,6 +46,8 @@ fn backend_json(b: &Backend, now: u64) -> Value {
         "up": backend_up(b, now),
         "reason": reason(b, now),
         "live_connections": b.live(),
+        "admin_drain_rate": b.stats().admin_drain(),
+        "shedding": b.stats().shedding(),
         "failures": b.stats().failures_total(),
         "responses": { "1xx": r1, "2xx": r2, "3xx": r3, "4xx": r4, "5xx": r5 },
         "bytes": { "to_backend": to_backend, "to_client": to_client },
@@ -231,7 +235,7 @@ fn by_cookie(u: &UpstreamRt, cookie: &[u8]) -> Response {
     };
     let value = String::from_utf8_lossy(cookie);
     match table.lookup_cookie(cookie) {
-        Some(i) if table.can_take(i) => answer(
+        Some(i) if table.can_take(i) && !table.backends()[i].stats().shedding() => answer(
             u,
             &table,
             Some(i),

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use super::bucket::Bucket;
 use super::holders::KeyHolders;
 
 /// Milliseconds on a monotonic clock that starts near process start.
@@ -116,6 +117,16 @@ pub struct BackendStats {
     /// `now_ms()` after which this backend's open tunnels are closed (it left discovery and
     /// the upstream has a `drain_timeout`); 0 = none. Set by discovery, read by tunnels.
     drain_deadline_ms: AtomicU64,
+    /// An operator drains this backend (`POST /backends/{upstream}/{backend}/drain`): the
+    /// gateway-wide number of its tunnels closed per second; 0 = not drained. Set by the
+    /// admin port, read by every pick (a drained backend takes no new connection) and by
+    /// the workers' ticks. Kept by name across table rebuilds, like the counts.
+    admin_drain_rate: AtomicU32,
+    /// The drain's budget, shared by every core's tick.
+    drain_bucket: Bucket,
+    /// Rebalancing found this backend above its fair share: a route cookie naming it is
+    /// re-placed instead of honoured. Set and cleared by the workers' ticks.
+    shedding: AtomicBool,
 }
 
 impl BackendStats {
@@ -140,6 +151,9 @@ impl BackendStats {
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             drain_deadline_ms: AtomicU64::new(0),
+            admin_drain_rate: AtomicU32::new(0),
+            drain_bucket: Bucket::default(),
+            shedding: AtomicBool::new(false),
         }
     }
 
@@ -154,6 +168,38 @@ impl BackendStats {
             0 => None,
             at => Some(at),
         }
+    }
+
+    /// Starts (`Some(rate)`, closes per second for this gateway, at least 1) or ends
+    /// (`None`) an operator's drain.
+    pub fn set_admin_drain(&self, per_second: Option<u32>) {
+        self.admin_drain_rate
+            .store(per_second.map_or(0, |r| r.max(1)), Relaxed);
+    }
+
+    /// The drain rate while an operator drains this backend.
+    pub fn admin_drain(&self) -> Option<u32> {
+        match self.admin_drain_rate.load(Relaxed) {
+            0 => None,
+            r => Some(r),
+        }
+    }
+
+    /// One of the drain's closes at `now_ms`, if its rate allows (any core).
+    pub fn take_drain_token(&self, now_ms: u64) -> bool {
+        self.admin_drain()
+            .is_some_and(|rate| self.drain_bucket.take(now_ms, rate))
+    }
+
+    /// Marks (or clears) this backend as above its fair share (rebalancing).
+    pub fn set_shedding(&self, on: bool) {
+        if self.shedding.load(Relaxed) != on {
+            self.shedding.store(on, Relaxed);
+        }
+    }
+
+    pub fn shedding(&self) -> bool {
+        self.shedding.load(Relaxed)
     }
 
     /// Counts one response relayed from this backend.
@@ -216,10 +262,11 @@ impl BackendStats {
         now_ms < self.down_until_ms.load(Relaxed)
     }
 
-    /// May take a new connection at `now_ms` (active health up, not passively down).
+    /// May take a new connection at `now_ms` (active health up, not passively down, not
+    /// drained by an operator).
     /// A table additionally refuses `Draining` backends.
     pub fn is_available(&self, now_ms: u64) -> bool {
-        self.health_up() && !self.is_down(now_ms)
+        self.health_up() && !self.is_down(now_ms) && self.admin_drain().is_none()
     }
 
     /// [`BackendStats::is_available`] that reads the clock only when a down mark is pending,
@@ -228,7 +275,7 @@ impl BackendStats {
     /// concurrent `record_failure`'s new mark makes the compare-exchange fail.
     #[inline]
     pub(crate) fn available_with(&self, now_ms: impl FnOnce() -> u64) -> bool {
-        if !self.health_up() {
+        if !self.health_up() || self.admin_drain_rate.load(Relaxed) != 0 {
             return false;
         }
         let until = self.down_until_ms.load(Relaxed);

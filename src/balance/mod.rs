@@ -70,6 +70,7 @@
 //! back to another backend.
 
 mod backend;
+mod bucket;
 pub mod cookie;
 pub mod holders;
 pub mod maglev;
@@ -88,6 +89,7 @@ use arc_swap::ArcSwap;
 pub use backend::{
     now_ms, BackendSpec, BackendState, BackendStats, ConnGuard, PassiveHealth, StatsRegistry,
 };
+pub use bucket::Bucket;
 pub use policy::{HashKey, Policy, ACCEPTED, DEFAULT_COOKIE_NAME, SUGGESTED_LOAD_FACTOR};
 pub use table::{ip_bytes, Backend, Table, RR_MAX_SEQUENCE};
 
@@ -147,6 +149,9 @@ pub struct Upstream {
     /// Control-plane state; the lock serialises publishers (discovery, reload). Never taken
     /// on the data path, which only `load()`s the table.
     control: Mutex<Control>,
+    /// The gateway-wide budget of tunnels rebalancing closes per second, shared by every
+    /// worker's tick (`rebalance.max_per_second`).
+    rebalance: Bucket,
 }
 
 struct Control {
@@ -176,6 +181,7 @@ impl Upstream {
                 policy,
                 specs: Vec::new(),
             }),
+            rebalance: Bucket::default(),
         }
     }
 
@@ -200,6 +206,27 @@ impl Upstream {
 
     pub fn policy(&self) -> Policy {
         self.control().policy.clone()
+    }
+
+    /// The rebalancing budget of this upstream (see [`Bucket`]).
+    pub fn rebalance_bucket(&self) -> &Bucket {
+        &self.rebalance
+    }
+
+    /// Starts (`Some(per_second)`) or ends (`None`) an operator's drain of backend `name`:
+    /// the backend takes no new connection (a route cookie naming it is re-placed) and the
+    /// workers close its tunnels at that rate. `false`: no backend of that name in the
+    /// current table. The state lives in the backend's shared stats, so it survives
+    /// rebuilds (a DNS refresh) for as long as the name is tracked.
+    pub fn set_admin_drain(&self, name: &str, per_second: Option<u32>) -> bool {
+        let table = self.load();
+        match table.index_of(name).and_then(|i| table.backend(i)) {
+            Some(b) => {
+                b.stats().set_admin_drain(per_second);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Publish a new backend set (discovery). Backends that left the set but still hold

@@ -72,6 +72,8 @@ enum Structure {
         holders: Arc<KeyHolders>,
         /// Active backends by [`short_id`] of their stats id.
         by_id: HashMap<u64, usize, ahash::RandomState>,
+        /// [`Table::key_source`].
+        source: u64,
     },
 }
 
@@ -183,6 +185,7 @@ impl Table {
                     maglev: Maglev::build(&entries),
                     holders: registry.holders(),
                     by_id,
+                    source: key_source(key),
                 }
             }
             // `Cookie` never nests (`Policy::cookie` refuses it); treat it as least-conn.
@@ -330,6 +333,27 @@ impl Table {
         )
     }
 
+    /// [`Table::placement`] of a key already hashed (with `KEY_SEED`, as picks record it in
+    /// [`Pick::key_hash`]): what rebalancing compares a live tunnel's backend with, one
+    /// Maglev read per tunnel and no key bytes kept.
+    pub fn placement_of_hash(&self, hash: u64) -> Option<usize> {
+        let Structure::Hash { maglev, .. } = &self.structure else {
+            return None;
+        };
+        self.first_eligible(maglev.as_ref()?, hash, &[], &Now::lazy())
+    }
+
+    /// What a hash policy takes its key from, as a number (`None`: not a hash policy): a tunnel
+    /// placed under another key source (a reload changed `hash:header:A` to `hash:header:B`)
+    /// has a recorded hash that says nothing about where the new key goes, so rebalancing
+    /// leaves it alone instead of reshuffling every tunnel. Computed at build.
+    pub fn key_source(&self) -> Option<u64> {
+        match &self.structure {
+            Structure::Hash { source, .. } => Some(*source),
+            _ => None,
+        }
+    }
+
     /// The backend holding live connections of `key` (hash policies; `None` when it has none,
     /// or they are not tracked: see [`KeyHolders`]). May be a draining backend.
     pub fn key_holder(&self, key: &[u8]) -> Option<usize> {
@@ -396,7 +420,11 @@ impl Table {
             let sticky = req
                 .cookie(&c.name)
                 .and_then(|v| self.lookup_cookie_signed(v))
-                .filter(|&(i, _)| self.eligible(i, exclude, now_ms));
+                // A shedding backend (rebalancing) keeps its tunnels but not its cookies'
+                // reconnects: they are re-placed, and get the new backend's cookie.
+                .filter(|&(i, _)| {
+                    self.eligible(i, exclude, now_ms) && !self.backends[i].stats.shedding()
+                });
             if let Some((index, current)) = sticky {
                 return Some(Pick {
                     index,
@@ -406,7 +434,7 @@ impl Table {
                 });
             }
             return self
-                .pick_structure(req, exclude, now_ms)
+                .place_new_session(req, exclude, now_ms)
                 .map(|(index, key_hash)| Pick {
                     index,
                     set_cookie: true,
@@ -419,6 +447,34 @@ impl Table {
                 set_cookie: false,
                 key_hash,
             })
+    }
+
+    /// A new cookie session's backend: not one that is shedding (rebalancing) while another
+    /// can take it, or the session's next request — carrying the shedding backend's fresh
+    /// cookie — would be re-placed and lose the backend that holds its state (a socket.io
+    /// handshake, then its polling requests). All shedding: placed anyway.
+    fn place_new_session<K: KeySource + ?Sized>(
+        &self,
+        req: &K,
+        exclude: &[usize],
+        now_ms: &Now,
+    ) -> Option<(usize, Option<u64>)> {
+        const TRIES: usize = 4;
+        let mut skip = [usize::MAX; 24];
+        let n = exclude.len().min(skip.len() - TRIES);
+        skip[..n].copy_from_slice(&exclude[..n]);
+        let mut first = None;
+        for k in 0..TRIES {
+            let Some(p) = self.pick_structure(req, &skip[..n + k], now_ms) else {
+                break;
+            };
+            if !self.backends[p.0].stats.shedding() {
+                return Some(p);
+            }
+            first.get_or_insert(p);
+            skip[n + k] = p.0;
+        }
+        first
     }
 
     /// Count a new connection to `index` (see [`ConnGuard`]).
@@ -623,6 +679,19 @@ impl Table {
             .find(|&i| under(i))
             .or_else(|| self.least_conn(exclude, now_ms))
     }
+}
+
+/// A number naming where a hash key comes from (its kind and, lower-cased, its name).
+fn key_source(key: &HashKey) -> u64 {
+    let (kind, name): (u64, String) = match key {
+        HashKey::Ip => (1, String::new()),
+        HashKey::Sni => (2, String::new()),
+        // Header names match case-insensitively; cookie and query names do not.
+        HashKey::Header(n) => (3, n.to_ascii_lowercase()),
+        HashKey::Cookie(n) => (4, n.clone()),
+        HashKey::Query(n) => (5, n.clone()),
+    };
+    stable_hash(kind, name.as_bytes())
 }
 
 fn map_hasher() -> ahash::RandomState {

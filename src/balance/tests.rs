@@ -1255,3 +1255,138 @@ fn retired_cookie_secrets_still_route_and_are_reissued() {
         "{dbg}"
     );
 }
+
+/// Rebalancing recomputes a live tunnel's placement from the hash its pick recorded: the
+/// same answer as `placement` of the key, before and after a backend joins.
+#[test]
+fn placement_of_a_recorded_hash_is_the_keys_placement() {
+    let r = StatsRegistry::default();
+    let before = Table::build(&hash_policy(), specs(&pods(2)), &r);
+    let after = Table::build(&hash_policy(), specs(&pods(3)), &r);
+    let mut rng = Rng(12);
+    let mut moved = 0;
+    for _ in 0..2000 {
+        let key = rng.key();
+        let pick = before.pick(&Req::header("x-device-id", &key), &[]).unwrap();
+        let hash = pick.key_hash.expect("a hashed key records its hash");
+        assert_eq!(before.placement_of_hash(hash), Some(pick.index));
+        assert_eq!(after.placement_of_hash(hash), after.placement(&key));
+        let (was, now) = (
+            before.name(pick.index),
+            after.placement(&key).and_then(|i| after.name(i)),
+        );
+        if was != now {
+            assert_eq!(now, Some("pod-2"), "a joining backend only takes keys");
+            moved += 1;
+        }
+    }
+    assert!((500..830).contains(&moved), "about a third moves: {moved}");
+    let rr = Table::build(&Policy::RoundRobin, specs(&pods(2)), &r);
+    assert_eq!(rr.placement_of_hash(1), None, "not a hash policy");
+}
+
+/// An operator's drain: the backend takes no new connection under any policy (a hash key goes
+/// to the next backend of its probe order), and taking it back restores it.
+#[test]
+fn an_admin_drained_backend_is_never_picked() {
+    let mut rng = Rng(13);
+    for policy in [
+        Policy::RoundRobin,
+        Policy::LeastConn,
+        hash_policy(),
+        cookie_policy("least-conn"),
+    ] {
+        let r = StatsRegistry::default();
+        let t = Table::build(&policy, specs(&pods(3)), &r);
+        t.backends()[1].stats().set_admin_drain(Some(10));
+        for _ in 0..300 {
+            let p = t
+                .pick(&Req::header("x-device-id", &rng.key()), &[])
+                .unwrap();
+            assert_ne!(p.index, 1, "{policy:?}");
+        }
+        assert!(!t.can_take(1));
+        t.backends()[1].stats().set_admin_drain(None);
+        assert!(t.can_take(1), "{policy:?}");
+    }
+}
+
+/// A new cookie session is not placed on a shedding backend while another can take it (its
+/// next request would carry that backend's cookie and be re-placed, losing the session); when
+/// every backend sheds, it is placed anyway.
+#[test]
+fn new_cookie_sessions_avoid_shedding_backends() {
+    let r = StatsRegistry::default();
+    for policy in ["least-conn", "round-robin"] {
+        let t = Table::build(&cookie_policy(policy), specs(&pods(3)), &r);
+        t.backends()[0].stats().set_shedding(true);
+        t.backends()[2].stats().set_shedding(true);
+        for _ in 0..30 {
+            let p = t.pick(&Req::default(), &[]).unwrap();
+            assert_eq!((p.index, p.set_cookie), (1, true), "{policy}");
+        }
+        t.backends()[1].stats().set_shedding(true);
+        assert!(
+            t.pick(&Req::default(), &[]).is_some(),
+            "{policy}: all shed, still placed"
+        );
+        for b in t.backends() {
+            b.stats().set_shedding(false);
+        }
+    }
+}
+
+/// A route cookie naming a drained or shedding backend is re-placed and re-set; one naming a
+/// backend that is neither is honoured.
+#[test]
+fn cookies_of_drained_and_shedding_backends_are_re_placed() {
+    let r = StatsRegistry::default();
+    let t = Table::build(&cookie_policy("least-conn"), specs(&pods(3)), &r);
+    let value = t.cookie_value(1).unwrap().as_bytes().to_vec();
+    let req = Req::cookie("rw", &value);
+    let honoured = t.pick(&req, &[]).unwrap();
+    assert_eq!((honoured.index, honoured.set_cookie), (1, false));
+    t.backends()[1].stats().set_shedding(true);
+    let p = t.pick(&req, &[]).unwrap();
+    assert!(
+        p.index != 1 && p.set_cookie,
+        "shedding: re-placed, new cookie {p:?}"
+    );
+    t.backends()[1].stats().set_shedding(false);
+    t.backends()[1].stats().set_admin_drain(Some(1));
+    let p = t.pick(&req, &[]).unwrap();
+    assert!(
+        p.index != 1 && p.set_cookie,
+        "drained: re-placed, new cookie {p:?}"
+    );
+}
+
+#[test]
+fn an_admin_drain_is_set_by_name_and_survives_a_rebuild() {
+    let u = Upstream::new("chat", Policy::LeastConn, PassiveHealth::default());
+    u.publish(specs(&pods(2)));
+    assert!(!u.set_admin_drain("pod-9", Some(5)), "unknown name");
+    assert!(u.set_admin_drain("pod-1", Some(5)));
+    u.publish(specs(&pods(3)));
+    let t = u.load();
+    assert_eq!(t.backends()[1].stats().admin_drain(), Some(5));
+    assert!(!t.can_take(1));
+    assert!(u.set_admin_drain("pod-1", None));
+    assert!(u.load().can_take(1));
+}
+
+#[test]
+fn key_sources_tell_keys_apart() {
+    let r = StatsRegistry::default();
+    let source =
+        |p: &str| Table::build(&Policy::parse(p).unwrap(), specs(&pods(2)), &r).key_source();
+    assert_eq!(
+        source("hash:header:X-Device"),
+        source("hash:header:x-device")
+    );
+    assert_ne!(source("hash:header:X-Device"), source("hash:header:X-User"));
+    assert_ne!(source("hash:header:a"), source("hash:query:a"));
+    assert_ne!(source("hash:cookie:A"), source("hash:cookie:a"));
+    assert_ne!(source("hash:ip"), source("hash:sni"));
+    assert_eq!(source("least-conn"), None);
+}

@@ -117,6 +117,13 @@ pub fn describe(c: &Config) -> String {
                 .map_or_else(|| "none (no load bound)".to_string(), |f| f.to_string()),
             u.send_proxy
         );
+        if let Some(r) = &u.rebalance {
+            let _ = writeln!(
+                o,
+                "  rebalance: at most {}/s closed by this gateway, tolerance {}",
+                r.max_per_second, r.tolerance
+            );
+        }
         if u.required_for_ready {
             let _ = writeln!(
                 o,

@@ -275,6 +275,24 @@ pub struct UpstreamConfig {
     /// How long a pinged client has to answer (a Pong, or any bytes) before its tunnel ends
     /// (Close 1001 both ways).
     pub ws_ping_timeout: Duration,
+    /// `Some`: move live tunnels after the backend set changes (opt-in; see
+    /// `docs/config.md` and `proxy::rebalance`).
+    pub rebalance: Option<Rebalance>,
+}
+
+/// `rebalance = { max_per_second, tolerance }` of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rebalance {
+    /// Tunnels this gateway closes per second at most, over all its cores.
+    pub max_per_second: u32,
+    /// Non-hash policies: a backend sheds tunnels once it holds more than
+    /// `(1 + tolerance) ×` its fair share.
+    pub tolerance: f64,
+}
+
+impl Rebalance {
+    pub const DEFAULT_MAX_PER_SECOND: u32 = 20;
+    pub const DEFAULT_TOLERANCE: f64 = 0.10;
 }
 
 /// The route cookie's attributes (`balance = "cookie"`). Its fallback policy lives in

@@ -129,6 +129,7 @@ pub struct RawUpstream {
     pub ws_ping_interval: Option<String>,
     pub ws_ping_timeout: Option<String>,
     pub tls: Option<RawUpstreamTls>,
+    pub rebalance: Option<RawRebalance>,
 }
 
 /// `[upstream.tls]`: TLS to the backends.
@@ -141,6 +142,13 @@ pub struct RawUpstreamTls {
     pub cert_file: Option<String>,
     pub key_file: Option<String>,
     pub alpn: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRebalance {
+    pub max_per_second: Option<i64>,
+    pub tolerance: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

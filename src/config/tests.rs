@@ -1080,3 +1080,68 @@ fn gateway_pings_are_opt_in_and_need_frames() {
         );
     }
 }
+
+#[test]
+fn rebalance_fields() {
+    let b = "backends = [{ address = \"127.0.0.1:1\" }]";
+    let c = Config::from_toml(&with_upstream(b)).unwrap();
+    assert_eq!(c.upstreams[0].rebalance, None, "rebalancing is opt-in");
+    let c = Config::from_toml(&with_upstream(&format!(
+        "balance = \"hash:ip\"\nrebalance = {{}}\n{b}"
+    )))
+    .unwrap();
+    assert_eq!(
+        c.upstreams[0].rebalance,
+        Some(Rebalance {
+            max_per_second: 20,
+            tolerance: 0.10
+        }),
+        "defaults"
+    );
+    let c = Config::from_toml(&with_upstream(&format!(
+        "rebalance = {{ max_per_second = 5, tolerance = 0.5 }}\n{b}"
+    )))
+    .unwrap();
+    assert_eq!(
+        c.upstreams[0].rebalance,
+        Some(Rebalance {
+            max_per_second: 5,
+            tolerance: 0.5
+        })
+    );
+    let field = "upstream[app].rebalance.max_per_second";
+    for bad in ["0", "-3", "100001"] {
+        assert_error(
+            &with_upstream(&format!("rebalance = {{ max_per_second = {bad} }}\n{b}")),
+            field,
+            "out of range",
+        );
+    }
+    let field = "upstream[app].rebalance.tolerance";
+    for bad in ["-0.1", "10.5", "nan", "inf"] {
+        assert_error(
+            &with_upstream(&format!("rebalance = {{ tolerance = {bad} }}\n{b}")),
+            field,
+            "out of range",
+        );
+    }
+    assert_error(
+        &with_upstream(&format!(
+            "balance = \"hash:ip\"\nload_factor = 1.25\nrebalance = {{}}\n{b}"
+        )),
+        "upstream[app].rebalance",
+        "load_factor",
+    );
+    for (bad, needle) in [
+        ("rebalance = { max_per_second = \"fast\" }", "invalid type"),
+        ("rebalance = { tolerance = \"10%\" }", "invalid type"),
+        ("rebalance = { max_per_sec = 5 }", "max_per_sec"),
+        ("rebalance = 20", "invalid type"),
+    ] {
+        let errs = errors(&with_upstream(&format!("{bad}\n{b}")));
+        assert!(
+            errs[0].message.contains(needle),
+            "{bad}: no `{needle}` in {errs:?}"
+        );
+    }
+}

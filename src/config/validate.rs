@@ -491,6 +491,10 @@ fn validate_upstream(
             "must be >= 1.0 (1.25 is a good start), or left out for no load bound",
         );
     }
+    let rebalance = u
+        .rebalance
+        .as_ref()
+        .map(|r| rebalance(e, &format!("{field}.rebalance"), r, load_factor.is_some()));
     let send_proxy = e.choice(
         &format!("{field}.send_proxy"),
         &u.send_proxy,
@@ -808,7 +812,43 @@ fn validate_upstream(
             &u.ws_ping_timeout,
             DEFAULT_PING_TIMEOUT,
         ),
+        rebalance,
     })
+}
+
+/// `rebalance = { max_per_second, tolerance }`. Refused with `load_factor`: bounded load
+/// places by this replica's loads and keeps keys with their live connections, so a tunnel
+/// moved to where the table says could be placed back where it was.
+fn rebalance(e: &mut Errors, field: &str, r: &RawRebalance, bounded: bool) -> Rebalance {
+    let max_per_second = e.count(
+        &format!("{field}.max_per_second"),
+        r.max_per_second,
+        Rebalance::DEFAULT_MAX_PER_SECOND as usize,
+        1,
+        100_000,
+    ) as u32;
+    let tolerance = match r.tolerance {
+        None => Rebalance::DEFAULT_TOLERANCE,
+        Some(t) if t.is_finite() && (0.0..=10.0).contains(&t) => t,
+        Some(t) => {
+            e.push(
+                format!("{field}.tolerance"),
+                format!("{t} is out of range; use a fraction in 0.0..=10.0 (0.10 = 10% over the fair share)"),
+            );
+            Rebalance::DEFAULT_TOLERANCE
+        }
+    };
+    if bounded {
+        e.push(
+            field,
+            "cannot be combined with `load_factor` (bounded load places by this replica's \
+             loads, so a moved tunnel could come straight back); drop one of them",
+        );
+    }
+    Rebalance {
+        max_per_second,
+        tolerance,
+    }
 }
 
 /// Requests are routed on their normalised path (`proto::path`), so a prefix that is not

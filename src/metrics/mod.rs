@@ -128,6 +128,35 @@ struct UpstreamSlot {
     tls: [AtomicU64; UPSTREAM_TLS_SLOTS],
     /// WebSocket frames of this upstream's tunnels, per direction.
     ws: websocket::WsCounters,
+    /// Tunnels the tick asked to end to move them, by [`MoveReason`].
+    moved: [AtomicU64; MoveReason::ALL.len()],
+}
+
+/// Why the gateway moved a tunnel (`ringway_rebalance_closed_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveReason {
+    /// A hash upstream's table now places the tunnel's key on another backend.
+    Placement = 0,
+    /// Its backend held more than its fair share (non-hash policies).
+    FairShare = 1,
+    /// An operator drains its backend.
+    AdminDrain = 2,
+}
+
+impl MoveReason {
+    pub const ALL: [MoveReason; 3] = [
+        MoveReason::Placement,
+        MoveReason::FairShare,
+        MoveReason::AdminDrain,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MoveReason::Placement => "placement",
+            MoveReason::FairShare => "fair_share",
+            MoveReason::AdminDrain => "admin_drain",
+        }
+    }
 }
 
 /// Upstream TLS handshake results counted per upstream (the results, then "resumed").
@@ -141,6 +170,7 @@ impl Default for UpstreamSlot {
             response: Histogram::new(RESPONSE_BUCKETS),
             tls: Default::default(),
             ws: websocket::WsCounters::default(),
+            moved: Default::default(),
         }
     }
 }
@@ -205,6 +235,20 @@ impl UpstreamCounters {
     /// The WebSocket counters summed over the workers (at scrape time).
     pub fn ws_totals(&self) -> websocket::WsTotals {
         websocket::WsTotals::sum(self.slots.iter().map(|s| &s.ws))
+    }
+
+    /// One tunnel asked to end by the tick to move it.
+    pub fn moved(&self, worker: usize, why: MoveReason) {
+        let s = &self.slots[worker % self.slots.len()];
+        bump(&s.moved[why as usize], 1);
+    }
+
+    /// Tunnels moved for `why`, summed over the workers.
+    pub fn moved_total(&self, why: MoveReason) -> u64 {
+        self.slots
+            .iter()
+            .map(|s| s.moved[why as usize].load(Relaxed))
+            .sum()
     }
 
     pub fn upgrades(&self) -> (u64, u64) {

@@ -32,6 +32,9 @@ pub struct Connected<D: Driver> {
     pub guard: ConnGuard,
     /// The policy wants the route cookie (re)issued on the response.
     pub set_cookie: bool,
+    /// The hash of the key a hash policy placed it by ([`Pick::key_hash`]): the lifecycle
+    /// registry keeps it so rebalancing can recompute the key's placement.
+    pub key_hash: Option<u64>,
 }
 
 /// Picks and connects (tcp mode); every failure is counted, the final "no backend" included.
@@ -120,6 +123,7 @@ pub async fn connect_from<D: Driver, K: KeySource + ?Sized>(
                     index: pick.index,
                     guard,
                     set_cookie: pick.set_cookie,
+                    key_hash: pick.key_hash,
                 });
             }
             Err(e) => {

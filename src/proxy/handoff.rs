@@ -54,7 +54,10 @@ pub async fn run<D: Driver>(
         ask: Default::default(),
         upstream: up.cfg.name.clone(),
         backend: stats.clone(),
-        key: None,
+        key: backend
+            .key_hash
+            .zip(table.key_source())
+            .map(|(hash, source)| lifecycle::PlacedKey { hash, source }),
         opened: started,
         websocket: who.status == 101,
     });

@@ -19,6 +19,7 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::balance::{now_ms, BackendStats};
+use crate::metrics::MoveReason;
 use crate::state::Phase;
 
 use super::Worker;
@@ -124,11 +125,21 @@ pub struct Entry {
     /// The upstream's name (indices change with reloads; names do not).
     pub upstream: Arc<str>,
     pub backend: Arc<BackendStats>,
-    /// The hash of the balancing key that placed it, for hash upstreams.
-    pub key: Option<u64>,
+    /// The balancing key that placed it, for hash upstreams.
+    pub key: Option<PlacedKey>,
     pub opened: Instant,
     /// An upgraded WebSocket (Close frames possible), as opposed to a raw tcp tunnel.
     pub websocket: bool,
+}
+
+/// How a hash policy placed a tunnel: enough to recompute its placement against a newer table
+/// (one Maglev read), no key bytes kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlacedKey {
+    /// The key's hash, as the pick recorded it (`Pick::key_hash`).
+    pub hash: u64,
+    /// [`crate::balance::Table::key_source`] of the table that placed it.
+    pub source: u64,
 }
 
 /// A core's live tunnels: a slab (free slots reused) so register and unregister are O(1).
@@ -211,24 +222,35 @@ pub async fn tick(w: Rc<Worker>) {
     }
 }
 
-/// One pass over the registry.
+/// One pass over the registry: endings first, then moves (an admin drain, rebalancing).
 fn look_over(w: &Worker, stopping: bool) {
     let tunnels = w.tunnels();
-    if tunnels.live() == 0 {
-        return;
-    }
     let now = now_ms();
     let gen = w.shared.gen.load();
-    tunnels.for_each(|e| {
-        if e.ask.asked().is_some() {
-            return;
-        }
-        if stopping {
-            e.ask.ask(Ending::Shutdown);
-        } else if e.backend.drain_deadline().is_some_and(|at| now >= at) {
-            e.ask.ask(Ending::BackendGone);
-        } else if !gen.upstreams.iter().any(|u| *u.cfg.name == *e.upstream) {
-            e.ask.ask(Ending::RouteRemoved);
-        }
-    });
+    if tunnels.live() > 0 {
+        tunnels.for_each(|e| {
+            if e.ask.asked().is_some() {
+                return;
+            }
+            let upstream = gen.upstreams.iter().find(|u| *u.cfg.name == *e.upstream);
+            if stopping {
+                e.ask.ask(Ending::Shutdown);
+            } else if e.backend.drain_deadline().is_some_and(|at| now >= at) {
+                e.ask.ask(Ending::BackendGone);
+            } else if upstream.is_none() {
+                e.ask.ask(Ending::RouteRemoved);
+            } else if e.backend.take_drain_token(now) {
+                // An operator drains the backend: its tunnels go at the drain's rate, shared
+                // by the cores (whichever takes the token closes one of its own).
+                e.ask.ask(Ending::AdminDrain);
+                if let Some(u) = upstream {
+                    u.counters.moved(w.id, MoveReason::AdminDrain);
+                }
+            }
+        });
+    }
+    if !stopping {
+        // Also with no tunnel here: the shedding marks follow the gateway-wide counts.
+        super::rebalance::pass(w, &gen, now);
+    }
 }

@@ -26,6 +26,7 @@ mod head_reader;
 pub mod http;
 pub mod lifecycle;
 mod proxy_header;
+mod rebalance;
 pub mod route;
 pub mod tcp;
 mod tls_tunnel;

@@ -275,6 +275,16 @@ impl Gateway {
         panic!("ringway never listened on {addr}:\n{}", gw.log_text());
     }
 
+    /// Rewrites the config file (`{LISTEN}` replaced as at start), for a reload.
+    #[allow(dead_code)] // not every test file that includes this reloads
+    pub fn rewrite_config(&self, config: &str) {
+        std::fs::write(
+            &self.config,
+            config.replace("{LISTEN}", &self.addr.to_string()),
+        )
+        .unwrap();
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -18,6 +18,7 @@ pub mod bulk;
 pub mod idle;
 pub mod pingpong;
 pub mod rate;
+pub mod rebalance;
 pub mod storm;
 pub mod timer;
 

@@ -129,6 +129,7 @@ async fn connect_or_reuse<D: Driver>(
             && !k.conn.stream.peer_closed()
         {
             k.conn.set_cookie = pick.set_cookie;
+            k.conn.key_hash = pick.key_hash;
             return Ok(k);
         }
     }
