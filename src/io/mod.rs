@@ -66,6 +66,17 @@ pub trait Driver: 'static {
         s.read_with(|mut t| t.read(buf)).await
     }
 
+    /// Writes all of `buf`. Default: write(2), waiting for writability when the socket is full.
+    #[allow(async_fn_in_trait)]
+    async fn write_all(s: &Self::Fd<TcpStream>, buf: &[u8]) -> io::Result<()> {
+        write_all_ready(s, buf).await
+    }
+
+    /// Half-closes the write side (`shutdown(SHUT_WR)`, result ignored: the peer may be gone).
+    fn shutdown_write(s: &Self::Fd<TcpStream>) {
+        let _ = s.get_ref().shutdown(std::net::Shutdown::Write);
+    }
+
     /// Opens a connection to `addr` (non-blocking, no Nagle). Default: connect(2), then
     /// writability and SO_ERROR.
     #[allow(async_fn_in_trait)]
@@ -150,8 +161,13 @@ pub async fn read_append<D: Driver>(
     r
 }
 
-/// Writes all of `buf`.
-pub async fn write_all<D: Driver>(s: &Stream<D>, mut buf: &[u8]) -> io::Result<()> {
+/// Writes all of `buf` (on io_uring a short one, a head or an answer, as a ring send).
+pub async fn write_all<D: Driver>(s: &Stream<D>, buf: &[u8]) -> io::Result<()> {
+    D::write_all(s, buf).await
+}
+
+/// Writes all of `buf` with write(2), waiting for writability when the socket is full.
+async fn write_all_ready<R: Ready<TcpStream>>(s: &R, mut buf: &[u8]) -> io::Result<()> {
     use std::io::Write;
     while !buf.is_empty() {
         let n = s.write_with(|mut t| t.write(buf)).await?;
@@ -161,6 +177,11 @@ pub async fn write_all<D: Driver>(s: &Stream<D>, mut buf: &[u8]) -> io::Result<(
         buf = &buf[n..];
     }
     Ok(())
+}
+
+/// Half-closes the write side of `s` (on io_uring as a ring op; result ignored).
+pub fn shutdown_write<D: Driver>(s: &Stream<D>) {
+    D::shutdown_write(s)
 }
 
 /// Waits for `dur` on the worker's timer. Worker code never calls `tokio::time` directly: on a
@@ -235,7 +256,7 @@ const LINGER_TIME: Duration = Duration::from_secs(1);
 /// the peer still sends, bounded by [`LINGER_BYTES`] and [`LINGER_TIME`], then the caller drops
 /// the socket.
 pub async fn linger_close<D: Driver>(s: &Stream<D>) {
-    let _ = s.get_ref().shutdown(std::net::Shutdown::Write);
+    shutdown_write::<D>(s);
     let drain = async {
         let mut sink = [0u8; 2048];
         let mut left = LINGER_BYTES;

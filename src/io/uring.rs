@@ -4,10 +4,11 @@
 use std::any::Any;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 
 use super::{ring, Driver, IoKind, Ready};
+use crate::sys::closer::CloseWith;
 use crate::sys::reactor::OwnsFd;
 use crate::sys::{self, ring::POLLIN, ring::POLLOUT};
 
@@ -38,18 +39,48 @@ impl Driver for Uring {
         s.read_with(|mut t| t.read(buf)).await
     }
 
+    async fn write_all(s: &UringFd<TcpStream>, buf: &[u8]) -> io::Result<()> {
+        if buf.len() > SEND_COPY_MAX {
+            // Bulk (a body, bytes a slow reader left): write(2) on readiness, no copy.
+            return super::write_all_ready(s, buf).await;
+        }
+        let owner: Rc<dyn Any> = s.0.clone();
+        ring::send_all(owner, s.0.as_raw_fd(), buf).await
+    }
+
+    fn shutdown_write(s: &UringFd<TcpStream>) {
+        let owner: Rc<dyn Any> = s.0.clone();
+        if !ring::shutdown_write(owner, s.0.as_raw_fd()) {
+            let _ = s.0.shutdown(std::net::Shutdown::Write);
+        }
+    }
+
     async fn connect(addr: SocketAddr) -> io::Result<UringFd<TcpStream>> {
-        let s = Rc::new(sys::socket::new_stream(addr)?);
+        let s = Rc::new(CloseWith::new(sys::socket::new_stream(addr)?, ring_close));
         let owner: Rc<dyn Any> = s.clone();
         ring::connect(owner, s.as_raw_fd(), addr).await?;
         Ok(UringFd(s))
     }
 }
 
-/// The fd's owner is reference-counted so a pending op can keep it open (see `sys::ring`).
-pub struct UringFd<T>(Rc<T>);
+/// Writes up to this size (heads, answers) go out as a ring send of a copy; longer ones as
+/// write(2) on readiness.
+const SEND_COPY_MAX: usize = 4 * 1024;
 
-impl<T: AsRawFd + 'static> UringFd<T> {
+/// The fd's owner is reference-counted so a pending op can keep it open (see `sys::ring`).
+/// Whoever drops it last (this handle, or the slot of an op the kernel finished late) closes
+/// the fd with a ring op, submitted with the turn's other work: no close(2).
+pub struct UringFd<T: OwnsFd>(Rc<CloseWith<T>>);
+
+/// Closes `fd` on this worker's ring; with close(2) off a ring worker or from inside the ring
+/// (an op's slot freed during a reap).
+fn ring_close(fd: OwnedFd) {
+    if let Err(fd) = ring::close(fd) {
+        drop(fd);
+    }
+}
+
+impl<T: OwnsFd + 'static> UringFd<T> {
     async fn with<R>(
         &self,
         events: u32,
@@ -83,7 +114,7 @@ fn is_spurious(e: &io::Error) -> bool {
 
 impl<T: OwnsFd + 'static> Ready<T> for UringFd<T> {
     fn new(inner: T) -> io::Result<Self> {
-        Ok(UringFd(Rc::new(inner)))
+        Ok(UringFd(Rc::new(CloseWith::new(inner, ring_close))))
     }
 
     fn get_ref(&self) -> &T {

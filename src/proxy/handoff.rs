@@ -56,7 +56,18 @@ pub async fn run<D: Driver>(
     let (end, moved) = match client {
         Client::Plain(c) => tunnel::run::<D>(w, c, &backend.stream, idle, &stats, ask).await,
         // splice cannot see plaintext: TLS clients take the copy pump through rustls.
-        Client::Tls(c) => tls_tunnel::run::<D>(w, c, &backend.stream, idle, &stats, ask).await,
+        // Boxed: a plain tunnel's task is not sized for the TLS pumps it never runs.
+        Client::Tls(c) => {
+            Box::pin(tls_tunnel::run::<D>(
+                w,
+                c,
+                &backend.stream,
+                idle,
+                &stats,
+                ask,
+            ))
+            .await
+        }
     };
     drop(registered);
     access::log(

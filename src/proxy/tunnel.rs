@@ -15,7 +15,7 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
@@ -119,8 +119,22 @@ pub async fn run<D: Driver>(
     let last = Cell::new(Instant::now());
     let track = idle.is_some();
 
-    let a = direction::<D>(w, client, backend, &up, track.then_some(&last));
-    let b = direction::<D>(w, backend, client, &down, track.then_some(&last));
+    // Pinned here and lent to `supervise`: moved in by value, each direction's state would be
+    // stored twice in this future (once per level), and an idle tunnel's task would carry it.
+    let a = std::pin::pin!(direction::<D>(
+        w,
+        client,
+        backend,
+        &up,
+        track.then_some(&last)
+    ));
+    let b = std::pin::pin!(direction::<D>(
+        w,
+        backend,
+        client,
+        &down,
+        track.then_some(&last)
+    ));
     let (c, k) = (client.get_ref(), backend.get_ref());
     let end = supervise(a, b, c, k, idle, &last, ask).await;
     // The pumps may have been dropped mid-way: whatever they did not flush is added here.
@@ -403,7 +417,7 @@ async fn pump<D: Driver>(
                 w.put_pipe(p);
                 r.map_err(DirError::Dst)?;
             }
-            let _ = dst.get_ref().shutdown(Shutdown::Write);
+            rio::shutdown_write::<D>(dst);
             return Ok(PumpEnd::Eof);
         }
         moved.add(n as u64);

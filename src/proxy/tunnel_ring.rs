@@ -146,7 +146,9 @@ pub async fn ring_copy(
         // 3. Done: everything received has been sent.
         if recv.is_none() && sending.is_none() && queue.is_empty() {
             if eof {
-                let _ = dst.shutdown(Shutdown::Write);
+                if !rd.shutdown_write() {
+                    let _ = dst.shutdown(Shutdown::Write);
+                }
                 return Poll::Ready(Ok(RingEnd::Eof));
             }
             if bulk {

@@ -61,7 +61,15 @@ pub enum Keep {
     Recv(Rc<dyn Any>),
     /// A send: the buffer it reads, returned to the pool when the slot is freed.
     Send(Rc<dyn Any>, Lease),
+    /// A send of bytes the ring copied (a head, an error answer): kept until the completion,
+    /// then recycled for the next such send.
+    Bytes(Rc<dyn Any>, Vec<u8>),
 }
+
+/// Sends of copied bytes up to this size keep their buffer for the next one ([`SPARE_MAX`]
+/// of them per core: 32 KiB at most, so an idle core holds next to nothing).
+const SPARE_SIZE: usize = 4 * 1024;
+const SPARE_MAX: usize = 8;
 
 /// One completion: the result (`>= 0` or `-errno`) and the CQE flags.
 #[derive(Debug, Clone, Copy)]
@@ -137,6 +145,8 @@ pub struct Ring {
     wake_buf: Box<u64>,
     wake_armed: bool,
     closing: bool,
+    /// Buffers of finished [`Keep::Bytes`] sends, for the next one.
+    spare: Vec<Vec<u8>>,
 }
 
 /// The eventfd other threads write to wake a worker. Shared (`Arc`) by the ring, whose READ
@@ -232,6 +242,7 @@ impl Ring {
             wake_buf: Box::new(0),
             wake_armed: false,
             closing: false,
+            spare: Vec::new(),
         };
         r.arm_wake();
         r
@@ -305,7 +316,12 @@ impl Ring {
             discard(&s.keep, bufs, c);
         }
         s.live = false;
-        s.keep = Keep::Nothing;
+        if let Keep::Bytes(_, mut b) = std::mem::replace(&mut s.keep, Keep::Nothing) {
+            if b.capacity() <= SPARE_SIZE && self.spare.len() < SPARE_MAX {
+                b.clear();
+                self.spare.push(b);
+            }
+        }
         s.waker = None;
         s.results.clear();
         self.free.push(index);
@@ -424,6 +440,51 @@ impl Ring {
         // back) until the completion; `owner` keeps `fd` open.
         unsafe { self.push_raw(&sqe) };
         key
+    }
+
+    /// Sends a copy of `bytes` on `fd` (owned by `owner`): one ring op instead of a `sendto`
+    /// on readiness. The slot owns the copy until the completion, so the caller's buffer is
+    /// free at once and a dropped future cannot leave the kernel reading freed memory.
+    pub fn send_copy(&mut self, owner: Rc<dyn Any>, fd: RawFd, bytes: &[u8]) -> OpKey {
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.extend_from_slice(bytes);
+        let (ptr, len) = (buf.as_ptr(), buf.len().min(u32::MAX as usize) as u32);
+        let key = self.alloc(Keep::Bytes(owner, buf));
+        let sqe = opcode::Send::new(types::Fd(fd), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(key.0);
+        // SAFETY: `ptr..ptr+len` is the heap buffer of a Vec the slot owns until the op's
+        // completion (moving the Vec into the slot does not move its buffer, and nothing
+        // touches it meanwhile); `owner` keeps `fd` open.
+        unsafe { self.push_raw(&sqe) };
+        key
+    }
+
+    /// `shutdown(fd, SHUT_WR)` as a ring op, submitted with the turn's other work; nobody
+    /// waits for it (like a `shutdown` whose result is ignored). The slot keeps `owner`, so
+    /// the fd stays open until the op completes.
+    pub fn shutdown_write(&mut self, owner: Rc<dyn Any>, fd: RawFd) {
+        let key = self.alloc(Keep::Owner(owner));
+        self.slots[key.index()].ignored = true;
+        let sqe = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR)
+            .build()
+            .user_data(key.0);
+        // SAFETY: the SQE names only `fd`, which the slot's `owner` keeps open until the
+        // completion frees the slot.
+        unsafe { self.push_raw(&sqe) };
+    }
+
+    /// Closes `fd` as a ring op, submitted with the turn's other work (an RST-on-close
+    /// linger set on the socket applies as with close(2)).
+    pub fn close(&mut self, fd: OwnedFd) {
+        use std::os::fd::IntoRawFd;
+        let sqe = opcode::Close::new(types::Fd(fd.into_raw_fd()))
+            .build()
+            .user_data(IGNORE);
+        // SAFETY: the fd number was owned by `fd` and is now the op's alone (into_raw_fd: no
+        // other close); the kernel closes it whether or not anyone reaps the completion.
+        unsafe { self.push_raw(&sqe) };
     }
 
     /// Takes back the lease of a completed send (to send the rest after a short send).
@@ -708,6 +769,10 @@ const NEEDED_OPS: &[(&str, u8)] = &[
     ("ACCEPT", opcode::Accept::CODE),
     ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
     ("READ", opcode::Read::CODE),
+    // Heads and answers, half-closes and closes (all in Linux 5.11, which EXT_ARG needs).
+    ("SEND", opcode::Send::CODE),
+    ("SHUTDOWN", opcode::Shutdown::CODE),
+    ("CLOSE", opcode::Close::CODE),
 ];
 
 /// Test hook: `RINGWAY_URING_PRETEND_MISSING=ring|EXT_ARG|DEFER_TASKRUN|<op name>,...` makes
