@@ -58,12 +58,11 @@ pub trait Driver: 'static {
         None
     }
 
-    /// Reads what is available into `buf` (at least one byte, or 0 at EOF). Default:
-    /// readiness, then read(2).
+    /// Reads what is available into `buf` (at least one byte, or 0 at EOF): see
+    /// [`Ready::read_some`].
     #[allow(async_fn_in_trait)]
     async fn read(s: &Self::Fd<TcpStream>, buf: &mut [u8]) -> io::Result<usize> {
-        use std::io::Read;
-        s.read_with(|mut t| t.read(buf)).await
+        s.read_some(buf).await
     }
 
     /// Writes all of `buf`. Default: write(2), waiting for writability when the socket is full.
@@ -98,6 +97,16 @@ pub trait Ready<T>: Sized {
     fn get_ref(&self) -> &T;
     async fn read_with<R>(&self, f: impl FnMut(&T) -> io::Result<R>) -> io::Result<R>;
     async fn write_with<R>(&self, f: impl FnMut(&T) -> io::Result<R>) -> io::Result<R>;
+
+    /// Reads what is available into `buf` (at least one byte, or 0 at EOF). Default:
+    /// readiness, then read(2); on io_uring one ring receive into the core's buffer pool.
+    #[allow(async_fn_in_trait)]
+    async fn read_some(&self, buf: &mut [u8]) -> io::Result<usize>
+    where
+        for<'a> &'a T: io::Read,
+    {
+        self.read_with(|mut t| io::Read::read(&mut t, buf)).await
+    }
 
     /// [`Ready::read_with`], trying `f` before waiting when `likely_ready` (the last call
     /// moved a full batch, so more bytes are probably queued: a bulk stream). A backend whose
@@ -235,10 +244,7 @@ pub struct Elapsed;
 
 /// Spawns a task on the current worker: the ring runtime's executor on a ring worker, tokio's
 /// LocalSet elsewhere. Detached: the task runs to its end (or until the worker stops).
-pub fn spawn_local<F: Future + 'static>(f: F)
-where
-    F::Output: 'static,
-{
+pub fn spawn_local<F: Future<Output = ()> + 'static>(f: F) {
     if ring::on_ring() {
         ring::spawn(f)
     } else {

@@ -29,16 +29,6 @@ impl Driver for Uring {
         ring::RingSock::new(s.0.clone(), s.0.as_raw_fd())
     }
 
-    async fn read(s: &UringFd<TcpStream>, buf: &mut [u8]) -> io::Result<usize> {
-        let owner: Rc<dyn Any> = s.0.clone();
-        if let Some(r) = ring::recv_into(owner, s.0.as_raw_fd(), buf).await {
-            return r;
-        }
-        // No pool, or it ran dry: readiness, then read(2).
-        use std::io::Read;
-        s.read_with(|mut t| t.read(buf)).await
-    }
-
     async fn write_all(s: &UringFd<TcpStream>, buf: &[u8]) -> io::Result<()> {
         if buf.len() > SEND_COPY_MAX {
             // Bulk (a body, bytes a slow reader left): write(2) on readiness, no copy.
@@ -125,6 +115,18 @@ impl<T: OwnsFd + 'static> Ready<T> for UringFd<T> {
         // Poll first: a read usually follows one that drained the socket (ping-pong), so an
         // optimistic read would cost an EAGAIN syscall per message.
         self.with(POLLIN, READ_TRY_FIRST, f).await
+    }
+
+    async fn read_some(&self, buf: &mut [u8]) -> io::Result<usize>
+    where
+        for<'a> &'a T: io::Read,
+    {
+        let owner: Rc<dyn Any> = self.0.clone();
+        if let Some(r) = ring::recv_into(owner, self.0.as_raw_fd(), buf).await {
+            return r;
+        }
+        // No pool, or it ran dry: readiness, then read(2).
+        self.read_with(|mut t| io::Read::read(&mut t, buf)).await
     }
 
     async fn read_with_hint<R>(

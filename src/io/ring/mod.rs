@@ -114,10 +114,12 @@ pub fn on_ring() -> bool {
 
 /// Spawns a task on this thread's ring runtime. Panics off a ring worker (callers check
 /// [`on_ring`]).
-pub fn spawn<F: Future + 'static>(f: F) {
-    let fut: Pin<Box<dyn Future<Output = ()>>> = Box::pin(async move {
-        f.await;
-    });
+///
+/// `f` is boxed as it is: wrapped in `async move { f.await }` (to drop an output) it would be
+/// stored twice, once as the block's capture and once as the future it awaits, and every task,
+/// an idle tunnel's included, would cost double (issue 14: 4.3 KiB instead of 2.4 per tunnel).
+pub fn spawn<F: Future<Output = ()> + 'static>(f: F) {
+    let fut: Pin<Box<dyn Future<Output = ()>>> = Box::pin(f);
     with(|rt| rt.spawn_boxed(fut)).expect("ring::spawn outside a ring worker");
 }
 
