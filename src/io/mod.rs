@@ -19,7 +19,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 pub use epoll::Epoll;
-pub use uring::Uring;
+pub use uring::{ops as uring_ops, Uring};
 
 use crate::sys;
 

@@ -30,7 +30,7 @@ impl Driver for Uring {
     }
 
     async fn write_all(s: &UringFd<TcpStream>, buf: &[u8]) -> io::Result<()> {
-        if buf.len() > SEND_COPY_MAX {
+        if buf.len() > SEND_COPY_MAX || !ops().send {
             // Bulk (a body, bytes a slow reader left): write(2) on readiness, no copy.
             return super::write_all_ready(s, buf).await;
         }
@@ -40,7 +40,7 @@ impl Driver for Uring {
 
     fn shutdown_write(s: &UringFd<TcpStream>) {
         let owner: Rc<dyn Any> = s.0.clone();
-        if !ring::shutdown_write(owner, s.0.as_raw_fd()) {
+        if !ops().shutdown || !ring::shutdown_write(owner, s.0.as_raw_fd()) {
             let _ = s.0.shutdown(std::net::Shutdown::Write);
         }
     }
@@ -65,9 +65,37 @@ pub struct UringFd<T: OwnsFd>(Rc<CloseWith<T>>);
 /// Closes `fd` on this worker's ring; with close(2) off a ring worker or from inside the ring
 /// (an op's slot freed during a reap).
 fn ring_close(fd: OwnedFd) {
+    if !ops().close {
+        return drop(fd);
+    }
     if let Err(fd) = ring::close(fd) {
         drop(fd);
     }
+}
+
+/// Which writes and closes go through the ring (the rest are syscalls).
+#[derive(Clone, Copy)]
+pub struct RingOps {
+    pub send: bool,
+    pub shutdown: bool,
+    pub close: bool,
+}
+
+/// Read once: `RINGWAY_URING_OPS=send,close,shutdown` names the ring ops to use, to measure
+/// them against their syscalls (docs/benchmarks.md). Default `send,close`: not `SHUTDOWN`,
+/// which the kernel never issues non-blocking: it runs every one on an io-wq thread (a thread
+/// hop per FIN, measured dearer than the syscall).
+pub fn ops() -> RingOps {
+    static OPS: std::sync::OnceLock<RingOps> = std::sync::OnceLock::new();
+    *OPS.get_or_init(|| {
+        let v = std::env::var("RINGWAY_URING_OPS").unwrap_or_else(|_| "send,close".into());
+        let has = |name: &str| v.split(',').any(|w| w.trim().eq_ignore_ascii_case(name));
+        RingOps {
+            send: has("send"),
+            shutdown: has("shutdown"),
+            close: has("close"),
+        }
+    })
 }
 
 impl<T: OwnsFd + 'static> UringFd<T> {

@@ -120,7 +120,7 @@ impl RingSock {
     /// Half-closes the socket with a ring op nobody waits for (`false`: not on a ring worker;
     /// the caller shuts down with the syscall).
     pub fn shutdown_write(&self) -> bool {
-        shutdown_write(self.owner.clone(), self.fd)
+        crate::io::uring_ops().shutdown && shutdown_write(self.owner.clone(), self.fd)
     }
 
     /// Sends the bytes of `lease` (one send in flight per direction: the caller queues).
