@@ -284,6 +284,7 @@ async fn worker_main<D: Driver>(
 ) {
     let w = Worker::new(id, shared.clone());
     crate::io::spawn_local(proxy::lifecycle::tick(w.clone()));
+    crate::io::spawn_local(trim_allocator());
     for (name, bind, s) in sockets {
         crate::io::spawn_local(proxy::accept_loop::<D>(w.clone(), name, bind, s));
     }
@@ -308,6 +309,20 @@ async fn worker_main<D: Driver>(
             closing = w.open_connections(),
             "drain time over, closing"
         );
+    }
+}
+
+/// How often a worker hands the allocator's freed pages back to the OS.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Once a second, gives the pages this worker freed back to the OS (`sys::alloc::trim`): a
+/// worker that goes quiet after a burst of handshakes makes no allocator call that would, and
+/// would keep the burst's peak resident while it holds idle connections (docs/benchmarks.md,
+/// "Idle memory").
+async fn trim_allocator() {
+    loop {
+        crate::io::sleep(TRIM_EVERY).await;
+        sys::alloc::trim();
     }
 }
 

@@ -19,7 +19,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 pub use epoll::Epoll;
-pub use uring::Uring;
+pub use uring::{ops as uring_ops, Uring};
 
 use crate::sys;
 
@@ -58,12 +58,22 @@ pub trait Driver: 'static {
         None
     }
 
-    /// Reads what is available into `buf` (at least one byte, or 0 at EOF). Default:
-    /// readiness, then read(2).
+    /// Reads what is available into `buf` (at least one byte, or 0 at EOF): see
+    /// [`Ready::read_some`].
     #[allow(async_fn_in_trait)]
     async fn read(s: &Self::Fd<TcpStream>, buf: &mut [u8]) -> io::Result<usize> {
-        use std::io::Read;
-        s.read_with(|mut t| t.read(buf)).await
+        s.read_some(buf).await
+    }
+
+    /// Writes all of `buf`. Default: write(2), waiting for writability when the socket is full.
+    #[allow(async_fn_in_trait)]
+    async fn write_all(s: &Self::Fd<TcpStream>, buf: &[u8]) -> io::Result<()> {
+        write_all_ready(s, buf).await
+    }
+
+    /// Half-closes the write side (`shutdown(SHUT_WR)`, result ignored: the peer may be gone).
+    fn shutdown_write(s: &Self::Fd<TcpStream>) {
+        let _ = s.get_ref().shutdown(std::net::Shutdown::Write);
     }
 
     /// Opens a connection to `addr` (non-blocking, no Nagle). Default: connect(2), then
@@ -87,6 +97,16 @@ pub trait Ready<T>: Sized {
     fn get_ref(&self) -> &T;
     async fn read_with<R>(&self, f: impl FnMut(&T) -> io::Result<R>) -> io::Result<R>;
     async fn write_with<R>(&self, f: impl FnMut(&T) -> io::Result<R>) -> io::Result<R>;
+
+    /// Reads what is available into `buf` (at least one byte, or 0 at EOF). Default:
+    /// readiness, then read(2); on io_uring one ring receive into the core's buffer pool.
+    #[allow(async_fn_in_trait)]
+    async fn read_some(&self, buf: &mut [u8]) -> io::Result<usize>
+    where
+        for<'a> &'a T: io::Read,
+    {
+        self.read_with(|mut t| io::Read::read(&mut t, buf)).await
+    }
 
     /// [`Ready::read_with`], trying `f` before waiting when `likely_ready` (the last call
     /// moved a full batch, so more bytes are probably queued: a bulk stream). A backend whose
@@ -150,8 +170,13 @@ pub async fn read_append<D: Driver>(
     r
 }
 
-/// Writes all of `buf`.
-pub async fn write_all<D: Driver>(s: &Stream<D>, mut buf: &[u8]) -> io::Result<()> {
+/// Writes all of `buf` (on io_uring a short one, a head or an answer, as a ring send).
+pub async fn write_all<D: Driver>(s: &Stream<D>, buf: &[u8]) -> io::Result<()> {
+    D::write_all(s, buf).await
+}
+
+/// Writes all of `buf` with write(2), waiting for writability when the socket is full.
+async fn write_all_ready<R: Ready<TcpStream>>(s: &R, mut buf: &[u8]) -> io::Result<()> {
     use std::io::Write;
     while !buf.is_empty() {
         let n = s.write_with(|mut t| t.write(buf)).await?;
@@ -161,6 +186,11 @@ pub async fn write_all<D: Driver>(s: &Stream<D>, mut buf: &[u8]) -> io::Result<(
         buf = &buf[n..];
     }
     Ok(())
+}
+
+/// Half-closes the write side of `s` (on io_uring as a ring op; result ignored).
+pub fn shutdown_write<D: Driver>(s: &Stream<D>) {
+    D::shutdown_write(s)
 }
 
 /// Waits for `dur` on the worker's timer. Worker code never calls `tokio::time` directly: on a
@@ -214,10 +244,7 @@ pub struct Elapsed;
 
 /// Spawns a task on the current worker: the ring runtime's executor on a ring worker, tokio's
 /// LocalSet elsewhere. Detached: the task runs to its end (or until the worker stops).
-pub fn spawn_local<F: Future + 'static>(f: F)
-where
-    F::Output: 'static,
-{
+pub fn spawn_local<F: Future<Output = ()> + 'static>(f: F) {
     if ring::on_ring() {
         ring::spawn(f)
     } else {
@@ -235,7 +262,7 @@ const LINGER_TIME: Duration = Duration::from_secs(1);
 /// the peer still sends, bounded by [`LINGER_BYTES`] and [`LINGER_TIME`], then the caller drops
 /// the socket.
 pub async fn linger_close<D: Driver>(s: &Stream<D>) {
-    let _ = s.get_ref().shutdown(std::net::Shutdown::Write);
+    shutdown_write::<D>(s);
     let drain = async {
         let mut sink = [0u8; 2048];
         let mut left = LINGER_BYTES;

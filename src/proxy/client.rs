@@ -5,7 +5,7 @@
 //! heap (the TLS session is boxed), and the tunnel still splices plain pairs (`handoff` picks
 //! the copy pump of `tls_tunnel` when either side is TLS).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::TcpStream;
 
 use crate::io::{self as rio, Driver, Ready, Stream};
@@ -32,7 +32,7 @@ impl<R: Ready<TcpStream>> ByteStream for R {
     async fn read_append(&self, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
         let start = buf.len();
         buf.resize(start + max.max(1), 0);
-        let r = self.read_with(|mut t| t.read(&mut buf[start..])).await;
+        let r = self.read_some(&mut buf[start..]).await;
         buf.truncate(start + *r.as_ref().unwrap_or(&0));
         r
     }

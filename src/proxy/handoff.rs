@@ -91,7 +91,8 @@ pub async fn run<D: Driver>(
             }
             // splice cannot see plaintext: a TLS side (client or backend) takes the copy pumps
             // through rustls.
-            (c, b) => tls_tunnel::run::<D>(w, c, b, idle, &stats, ask, frames).await,
+            // Boxed: a plain tunnel's task is not sized for the TLS pumps it never runs.
+            (c, b) => Box::pin(tls_tunnel::run::<D>(w, c, b, idle, &stats, ask, frames)).await,
         },
     };
     drop(registered);

@@ -14,7 +14,7 @@
 
 use std::cell::Cell;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
@@ -147,8 +147,24 @@ pub async fn run<D: Driver>(
     let track = idle.is_some();
     let (fu, fd) = (frames.map(|f| f.up), frames.map(|f| f.down));
 
-    let a = direction::<D>(w, client, backend, &up, track.then_some(&last), fu);
-    let b = direction::<D>(w, backend, client, &down, track.then_some(&last), fd);
+    // Pinned here and lent to `supervise`: moved in by value, each direction's state would be
+    // stored twice in this future (once per level), and an idle tunnel's task would carry it.
+    let a = std::pin::pin!(direction::<D>(
+        w,
+        client,
+        backend,
+        &up,
+        track.then_some(&last),
+        fu
+    ));
+    let b = std::pin::pin!(direction::<D>(
+        w,
+        backend,
+        client,
+        &down,
+        track.then_some(&last),
+        fd
+    ));
     let (c, k) = (client.get_ref(), backend.get_ref());
     let graceful = frames.map(|f| (f.closing, f.close_timeout, f.ping));
     let end = supervise(a, b, c, k, idle, &last, ask, graceful).await;
@@ -419,7 +435,7 @@ async fn pump<D: Driver>(
                 w.put_pipe(p);
                 r.map_err(DirError::Dst)?;
             }
-            let _ = dst.get_ref().shutdown(Shutdown::Write);
+            rio::shutdown_write::<D>(dst);
             return Ok(PumpEnd::Eof);
         }
         moved.add(n as u64);

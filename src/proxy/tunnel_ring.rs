@@ -202,7 +202,9 @@ pub async fn ring_copy(
                 return Poll::Ready(Ok(RingEnd::Close));
             }
             if eof {
-                let _ = dst.shutdown(Shutdown::Write);
+                if !rd.shutdown_write() {
+                    let _ = dst.shutdown(Shutdown::Write);
+                }
                 return Poll::Ready(Ok(RingEnd::Eof));
             }
             if bulk {

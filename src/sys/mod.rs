@@ -3,7 +3,9 @@
 //! use of it. Everything above this module is safe Rust.
 #![allow(unsafe_code)]
 
+pub mod alloc;
 pub mod bufring;
+pub mod closer;
 pub mod cpu;
 pub mod pipe;
 pub mod reactor;

@@ -3,7 +3,7 @@
 //! `AsyncFd` lives. We only register types that own their fd ([`OwnsFd`]).
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -15,7 +15,7 @@ mod sealed {
 }
 
 /// Implemented only for types that own their fd and close it on drop.
-pub trait OwnsFd: AsRawFd + sealed::Sealed {}
+pub trait OwnsFd: AsRawFd + Into<OwnedFd> + sealed::Sealed {}
 impl OwnsFd for std::net::TcpStream {}
 impl OwnsFd for std::net::TcpListener {}
 

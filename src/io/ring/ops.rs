@@ -6,7 +6,7 @@ use std::any::Any;
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -115,6 +115,12 @@ impl RingSock {
             op: Op { key },
             cancelled: false,
         }
+    }
+
+    /// Half-closes the socket with a ring op nobody waits for (`false`: not on a ring worker;
+    /// the caller shuts down with the syscall).
+    pub fn shutdown_write(&self) -> bool {
+        crate::io::uring_ops().shutdown && shutdown_write(self.owner.clone(), self.fd)
     }
 
     /// Sends the bytes of `lease` (one send in flight per direction: the caller queues).
@@ -245,4 +251,45 @@ pub async fn connect(owner: Rc<dyn Any>, fd: RawFd, addr: SocketAddr) -> io::Res
     let c = std::future::poll_fn(|cx| op.poll_cqe(cx)).await?;
     op.finish();
     c.result().map(drop)
+}
+
+/// Writes all of `bytes` to `fd` (owned by `owner`) as ring sends of a copy (no `sendto`):
+/// for heads and short answers, which the socket almost always takes at once. A future
+/// dropped mid-way cancels its send; bytes the kernel already took still go out.
+pub async fn send_all(owner: Rc<dyn Any>, fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let key = with(|rt| rt.ring.borrow_mut().send_copy(owner.clone(), fd, bytes));
+        let mut op = Op { key };
+        let c = std::future::poll_fn(|cx| op.poll_cqe(cx)).await?;
+        op.finish();
+        match c.result()? as usize {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => bytes = &bytes[n.min(bytes.len())..],
+        }
+    }
+    Ok(())
+}
+
+/// Half-closes `fd` (owned by `owner`) with a ring op nobody waits for. `false` off a ring
+/// worker (the caller shuts down with the syscall).
+pub fn shutdown_write(owner: Rc<dyn Any>, fd: RawFd) -> bool {
+    with(|rt| rt.ring.borrow_mut().shutdown_write(owner, fd)).is_some()
+}
+
+/// Closes `fd` with a ring op (from inside the ring itself, an op's slot being freed, at the
+/// end of the loop turn); gives it back off a ring worker (the caller closes it).
+pub fn close(fd: OwnedFd) -> Result<(), OwnedFd> {
+    let mut fd = Some(fd);
+    with(|rt| {
+        if let Some(fd) = fd.take() {
+            match rt.ring.try_borrow_mut() {
+                Ok(mut ring) => ring.close(fd),
+                Err(_) => rt.closes.borrow_mut().push(fd),
+            }
+        }
+    });
+    match fd {
+        None => Ok(()),
+        Some(fd) => Err(fd),
+    }
 }
