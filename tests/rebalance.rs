@@ -198,7 +198,7 @@ async fn scale_out_moves_exactly_the_keys_that_map_elsewhere(io: &'static str) {
         ended, moved,
         "exactly the keys that map elsewhere were ended"
     );
-    for c in seen.iter().map(|(_, c)| c) {
+    for c in seen.values() {
         for e in &c.endings {
             assert_eq!(
                 e, "close 1012",
