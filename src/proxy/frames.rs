@@ -20,6 +20,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::net::TcpStream;
 use std::task::{Context, Poll, Waker};
 
 use crate::metrics::websocket::{CloseSide, WsCounters, WsDir};
@@ -28,6 +29,7 @@ use crate::proto::ws_frame::{
 };
 
 use super::lifecycle::Ending;
+use crate::io::{Driver, Ready, Stream};
 
 /// The mask of the Close frames the gateway writes to a backend. Masking exists against
 /// cache poisoning by a script choosing the bytes (RFC 6455 §10.3); a 2-byte status code we
@@ -168,6 +170,24 @@ impl Closing {
             f.as_mut().poll(cx).map(Some)
         })
         .await
+    }
+}
+
+/// One read of a direction's source with `op`. A tracked direction between two frames also
+/// wakes for a closing (or a ping) that starts while the source is quiet: `None` then (loop
+/// again, to write the Close or the Ping). Otherwise a read that follows a full batch
+/// (`likely_ready`) is tried before waiting.
+pub(super) async fn read_or_stop<D: Driver, R>(
+    src: &Stream<D>,
+    f: Option<&Framing<'_>>,
+    likely_ready: bool,
+    op: impl FnMut(&TcpStream) -> std::io::Result<R>,
+) -> Option<std::io::Result<R>> {
+    match f {
+        Some(f) if !f.closing.started() && f.at_boundary() => {
+            f.closing.or_stop(f.slot(), src.read_with(op)).await
+        }
+        _ => Some(src.read_with_hint(likely_ready, op).await),
     }
 }
 

@@ -269,15 +269,8 @@ async fn encrypt<D: Driver>(
                 Ok(Ok(n))
             })
         };
-        let r = match f {
-            // Between frames a closing (or a ping) may start while the src is quiet.
-            Some(f) if !f.closing.started() && f.at_boundary() => {
-                match f.closing.or_stop(f.slot(), src.read_with(op)).await {
-                    Some(r) => r,
-                    None => continue,
-                }
-            }
-            _ => src.read_with_hint(likely_ready, op).await,
+        let Some(r) = super::frames::read_or_stop::<D, _>(src, f, likely_ready, op).await else {
+            continue;
         };
         let n = match r {
             Ok(Ok(n)) => n,

@@ -399,16 +399,8 @@ async fn pump<D: Driver>(
                     Ok(Ok(n))
                 })
             };
-            let r = match f {
-                // Between frames a closing (or a ping) may start while src is quiet: wake up
-                // for it.
-                Some(f) if !f.closing.started() && f.at_boundary() => {
-                    match f.closing.or_stop(f.slot(), src.read_with(op)).await {
-                        Some(r) => r,
-                        None => continue,
-                    }
-                }
-                _ => src.read_with(op).await,
+            let Some(r) = frames::read_or_stop::<D, _>(src, f, false, op).await else {
+                continue;
             };
             let n = match r {
                 Ok(Ok(n)) => n,
