@@ -267,29 +267,7 @@ fn quick_config(args: &RunArgs) -> Result<Config, ConfigErrors> {
             "give --config FILE, or --listen ADDR with --backend ADDR".into(),
         ));
     };
-    if args.tls_cert.len() != args.tls_key.len() {
-        return Err(one_error(
-            "--tls-key",
-            format!(
-                "{} --tls-cert but {} --tls-key: give them in pairs",
-                args.tls_cert.len(),
-                args.tls_key.len()
-            ),
-        ));
-    }
-    let tls = (!args.tls_cert.is_empty()).then(|| raw::RawTls {
-        certificate: args
-            .tls_cert
-            .iter()
-            .zip(&args.tls_key)
-            .map(|(c, k)| raw::RawCertificate {
-                cert: Some(c.clone()),
-                key: Some(k.clone()),
-                dir: None,
-            })
-            .collect(),
-        ..Default::default()
-    });
+    let tls = quick_listener_tls(args)?;
     let mut r = raw::RawConfig::default();
     r.listener.push(raw::RawListener {
         name: Some("main".into()),
@@ -322,6 +300,51 @@ fn quick_config(args: &RunArgs) -> Result<Config, ConfigErrors> {
             ..Default::default()
         });
     }
+    quick_backends(args, &mut u)?;
+    r.upstream.push(u);
+    r.timeouts.tunnel_idle = args.tunnel_idle.clone();
+    r.timeouts.drain = args.drain.clone();
+    let mut config = crate::config::validate_raw(r)?;
+    if random_secret {
+        config.warnings.push(
+            "--balance cookie without --cookie-secret: route cookies are signed with a random \
+             secret of this process, so other replicas (and this one after a restart) will not \
+             honour them; pass --cookie-secret with the same value on every replica"
+                .into(),
+        );
+    }
+    Ok(config)
+}
+
+/// `--tls-cert`/`--tls-key` pairs as the listener's `[listener.tls]`.
+fn quick_listener_tls(args: &RunArgs) -> Result<Option<raw::RawTls>, ConfigErrors> {
+    if args.tls_cert.len() != args.tls_key.len() {
+        return Err(one_error(
+            "--tls-key",
+            format!(
+                "{} --tls-cert but {} --tls-key: give them in pairs",
+                args.tls_cert.len(),
+                args.tls_key.len()
+            ),
+        ));
+    }
+    Ok((!args.tls_cert.is_empty()).then(|| raw::RawTls {
+        certificate: args
+            .tls_cert
+            .iter()
+            .zip(&args.tls_key)
+            .map(|(c, k)| raw::RawCertificate {
+                cert: Some(c.clone()),
+                key: Some(k.clone()),
+                dir: None,
+            })
+            .collect(),
+        ..Default::default()
+    }))
+}
+
+/// `--backend` addresses or `--dns-backend` names (one or the other) as the upstream's set.
+fn quick_backends(args: &RunArgs, u: &mut raw::RawUpstream) -> Result<(), ConfigErrors> {
     let backends: Vec<&String> = args.backend.iter().filter(|b| !b.is_empty()).collect();
     if !args.dns_backend.is_empty() {
         if !backends.is_empty() {
@@ -354,19 +377,7 @@ fn quick_config(args: &RunArgs) -> Result<Config, ConfigErrors> {
                 .collect(),
         );
     }
-    r.upstream.push(u);
-    r.timeouts.tunnel_idle = args.tunnel_idle.clone();
-    r.timeouts.drain = args.drain.clone();
-    let mut config = crate::config::validate_raw(r)?;
-    if random_secret {
-        config.warnings.push(
-            "--balance cookie without --cookie-secret: route cookies are signed with a random \
-             secret of this process, so other replicas (and this one after a restart) will not \
-             honour them; pass --cookie-secret with the same value on every replica"
-                .into(),
-        );
-    }
-    Ok(config)
+    Ok(())
 }
 
 /// 32 random bytes from the kernel, hex-encoded.
