@@ -846,11 +846,7 @@ async fn reload_rereads_the_ca_and_forgets_sessions_it_no_longer_trusts(io: &'st
         500,
         "a garbled CA refuses the reload"
     );
-    assert!(
-        gw.log().contains("upstream[app].tls.ca_file"),
-        "{}",
-        gw.log()
-    );
+    gw.log_until("upstream[app].tls.ca_file").await;
     assert_eq!(
         roundtrip(gw.addr, &get("/")).await.status,
         200,

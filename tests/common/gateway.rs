@@ -247,6 +247,19 @@ impl Gateway {
         );
     }
 
+    /// Waits (bounded, 10 s) until the log holds `needle`, and panics with the log if it never
+    /// does. The log is read from the child's stderr by a thread, so a line the gateway wrote
+    /// before answering a request may not be in `log()` yet when the answer arrives.
+    pub async fn log_until(&self, needle: &str) {
+        for _ in 0..200 {
+            if self.log().contains(needle) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no log line with {needle:?}\n--- log ---\n{}", self.log());
+    }
+
     /// One scrape of `/metrics` on the admin listener.
     pub async fn metrics(&self) -> Metrics {
         let admin = self.admin_addr().await;
