@@ -193,11 +193,17 @@ impl Runtime {
                 next_stats += std::time::Duration::from_secs(2);
                 let tasks = self.tasks.borrow();
                 let live = tasks.iter().filter(|t| t.live).count();
+                // What the live tasks' futures weigh (each is one allocation of its largest
+                // state): the figure an idle tunnel's memory starts from.
+                let sizes = tasks.iter().filter_map(|t| t.fut.as_ref()).map(|f| size_of_val(&**f));
+                let (bytes, largest) = sizes.fold((0, 0), |(sum, max), n| (sum + n, max.max(n)));
                 let ring = self.ring.borrow();
                 eprintln!(
-                    "ring stats: tasks {} live {} slots {} in_flight {} timers {}",
+                    "ring stats: tasks {} live {} task_bytes {} largest {} slots {} in_flight {} timers {}",
                     tasks.len(),
                     live,
+                    bytes,
+                    largest,
                     ring.slot_count(),
                     ring.in_flight(),
                     self.timers.len()
