@@ -166,7 +166,8 @@ pub struct Upgraded<D: Driver> {
     pub table: Arc<Table>,
     pub upstream: usize,
     pub peer: SocketAddr,
-    pub request: access::RequestInfo,
+    /// The upgrade request, when the access log is on.
+    pub request: Option<Box<access::RequestInfo>>,
     pub life: super::ConnLife,
     /// Client bytes after its request head (frames sent before the 101 arrived).
     pub early_up: Vec<u8>,
@@ -197,7 +198,7 @@ pub fn spawn<D: Driver>(
             listener: &listener,
             upstream: u.upstream,
             status: 101,
-            request: Some(&u.request),
+            request: u.request.as_deref(),
         };
         let early = (early_up, early_down);
         run::<D>(&w, &gen, &u.table, &u.client, &u.backend, &who, early).await;

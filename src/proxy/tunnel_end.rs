@@ -12,7 +12,7 @@ use crate::io as rio;
 use crate::sys::socket;
 
 use super::{DirError, End, Graceful};
-use crate::proxy::frames::{self, Cause};
+use crate::proxy::frames::{self, Cause, Closing};
 use crate::proxy::lifecycle::{Ask, Ending};
 
 /// Drives both directions of a tunnel (`up`: client → backend, `down`: backend → client) to
@@ -113,24 +113,36 @@ pub(in crate::proxy) async fn supervise(
     }
 }
 
-/// Resolves when a graceful ending starts (never without frame tracking).
-async fn closing_started(graceful: Option<Graceful<'_>>) {
-    match graceful {
-        Some((c, _, _)) => c.wait(frames::SUPERVISOR).await,
-        None => std::future::pending().await,
-    }
+/// Resolves when a graceful ending starts (never without frame tracking). A plain poll_fn over
+/// the closing alone: it is built anew on every turn of `supervise`'s loop and lives in every
+/// tunnel's future.
+fn closing_started<'a>(graceful: Option<Graceful<'a>>) -> impl Future<Output = ()> + 'a {
+    let closing = graceful.map(|(c, _, _)| c);
+    std::future::poll_fn(move |cx| match closing {
+        Some(c) => c.poll_started(frames::SUPERVISOR, cx),
+        None => std::task::Poll::Pending,
+    })
 }
 
 /// Gateway pings (opt-in): resolves when a client that was silent for a whole
 /// `ws_ping_interval` did not answer the ping (a Pong, or any bytes) within `ws_ping_timeout`.
-/// Never resolves without pings. The timers are boxed: a tunnel without pings carries none.
-async fn pinger(graceful: Option<Graceful<'_>>) {
-    let Some((c, _, Some((interval, timeout)))) = graceful else {
-        return std::future::pending().await;
+/// Never resolves without pings. The pinging loop is boxed, so a tunnel without pings (the
+/// default) carries 8 bytes for it instead of its timers.
+fn pinger<'a>(graceful: Option<Graceful<'a>>) -> impl Future<Output = ()> + 'a {
+    let mut pings = match graceful {
+        Some((c, _, Some((interval, timeout)))) => Some(Box::pin(ping_loop(c, interval, timeout))),
+        _ => None,
     };
+    std::future::poll_fn(move |cx| match pings.as_mut() {
+        Some(p) => p.as_mut().poll(cx),
+        None => std::task::Poll::Pending,
+    })
+}
+
+async fn ping_loop(c: &Closing, interval: Duration, timeout: Duration) {
     loop {
         let seen = c.heard();
-        Box::pin(rio::sleep(interval)).await;
+        rio::sleep(interval).await;
         if c.heard() != seen {
             continue;
         }
@@ -141,7 +153,7 @@ async fn pinger(graceful: Option<Graceful<'_>>) {
             let step = deadline
                 .saturating_duration_since(Instant::now())
                 .min(interval);
-            Box::pin(rio::sleep(step)).await;
+            rio::sleep(step).await;
             if c.heard() != seen {
                 break;
             }

@@ -68,7 +68,9 @@ pub async fn ring_copy(
     // Past the Close boundary: nothing more is sent, what arrives is only watched.
     let mut stopping = false;
 
-    std::future::poll_fn(|cx| loop {
+    // `move`: the closure owns the state; borrowing it would add a pointer per local to every
+    // idle direction's future.
+    std::future::poll_fn(move |cx| loop {
         let mut again = false;
 
         // 1. The send in flight.
