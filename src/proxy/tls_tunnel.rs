@@ -51,22 +51,24 @@ pub async fn run<D: Driver>(
     let down = Counted::new(stats, Dir::Down);
     let last = Cell::new(Instant::now());
     let (cs, bs) = (client.socket(), backend.socket());
+    // Each pump is pinned here and lent to `supervise`: moved in by value it would be stored
+    // twice (once as the argument, once pinned inside), 2.3 KiB more per idle TLS tunnel.
     let end = match (client, backend) {
         (Peer::Tls(c), Peer::Plain(b)) => {
-            let a = decrypt::<D>(c, b, &up, &last, frames.map(|f| f.up));
-            let b = encrypt::<D>(w, b, c, &down, &last, frames.map(|f| f.down));
+            let a = std::pin::pin!(decrypt::<D>(c, b, &up, &last, frames.map(|f| f.up)));
+            let b = std::pin::pin!(encrypt::<D>(w, b, c, &down, &last, frames.map(|f| f.down)));
             let graceful = frames.map(|f| (f.closing, f.close_timeout, f.ping));
             supervise(a, b, cs, bs, idle, &last, ask, graceful).await
         }
         // A TLS backend: blind pumps (`handoff` tracks no frames for it).
         (Peer::Plain(c), Peer::Tls(b)) => {
-            let a = encrypt::<D>(w, c, b, &up, &last, None);
-            let b = decrypt::<D>(b, c, &down, &last, None);
+            let a = std::pin::pin!(encrypt::<D>(w, c, b, &up, &last, None));
+            let b = std::pin::pin!(decrypt::<D>(b, c, &down, &last, None));
             supervise(a, b, cs, bs, idle, &last, ask, None).await
         }
         (Peer::Tls(c), Peer::Tls(b)) => {
-            let a = relay::<D>(c, b, &up, &last);
-            let b = relay::<D>(b, c, &down, &last);
+            let a = std::pin::pin!(relay::<D>(c, b, &up, &last));
+            let b = std::pin::pin!(relay::<D>(b, c, &down, &last));
             supervise(a, b, cs, bs, idle, &last, ask, None).await
         }
         (Peer::Plain(c), Peer::Plain(b)) => {

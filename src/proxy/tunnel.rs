@@ -490,20 +490,14 @@ async fn direction<D: Driver>(
     last: Option<&Cell<Instant>>,
     f: Option<&Framing<'_>>,
 ) -> Result<(), DirError> {
-    let socks = match (D::ring_sock(src), D::ring_sock(dst)) {
-        (Some(s), Some(d)) if w.strategy != Strategy::Splice => Some((s, d)),
-        _ => None,
-    };
-    // The readiness pump and the close-out are boxed: inline, every direction's future (the
-    // ring path's included, generic code is laid out once for both) would be sized for the
-    // pump's state, 616 bytes where the ring copy path needs 280 (RINGWAY_RING_STATS). On
-    // epoll that is one allocation per direction per tunnel, never per message.
-    let Some((rs, rd)) = socks else {
-        let end = Box::pin(pump::<D>(w, src, dst, moved, last, PumpMode::Whole, f)).await?;
-        return match (end, f) {
-            (PumpEnd::Close, Some(f)) => Box::pin(close_out::<D>(w, src, dst, f)).await,
-            _ => Ok(()),
-        };
+    // The readiness path and the close-out are boxed: inline, every direction's future (the
+    // ring path's included: generic code is laid out once for both) would be sized for the
+    // pump's state, 616 bytes where the ring copy path needs 200 (`-Zprint-type-sizes`). On
+    // epoll that is one allocation per direction per tunnel, never per message. And no
+    // `Option` of the pair is kept beside `rs` and `rd`: it would store them twice.
+    let (rs, rd) = match (D::ring_sock(src), D::ring_sock(dst)) {
+        (Some(s), Some(d)) if w.strategy != Strategy::Splice => (s, d),
+        _ => return Box::pin(ready_direction::<D>(w, src, dst, moved, last, f)).await,
     };
     loop {
         let mode = match ring_copy::ring_copy(w, dst.get_ref(), &rs, &rd, moved, last, f).await? {
@@ -525,5 +519,24 @@ async fn direction<D: Driver>(
             (PumpEnd::Close, Some(f)) => return Box::pin(close_out::<D>(w, src, dst, f)).await,
             _ => return Ok(()),
         }
+    }
+}
+
+/// A direction on readiness alone (epoll, or a ring worker without a buffer pool): the pump,
+/// then the close-out of a tracked direction that reached its Close boundary.
+async fn ready_direction<D: Driver>(
+    w: &Worker,
+    src: &Stream<D>,
+    dst: &Stream<D>,
+    moved: &Counted<'_>,
+    last: Option<&Cell<Instant>>,
+    f: Option<&Framing<'_>>,
+) -> Result<(), DirError> {
+    match (
+        pump::<D>(w, src, dst, moved, last, PumpMode::Whole, f).await?,
+        f,
+    ) {
+        (PumpEnd::Close, Some(f)) => close_out::<D>(w, src, dst, f).await,
+        _ => Ok(()),
     }
 }

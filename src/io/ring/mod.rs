@@ -195,7 +195,10 @@ impl Runtime {
                 let live = tasks.iter().filter(|t| t.live).count();
                 // What the live tasks' futures weigh (each is one allocation of its largest
                 // state): the figure an idle tunnel's memory starts from.
-                let sizes = tasks.iter().filter_map(|t| t.fut.as_ref()).map(|f| size_of_val(&**f));
+                let sizes = tasks
+                    .iter()
+                    .filter_map(|t| t.fut.as_ref())
+                    .map(|f| size_of_val(&**f));
                 let (bytes, largest) = sizes.fold((0, 0), |(sum, max), n| (sum + n, max.max(n)));
                 let ring = self.ring.borrow();
                 eprintln!(
