@@ -21,6 +21,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::TcpStream;
+use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use crate::metrics::websocket::{CloseSide, WsCounters, WsDir};
@@ -160,16 +161,20 @@ impl Closing {
     }
 
     /// `f`, or `None` as soon as closing starts (then `f` is dropped: only readiness waits,
-    /// which consume nothing, are raced this way).
-    pub async fn or_stop<F: Future>(&self, who: usize, f: F) -> Option<F::Output> {
-        let mut f = std::pin::pin!(f);
-        std::future::poll_fn(|cx| {
+    /// which consume nothing, are raced this way). `f` is pinned by the caller and lent: taken
+    /// by value, it would be stored twice in the caller's future (once as the argument, once
+    /// pinned), in every idle tracked tunnel.
+    pub fn or_stop<'a, F: Future>(
+        &'a self,
+        who: usize,
+        mut f: Pin<&'a mut F>,
+    ) -> impl Future<Output = Option<F::Output>> + 'a {
+        std::future::poll_fn(move |cx| {
             if self.poll_started(who, cx).is_ready() {
                 return Poll::Ready(None);
             }
             f.as_mut().poll(cx).map(Some)
         })
-        .await
     }
 }
 
@@ -185,7 +190,8 @@ pub(super) async fn read_or_stop<D: Driver, R>(
 ) -> Option<std::io::Result<R>> {
     match f {
         Some(f) if !f.closing.started() && f.at_boundary() => {
-            f.closing.or_stop(f.slot(), src.read_with(op)).await
+            let read = std::pin::pin!(src.read_with(op));
+            f.closing.or_stop(f.slot(), read).await
         }
         _ => Some(src.read_with_hint(likely_ready, op).await),
     }

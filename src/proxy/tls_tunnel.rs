@@ -179,7 +179,8 @@ async fn decrypt<D: Driver>(
             Plain::Empty => match f {
                 // Between frames a closing may start while the src is quiet.
                 Some(f) if !f.closing.started() => {
-                    if let Some(r) = f.closing.or_stop(f.slot(), src.fill()).await {
+                    let fill = std::pin::pin!(src.fill());
+                    if let Some(r) = f.closing.or_stop(f.slot(), fill).await {
                         r.map_err(DirError::Src)?;
                     }
                 }
