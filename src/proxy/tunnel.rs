@@ -497,7 +497,20 @@ async fn direction<D: Driver>(
     // `Option` of the pair is kept beside `rs` and `rd`: it would store them twice.
     let (rs, rd) = match (D::ring_sock(src), D::ring_sock(dst)) {
         (Some(s), Some(d)) if w.strategy != Strategy::Splice => (s, d),
-        _ => return Box::pin(ready_direction::<D>(w, src, dst, moved, last, f)).await,
+        // Readiness alone (epoll, or a ring worker without a buffer pool): the pump, then the
+        // close-out of a tracked direction that reached its Close boundary.
+        _ => {
+            return Box::pin(async move {
+                match pump::<D>(w, src, dst, moved, last, PumpMode::Whole, f).await? {
+                    PumpEnd::Close => match f {
+                        Some(f) => close_out::<D>(w, src, dst, f).await,
+                        None => Ok(()),
+                    },
+                    _ => Ok(()),
+                }
+            })
+            .await
+        }
     };
     loop {
         let mode = match ring_copy::ring_copy(w, dst.get_ref(), &rs, &rd, moved, last, f).await? {
@@ -519,24 +532,5 @@ async fn direction<D: Driver>(
             (PumpEnd::Close, Some(f)) => return Box::pin(close_out::<D>(w, src, dst, f)).await,
             _ => return Ok(()),
         }
-    }
-}
-
-/// A direction on readiness alone (epoll, or a ring worker without a buffer pool): the pump,
-/// then the close-out of a tracked direction that reached its Close boundary.
-async fn ready_direction<D: Driver>(
-    w: &Worker,
-    src: &Stream<D>,
-    dst: &Stream<D>,
-    moved: &Counted<'_>,
-    last: Option<&Cell<Instant>>,
-    f: Option<&Framing<'_>>,
-) -> Result<(), DirError> {
-    match (
-        pump::<D>(w, src, dst, moved, last, PumpMode::Whole, f).await?,
-        f,
-    ) {
-        (PumpEnd::Close, Some(f)) => close_out::<D>(w, src, dst, f).await,
-        _ => Ok(()),
     }
 }
