@@ -45,6 +45,7 @@ use crate::io::{self as rio, Driver, Listener, Ready};
 use crate::limits;
 use crate::metrics::CoreCounters;
 use crate::state::{Phase, Shared};
+use crate::sys;
 use crate::sys::pipe::{Pipe, PipePool};
 
 /// Refused http clients a core answers and closes gracefully at once (each holds its socket
@@ -157,6 +158,9 @@ impl Drop for OpenGuard {
 /// Accepts on one listener until the process stops accepting, or a reload removes the
 /// listener (looked up by name in the current generation, so reloads that reorder or change
 /// listeners apply to the next connection).
+/// How long a stopping accept loop waits for its pending accept's outcome.
+const LAST_ACCEPT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub async fn accept_loop<D: Driver>(
     worker: Rc<Worker>,
     name: Arc<str>,
@@ -175,23 +179,44 @@ pub async fn accept_loop<D: Driver>(
     // One accept stays pending across phase and generation wake-ups: on io_uring an accept is
     // a kernel op, and dropping one the kernel just completed would drop its connection.
     let mut next = std::pin::pin!(rio::accept::<D>(&listener));
+    // Set on StopAccepting: the listener is stopped and the pending accept's outcome is the
+    // last connection this loop serves.
+    let mut stopping = false;
     loop {
-        if *phase.borrow_and_update() == Phase::StopAccepting {
+        if stopping {
             return;
         }
-        if generation.has_changed().unwrap_or(false) {
+        if *phase.borrow_and_update() == Phase::StopAccepting {
+            // Not a plain return: dropping the pending accept cancels it, and on io_uring the
+            // kernel may have just accepted a connection into it, which would then be closed
+            // unanswered (a reset for a client during a handover). The listener is stopped
+            // first, which ends the accept with its connection or an error; that outcome is
+            // waited for (bounded) and served.
+            if let Err(e) = sys::socket::stop_listening(listener.get_ref()) {
+                tracing::debug!(worker = worker.id, error = %e, "cannot stop the listener");
+            }
+            stopping = true;
+        } else if generation.has_changed().unwrap_or(false) {
             generation.borrow_and_update();
             if find_listener(&worker.shared.gen.load(), &name, bind).is_none() {
                 tracing::info!(worker = worker.id, listener = %name, "listener removed; stop accepting");
                 return;
             }
         }
-        let accepted = tokio::select! {
-            r = &mut next => r,
-            _ = phase.changed() => continue,
-            _ = generation.changed() => continue,
+        let accepted = if stopping {
+            match rio::timeout(LAST_ACCEPT_WAIT, &mut next).await {
+                Ok(Ok(x)) => Ok(x),
+                _ => return, // the listener's end (EINVAL), or no outcome in time
+            }
+        } else {
+            let r = tokio::select! {
+                r = &mut next => r,
+                _ = phase.changed() => continue,
+                _ = generation.changed() => continue,
+            };
+            next.set(rio::accept::<D>(&listener));
+            r
         };
-        next.set(rio::accept::<D>(&listener));
         let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {

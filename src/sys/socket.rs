@@ -126,6 +126,16 @@ fn tune_client_options(sock: &SockRef<'_>) {
     let _ = sock.set_tcp_keepalive(&ka);
 }
 
+/// Stops a listening socket without closing its fd: `shutdown(SHUT_RD)` on a listener ends
+/// its listening (the kernel's listen-stop: connections in its queue move to a sibling
+/// SO_REUSEPORT socket when `net.ipv4.tcp_migrate_req = 1`, else they are reset, as on close)
+/// and wakes whoever waits to accept on it, with an error. An accept already under way on the
+/// ring finishes with its connection or that error, so the caller can wait for it instead of
+/// cancelling it, which would drop a connection the kernel had just accepted.
+pub fn stop_listening(listener: &TcpListener) -> io::Result<()> {
+    SockRef::from(listener).shutdown(std::net::Shutdown::Read)
+}
+
 /// Makes the next close send RST instead of FIN: how a reset on one side of a tunnel is
 /// passed on to the other.
 pub fn set_reset_on_close(stream: &TcpStream) {
