@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ringway::proto::ws_frame::{FrameTracker, Sender};
+use ringway::proto::ws_frame::{FrameTracker, Sender, Tally};
 use ringway::proto::{
     accept_key, check_upgrade, parse_request, write_request_head, ChunkedScanner, ForwardOpts,
     HeadLimits,
@@ -116,12 +116,12 @@ fn bench_ws_frames(c: &mut Criterion) {
     let mut g = c.benchmark_group("ws_frame");
     g.throughput(Throughput::Elements(1));
     g.bench_function("client_64b", |b| {
-        let mut t = FrameTracker::new(Sender::Client);
-        b.iter(|| t.scan(black_box(&masked), false))
+        let (mut t, mut tally) = (FrameTracker::new(Sender::Client), Tally::default());
+        b.iter(|| t.scan(black_box(&masked), false, &mut tally))
     });
     g.bench_function("server_64b", |b| {
-        let mut t = FrameTracker::new(Sender::Server);
-        b.iter(|| t.scan(black_box(&plain), false))
+        let (mut t, mut tally) = (FrameTracker::new(Sender::Server), Tally::default());
+        b.iter(|| t.scan(black_box(&plain), false, &mut tally))
     });
     g.finish();
 }

@@ -66,9 +66,10 @@ fn opcode_index(op: u8) -> Option<usize> {
 /// Upper bounds (bytes, inclusive) of the message size histogram in [`Tally::sizes`].
 pub const SIZE_BOUNDS: &[u64] = &[64, 256, 1024, 4096, 16384, 65536, 262_144, 1_048_576];
 
-/// What went through one direction since the owner last took it, for metrics (the owner
-/// flushes it into its per-core counters and resets it, per read batch: so the counts are
-/// `u32`, which keeps a tracker small, and wrap rather than panic if an owner never flushes).
+/// What went through one direction in the scans it was passed to, for metrics. The owner
+/// passes one per read batch and flushes it into its per-core counters: the tracker holds
+/// none, so an idle tunnel carries none (the counts are `u32` and wrap rather than panic if
+/// an owner never flushes).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Tally {
     /// Frames by opcode, indexed like [`OPCODES`].
@@ -110,7 +111,6 @@ pub struct FrameTracker {
     /// The status code of the last Close frame seen (1005 when it had none).
     close_code: Option<u16>,
     code_bytes: [u8; 2],
-    pub tally: Tally,
 }
 
 impl FrameTracker {
@@ -129,7 +129,6 @@ impl FrameTracker {
             msg_len: 0,
             close_code: None,
             code_bytes: [0; 2],
-            tally: Tally::default(),
         }
     }
 
@@ -160,15 +159,20 @@ impl FrameTracker {
         self.left -= n;
         self.frame.seen += n;
         if self.left == 0 {
-            self.end_frame();
+            self.end_frame(); // a data frame: no Close code to tally
         }
     }
 
     /// Scans bytes passing through; returns how many were consumed. All of `data` is consumed
     /// unless `stop_at_boundary` is set and a frame ends inside it: then the count ends right
     /// after that frame (the caller sends those bytes, then its own frame).
-    pub fn scan(&mut self, data: &[u8], stop_at_boundary: bool) -> Result<usize, FrameError> {
-        self.scan_to_error(data, stop_at_boundary)
+    pub fn scan(
+        &mut self,
+        data: &[u8],
+        stop_at_boundary: bool,
+        tally: &mut Tally,
+    ) -> Result<usize, FrameError> {
+        self.scan_to_error(data, stop_at_boundary, tally)
             .map_err(|(e, _)| e)
     }
 
@@ -179,17 +183,18 @@ impl FrameTracker {
         &mut self,
         data: &[u8],
         stop_at_boundary: bool,
+        tally: &mut Tally,
     ) -> Result<usize, (FrameError, Option<usize>)> {
         let mut i = 0;
         while i < data.len() {
             if self.have > 0 || self.left == 0 {
                 let start = (self.have == 0).then_some(i);
-                i += self.read_head(&data[i..]).map_err(|e| (e, start))?;
+                i += self.read_head(&data[i..], tally).map_err(|e| (e, start))?;
                 if self.have > 0 {
                     continue; // header incomplete: `i == data.len()` now
                 }
                 if self.left == 0 {
-                    self.end_frame(); // an empty frame ends with its header
+                    tally.close = self.end_frame().or(tally.close); // an empty frame ends with its header
                     if stop_at_boundary {
                         return Ok(i);
                     }
@@ -204,7 +209,7 @@ impl FrameTracker {
             self.frame.seen += take as u64;
             i += take;
             if self.left == 0 {
-                self.end_frame();
+                tally.close = self.end_frame().or(tally.close);
                 if stop_at_boundary {
                     return Ok(i);
                 }
@@ -215,7 +220,7 @@ impl FrameTracker {
 
     /// Collects header bytes; when the header is whole, validates it and starts the payload
     /// (`have` back to 0). Returns the bytes used.
-    fn read_head(&mut self, data: &[u8]) -> Result<usize, FrameError> {
+    fn read_head(&mut self, data: &[u8], tally: &mut Tally) -> Result<usize, FrameError> {
         let mut used = 0;
         loop {
             let need = header_len(&self.head[..self.have]);
@@ -229,11 +234,11 @@ impl FrameTracker {
             self.have += 1;
             used += 1;
         }
-        self.start_frame()?;
+        self.start_frame(tally)?;
         Ok(used)
     }
 
-    fn start_frame(&mut self) -> Result<(), FrameError> {
+    fn start_frame(&mut self, tally: &mut Tally) -> Result<(), FrameError> {
         let h = &self.head[..self.have];
         let (fin, opcode, masked) = (h[0] & 0x80 != 0, h[0] & 0x0F, h[1] & 0x80 != 0);
         let (len, at) = match h[1] & 0x7F {
@@ -270,14 +275,14 @@ impl FrameTracker {
             self.in_message = !fin;
             self.msg_len = self.msg_len.saturating_add(len);
             if fin {
-                self.tally.messages = self.tally.messages.wrapping_add(1);
+                tally.messages = tally.messages.wrapping_add(1);
                 let bucket = SIZE_BOUNDS.partition_point(|&b| b < self.msg_len);
-                self.tally.sizes[bucket] = self.tally.sizes[bucket].wrapping_add(1);
+                tally.sizes[bucket] = tally.sizes[bucket].wrapping_add(1);
                 self.msg_len = 0;
             }
-            self.tally.payload = self.tally.payload.wrapping_add(len);
+            tally.payload = tally.payload.wrapping_add(len);
         }
-        self.tally.frames[index] = self.tally.frames[index].wrapping_add(1);
+        tally.frames[index] = tally.frames[index].wrapping_add(1);
         let mut mask = [0u8; 4];
         if masked {
             mask.copy_from_slice(&h[at..at + 4]);
@@ -304,7 +309,9 @@ impl FrameTracker {
         }
     }
 
-    fn end_frame(&mut self) {
+    /// Ends the current frame; returns its status code when it was a Close.
+    fn end_frame(&mut self) -> Option<u16> {
+        let mut close = None;
         if self.frame.opcode == 0x8 {
             let code = if self.frame.seen >= 2 {
                 u16::from_be_bytes(self.code_bytes)
@@ -312,9 +319,10 @@ impl FrameTracker {
                 1005 // no status code present (RFC 6455 §7.1.5)
             };
             self.close_code = Some(code);
-            self.tally.close = Some(code);
+            close = Some(code);
         }
         self.frame.opcode = 0; // a finished frame blinds nothing
+        close
     }
 }
 

@@ -1,5 +1,46 @@
 use super::*;
 
+/// A tracker with the tally its scans fill (the gateway passes a fresh one per read batch and
+/// flushes it; a test keeps one for the whole stream).
+struct Tracked {
+    t: FrameTracker,
+    tally: Tally,
+}
+
+impl Tracked {
+    fn new(sender: Sender) -> Tracked {
+        Tracked {
+            t: FrameTracker::new(sender),
+            tally: Tally::default(),
+        }
+    }
+
+    fn scan(&mut self, data: &[u8], stop: bool) -> Result<usize, FrameError> {
+        self.t.scan(data, stop, &mut self.tally)
+    }
+
+    fn scan_to_error(
+        &mut self,
+        data: &[u8],
+        stop: bool,
+    ) -> Result<usize, (FrameError, Option<usize>)> {
+        self.t.scan_to_error(data, stop, &mut self.tally)
+    }
+}
+
+impl std::ops::Deref for Tracked {
+    type Target = FrameTracker;
+    fn deref(&self) -> &FrameTracker {
+        &self.t
+    }
+}
+
+impl std::ops::DerefMut for Tracked {
+    fn deref_mut(&mut self) -> &mut FrameTracker {
+        &mut self.t
+    }
+}
+
 /// A frame as a client (masked) or server (unmasked) would send it.
 fn frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
@@ -41,9 +82,9 @@ fn stream() -> Vec<u8> {
 #[test]
 fn whole_and_byte_by_byte_agree() {
     let s = stream();
-    let mut whole = FrameTracker::new(Sender::Client);
+    let mut whole = Tracked::new(Sender::Client);
     assert_eq!(whole.scan(&s, false), Ok(s.len()));
-    let mut bytes = FrameTracker::new(Sender::Client);
+    let mut bytes = Tracked::new(Sender::Client);
     for b in s.chunks(1) {
         assert_eq!(bytes.scan(b, false), Ok(1));
     }
@@ -71,7 +112,7 @@ fn stops_at_each_boundary() {
         frame(true, 8, &[0x03, 0xE9, b'b', b'y', b'e'], K).len(),
     ]
     .to_vec();
-    let mut t = FrameTracker::new(Sender::Client);
+    let mut t = Tracked::new(Sender::Client);
     let mut at = 0;
     for len in lens {
         let n = t.scan(&s[at..], true).unwrap();
@@ -86,7 +127,7 @@ fn stops_at_each_boundary() {
 fn blind_payload_can_be_skipped() {
     // A splice path: the header is scanned, the payload passes unseen.
     let f = frame(true, 2, &[5u8; 1000], None);
-    let mut t = FrameTracker::new(Sender::Server);
+    let mut t = Tracked::new(Sender::Server);
     assert_eq!(t.scan(&f[..4], false), Ok(4)); // 2 + 2-byte length
     assert_eq!(t.blind(), 1000);
     assert!(!t.at_boundary());
@@ -101,7 +142,7 @@ fn blind_payload_can_be_skipped() {
 #[test]
 fn control_frames_are_never_blind() {
     let f = frame(true, 8, &[0x03, 0xF4], None);
-    let mut t = FrameTracker::new(Sender::Server);
+    let mut t = Tracked::new(Sender::Server);
     assert_eq!(t.scan(&f[..2], false), Ok(2));
     assert_eq!(t.blind(), 0, "a Close must be seen for its code");
     assert_eq!(t.scan(&f[2..], false), Ok(2));
@@ -110,7 +151,7 @@ fn control_frames_are_never_blind() {
 
 #[test]
 fn close_without_code_is_1005() {
-    let mut t = FrameTracker::new(Sender::Client);
+    let mut t = Tracked::new(Sender::Client);
     let f = frame(true, 8, b"", K);
     t.scan(&f, false).unwrap();
     assert_eq!(t.close_code(), Some(1005));
@@ -157,11 +198,11 @@ fn malformed_framing_is_refused() {
         ),
     ];
     for (bytes, sender, want) in cases {
-        let mut t = FrameTracker::new(sender);
+        let mut t = Tracked::new(sender);
         assert_eq!(t.scan(&bytes, false), Err(want), "{bytes:02x?}");
     }
     // a new message while a fragmented one is open
-    let mut t = FrameTracker::new(Sender::Client);
+    let mut t = Tracked::new(Sender::Client);
     let mut s = frame(false, 1, b"a", K);
     s.extend(frame(true, 1, b"b", K));
     assert_eq!(t.scan(&s, false), Err(FrameError::ExpectedContinuation));
@@ -172,7 +213,7 @@ fn extensions_pass_untouched() {
     // permessage-deflate sets RSV1 on the first frame: not ours to judge.
     let mut f = frame(true, 1, b"compressed", None);
     f[0] |= 0x40;
-    let mut t = FrameTracker::new(Sender::Server);
+    let mut t = Tracked::new(Sender::Server);
     assert_eq!(t.scan(&f, false), Ok(f.len()));
     assert_eq!(t.tally.messages, 1);
 }
@@ -181,12 +222,12 @@ fn extensions_pass_untouched() {
 fn close_frames_we_write_parse_back() {
     let mut out = [0u8; 8];
     let n = write_close(CLOSE_GOING_AWAY, None, &mut out);
-    let mut t = FrameTracker::new(Sender::Server);
+    let mut t = Tracked::new(Sender::Server);
     assert_eq!(t.scan(&out[..n], false), Ok(4));
     assert_eq!(t.close_code(), Some(1001));
 
     let n = write_close(CLOSE_SERVICE_RESTART, Some([9, 8, 7, 6]), &mut out);
-    let mut t = FrameTracker::new(Sender::Client);
+    let mut t = Tracked::new(Sender::Client);
     assert_eq!(t.scan(&out[..n], false), Ok(8));
     assert_eq!(t.close_code(), Some(1012));
 }
@@ -212,7 +253,7 @@ fn random_input_never_panics() {
         } else {
             Sender::Server
         };
-        let mut t = FrameTracker::new(sender);
+        let mut t = Tracked::new(sender);
         let mut at = 0;
         while at < data.len() {
             let end = (at + 1 + (next() as usize) % 700).min(data.len());
@@ -237,14 +278,14 @@ fn scan_to_error_says_where_the_bad_header_starts() {
     let good = frame(true, 2, b"fine", K);
     let mut data = good.clone();
     data.extend(frame(true, 3, b"x", K)); // reserved opcode
-    let mut t = FrameTracker::new(Sender::Client);
+    let mut t = Tracked::new(Sender::Client);
     assert_eq!(
         t.scan_to_error(&data, false),
         Err((FrameError::ReservedOpcode, Some(good.len())))
     );
     // A bad header split across two calls: it began in the earlier one.
     let bad = frame(true, 3, b"x", K);
-    let mut t = FrameTracker::new(Sender::Client);
+    let mut t = Tracked::new(Sender::Client);
     assert_eq!(t.scan_to_error(&bad[..1], false), Ok(1));
     assert_eq!(
         t.scan_to_error(&bad[1..], false),
@@ -254,7 +295,7 @@ fn scan_to_error_says_where_the_bad_header_starts() {
 
 #[test]
 fn message_sizes_and_close_code_reach_the_tally() {
-    let mut t = FrameTracker::new(Sender::Client);
+    let mut t = Tracked::new(Sender::Client);
     t.scan(&stream(), false).unwrap();
     // "hello" (5 B), the fragmented 300 + 70 000 B message, the empty one.
     assert_eq!(t.tally.sizes.iter().sum::<u32>(), 3);

@@ -14,7 +14,8 @@
 //!   upstream and direction ([`crate::metrics::websocket`]), flushed per read batch into the
 //!   core's own slot.
 //!
-//! State per direction: a tracker (~150 bytes, no buffer) and two flags; per tunnel: one
+//! State per direction: a tracker (~70 bytes: no buffer, no counts; a scan counts into a
+//! `Tally` of the read batch) and two flags; per tunnel: one
 //! [`Closing`] (codes and three wakers). Nothing is allocated and no timer runs while a
 //! tunnel is idle: `close_timeout`'s timer exists only once a tunnel is closing.
 
@@ -26,7 +27,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::metrics::websocket::{CloseSide, WsCounters, WsDir};
 use crate::proto::ws_frame::{
-    write_close, FrameTracker, Sender, CLOSE_GOING_AWAY, CLOSE_PROTOCOL_ERROR,
+    write_close, FrameTracker, Sender, Tally, CLOSE_GOING_AWAY, CLOSE_PROTOCOL_ERROR,
 };
 
 use super::lifecycle::Ending;
@@ -268,10 +269,11 @@ impl<'a> Framing<'a> {
         }
         // Walk the batch frame by frame on a copy of the tracker (rare: a ping is out).
         let mut t = self.tracker.borrow().clone();
+        let mut scratch = Tally::default(); // a look ahead: nothing is counted
         let mut i = 0;
         while i < data.len() {
             let starts = t.at_boundary();
-            let k = t.scan(&data[i..], true).ok()?;
+            let k = t.scan(&data[i..], true, &mut scratch).ok()?;
             if k == 0 {
                 return None;
             }
@@ -301,7 +303,8 @@ impl<'a> Framing<'a> {
         }
         let stopping = self.closing.started();
         let mut t = self.tracker.borrow_mut();
-        let out = match t.scan_to_error(data, stopping) {
+        let mut tally = Tally::default();
+        let out = match t.scan_to_error(data, stopping, &mut tally) {
             Ok(k) if stopping && t.at_boundary() => {
                 self.reached.set(true);
                 (k, Then::Close)
@@ -317,7 +320,7 @@ impl<'a> Framing<'a> {
                 (at.unwrap_or(0), Then::Malformed)
             }
         };
-        self.counters.flush(self.dir, &mut t.tally);
+        self.counters.flush(self.dir, &mut tally);
         out
     }
 
@@ -325,7 +328,7 @@ impl<'a> Framing<'a> {
     /// than offered (the TLS pump scans for real only what was taken).
     pub fn probe(&self, data: &[u8]) -> usize {
         let mut t = self.tracker.borrow().clone();
-        match t.scan_to_error(data, self.closing.started()) {
+        match t.scan_to_error(data, self.closing.started(), &mut Tally::default()) {
             Ok(k) => k,
             Err((_, at)) => at.unwrap_or(0),
         }
@@ -383,11 +386,16 @@ impl<'a> Framing<'a> {
     /// Close, never passed on. Returns whether the wait is over.
     pub fn discard(&self, data: &[u8]) -> bool {
         if !self.desync.get() {
-            let mut t = self.tracker.borrow_mut();
-            if t.scan(data, false).is_err() {
+            let mut tally = Tally::default();
+            if self
+                .tracker
+                .borrow_mut()
+                .scan(data, false, &mut tally)
+                .is_err()
+            {
                 self.desync.set(true);
             }
-            self.counters.flush(self.dir, &mut t.tally);
+            self.counters.flush(self.dir, &mut tally);
         }
         self.replied()
     }

@@ -36,7 +36,8 @@ pub struct Who<'a> {
 
 /// Runs the tunnel between `client` and `backend` to its end, then accounts for it. `early`:
 /// bytes that arrived with the heads (client → backend, backend → client), passed on before
-/// the tunnel moves anything else.
+/// the tunnel moves anything else, then freed. Lent, not moved: an argument taken by value
+/// stays in the task's future for the tunnel's whole life.
 pub async fn run<D: Driver>(
     w: &Worker,
     gen: &Generation,
@@ -44,7 +45,7 @@ pub async fn run<D: Driver>(
     client: &Client<D>,
     backend: &Connected<D>,
     who: &Who<'_>,
-    early: (Vec<u8>, Vec<u8>),
+    early: &mut (Vec<u8>, Vec<u8>),
 ) {
     let up = &gen.upstreams[who.upstream];
     let started = Instant::now();
@@ -81,18 +82,29 @@ pub async fn run<D: Driver>(
         _ => None,
     };
     let s = &backend.stream;
-    let passed = pass_early::<D>(client, s, &early, fu.as_ref(), fd.as_ref()).await;
-    drop(early); // an idle tunnel holds no buffer
+    let passed = pass_early::<D>(client, s, early, fu.as_ref(), fd.as_ref()).await;
+    *early = Default::default(); // an idle tunnel holds no buffer
     let (end, moved) = match passed {
         Err(end) => (end, tunnel::Moved::default()),
         Ok(()) => match (client, s) {
             (Client::Plain(c), Client::Plain(b)) => {
-                tunnel::run::<D>(w, c, b, idle, &stats, ask, frames).await
+                tunnel::run::<D>(w, c, b, idle, &stats, ask, frames.as_ref()).await
             }
             // splice cannot see plaintext: a TLS side (client or backend) takes the copy pumps
             // through rustls.
             // Boxed: a plain tunnel's task is not sized for the TLS pumps it never runs.
-            (c, b) => Box::pin(tls_tunnel::run::<D>(w, c, b, idle, &stats, ask, frames)).await,
+            (c, b) => {
+                Box::pin(tls_tunnel::run::<D>(
+                    w,
+                    c,
+                    b,
+                    idle,
+                    &stats,
+                    ask,
+                    frames.as_ref(),
+                ))
+                .await
+            }
         },
     };
     drop(registered);
@@ -169,10 +181,9 @@ pub struct Upgraded<D: Driver> {
     /// The upgrade request, when the access log is on.
     pub request: Option<Box<access::RequestInfo>>,
     pub life: super::ConnLife,
-    /// Client bytes after its request head (frames sent before the 101 arrived).
-    pub early_up: Vec<u8>,
-    /// Backend bytes right after its 101.
-    pub early_down: Vec<u8>,
+    /// Client bytes after its request head (frames sent before the 101 arrived), and the
+    /// backend's bytes right after its 101.
+    pub early: (Vec<u8>, Vec<u8>),
 }
 
 /// Continues an upgraded connection in a task of its own: the request task's future is sized
@@ -186,13 +197,8 @@ pub fn spawn<D: Driver>(
 ) {
     let w = w.clone();
     let gen = gen.clone();
-    // The early bytes are taken out here and `u` is used in place: rebound inside the task
-    // (`let mut u = u`) it would be stored twice in the task's future (272 bytes more per
-    // idle tunnel).
-    let early = (
-        std::mem::take(&mut u.early_up),
-        std::mem::take(&mut u.early_down),
-    );
+    // `u` is used in place: rebound inside the task (`let mut u = u`) it would be stored twice
+    // in the task's future.
     crate::io::spawn_local(async move {
         let who = Who {
             log: &gen.config.log,
@@ -202,7 +208,16 @@ pub fn spawn<D: Driver>(
             status: 101,
             request: u.request.as_deref(),
         };
-        run::<D>(&w, &gen, &u.table, &u.client, &u.backend, &who, early).await;
+        run::<D>(
+            &w,
+            &gen,
+            &u.table,
+            &u.client,
+            &u.backend,
+            &who,
+            &mut u.early,
+        )
+        .await;
         drop(u.life);
     });
 }

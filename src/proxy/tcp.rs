@@ -105,8 +105,8 @@ pub async fn serve<D: Driver>(
         status: 0,
         request: None,
     };
-    let early = (Vec::new(), Vec::new()); // tcp mode wrote its early bytes itself
-    handoff::run::<D>(w, gen, &table, &client, &backend, &who, early).await;
+    let mut early = Default::default(); // tcp mode wrote its early bytes itself
+    handoff::run::<D>(w, gen, &table, &client, &backend, &who, &mut early).await;
 }
 
 /// Bytes a ClientHello may take on the wire: the largest handshake message plus the headers of

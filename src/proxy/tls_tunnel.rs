@@ -45,7 +45,7 @@ pub async fn run<D: Driver>(
     idle: Option<Duration>,
     stats: &BackendStats,
     ask: &Ask,
-    frames: Option<Frames<'_>>,
+    frames: Option<&Frames<'_>>,
 ) -> (End, Moved) {
     let up = Counted::new(stats, Dir::Up);
     let down = Counted::new(stats, Dir::Down);
@@ -57,8 +57,7 @@ pub async fn run<D: Driver>(
         (Peer::Tls(c), Peer::Plain(b)) => {
             let a = std::pin::pin!(decrypt::<D>(c, b, &up, &last, frames.map(|f| f.up)));
             let b = std::pin::pin!(encrypt::<D>(w, b, c, &down, &last, frames.map(|f| f.down)));
-            let graceful = frames.map(|f| (f.closing, f.close_timeout, f.ping));
-            supervise(a, b, cs, bs, idle, &last, ask, graceful).await
+            supervise(a, b, cs, bs, idle, &last, ask, frames).await
         }
         // A TLS backend: blind pumps (`handoff` tracks no frames for it).
         (Peer::Plain(c), Peer::Tls(b)) => {

@@ -128,8 +128,9 @@ pub struct Frames<'a> {
     pub ping: Option<(Duration, Duration)>,
 }
 
-/// What `supervise` needs of a tracked tunnel: its closing, `close_timeout`, and pings.
-pub(super) type Graceful<'a> = (&'a Closing, Duration, Option<(Duration, Duration)>);
+/// What `supervise` needs of a tracked tunnel (its closing, `close_timeout`, and pings): the
+/// tunnel's [`Frames`], lent (a copy would be stored at every level of the tunnel's future).
+pub(super) type Graceful<'a> = &'a Frames<'a>;
 
 /// Runs a tunnel until both directions are done, or one side resets, or it idles out.
 pub async fn run<D: Driver>(
@@ -139,7 +140,7 @@ pub async fn run<D: Driver>(
     idle: Option<Duration>,
     stats: &BackendStats,
     ask: &Ask,
-    frames: Option<Frames<'_>>,
+    frames: Option<&Frames<'_>>,
 ) -> (End, Moved) {
     let up = Counted::new(stats, Dir::Up);
     let down = Counted::new(stats, Dir::Down);
@@ -166,8 +167,7 @@ pub async fn run<D: Driver>(
         fd
     ));
     let (c, k) = (client.get_ref(), backend.get_ref());
-    let graceful = frames.map(|f| (f.closing, f.close_timeout, f.ping));
-    let end = supervise(a, b, c, k, idle, &last, ask, graceful).await;
+    let end = supervise(a, b, c, k, idle, &last, ask, frames).await;
     // The pumps may have been dropped mid-way: whatever they did not flush is added here.
     up.flush();
     down.flush();

@@ -47,8 +47,8 @@ pub(in crate::proxy) async fn supervise(
     let pings = pinger(graceful);
     tokio::pin!(pings);
     let begin = |why: Ending| match graceful {
-        Some((c, _, _)) => {
-            c.start(Cause::Ended(why));
+        Some(g) => {
+            g.closing.start(Cause::Ended(why));
             None
         }
         None => Some(End::Ended(why)),
@@ -84,9 +84,9 @@ pub(in crate::proxy) async fn supervise(
                 return graceful_end(graceful);
             }
         };
-        if let (None, Some((c, timeout, _))) = (cut_at, graceful) {
-            if c.started() {
-                cut_at = Some(Instant::now() + timeout);
+        if let (None, Some(g)) = (cut_at, graceful) {
+            if g.closing.started() {
+                cut_at = Some(Instant::now() + g.close_timeout);
             }
         }
         match failed {
@@ -117,7 +117,7 @@ pub(in crate::proxy) async fn supervise(
 /// the closing alone: it is built anew on every turn of `supervise`'s loop and lives in every
 /// tunnel's future.
 fn closing_started<'a>(graceful: Option<Graceful<'a>>) -> impl Future<Output = ()> + 'a {
-    let closing = graceful.map(|(c, _, _)| c);
+    let closing = graceful.map(|g| g.closing);
     std::future::poll_fn(move |cx| match closing {
         Some(c) => c.poll_started(frames::SUPERVISOR, cx),
         None => std::task::Poll::Pending,
@@ -129,10 +129,10 @@ fn closing_started<'a>(graceful: Option<Graceful<'a>>) -> impl Future<Output = (
 /// Never resolves without pings. The pinging loop is boxed, so a tunnel without pings (the
 /// default) carries 8 bytes for it instead of its timers.
 fn pinger<'a>(graceful: Option<Graceful<'a>>) -> impl Future<Output = ()> + 'a {
-    let mut pings = match graceful {
-        Some((c, _, Some((interval, timeout)))) => Some(Box::pin(ping_loop(c, interval, timeout))),
-        _ => None,
-    };
+    let mut pings = graceful.and_then(|g| {
+        let (interval, timeout) = g.ping?;
+        Some(Box::pin(ping_loop(g.closing, interval, timeout)))
+    });
     std::future::poll_fn(move |cx| match pings.as_mut() {
         Some(p) => p.as_mut().poll(cx),
         None => std::task::Poll::Pending,
@@ -175,17 +175,24 @@ fn until(at: Option<Instant>) -> impl Future<Output = ()> {
 }
 
 fn graceful_end(graceful: Option<Graceful<'_>>) -> End {
-    match graceful.and_then(|(c, _, _)| c.cause()) {
+    match graceful.and_then(|g| g.closing.cause()) {
         Some(Cause::Ended(why)) => End::Ended(why),
         Some(Cause::Malformed { client }) => End::Malformed { client },
         None => End::Closed,
     }
 }
 
-async fn idle_watchdog(idle: Option<Duration>, last: &Cell<Instant>) {
-    let Some(idle) = idle else {
-        return std::future::pending().await;
-    };
+/// Resolves when the tunnel has moved no byte for `idle` (never for `None`, the default). The
+/// watching loop is boxed: a tunnel without an idle timeout carries 8 bytes for it.
+fn idle_watchdog(idle: Option<Duration>, last: &Cell<Instant>) -> impl Future<Output = ()> + '_ {
+    let mut watch = idle.map(|idle| Box::pin(watch_idle(idle, last)));
+    std::future::poll_fn(move |cx| match watch.as_mut() {
+        Some(w) => w.as_mut().poll(cx),
+        None => std::task::Poll::Pending,
+    })
+}
+
+async fn watch_idle(idle: Duration, last: &Cell<Instant>) {
     loop {
         let deadline = last.get() + idle;
         if Instant::now() >= deadline {

@@ -183,8 +183,7 @@ impl<D: Driver> Conn<'_, D> {
             // without the access log does not carry the request's 176 bytes.
             request: self.gen.config.log.access.then(|| Box::new(request)),
             life,
-            early_up: self.buf,
-            early_down: self.rbuf,
+            early: (self.buf, self.rbuf),
         };
         handoff::spawn(self.w, self.gen, self.lcfg.name.clone(), u);
     }
