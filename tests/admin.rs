@@ -378,12 +378,18 @@ async fn process_metrics_merged_families_and_response_times() {
     }
     let mut ws = Ws::connect(gw.listen, &[]).await.unwrap();
     assert_eq!(ws.status, 101);
+    // The gateway counts the upgrade after it wrote the 101 the client has already read: wait
+    // for both counts, not only the responses'.
     let s = gw
-        .metrics_until("three responses timed", |s| {
+        .metrics_until("three responses timed and the upgrade counted", |s| {
             s.sum(
                 "ringway_upstream_response_seconds_count",
                 &[("upstream", "main")],
             ) == N as f64
+                && s.sum(
+                    "ringway_upgrades_total",
+                    &[("upstream", "main"), ("result", "ok")],
+                ) == 1.0
         })
         .await;
 
