@@ -545,6 +545,29 @@ async fn pings_keep_answering_clients(io: &'static str) {
         vec![(0x1, b"still here".to_vec())],
         "no ping or pong reached the backend"
     );
+    // Every ping the client saw was counted as sent (more may be in flight), none timed out.
+    let sent = pings_counted(&gw, "sent", |n| n >= pings as f64).await;
+    assert!(sent >= pings as f64);
+    let m = gw.metrics().await;
+    assert_eq!(m.sum(PINGS, &[("result", "timeout")]), 0.0, "{}", m.text);
+}
+
+const PINGS: &str = "ringway_websocket_pings_total";
+
+/// `ringway_websocket_pings_total{result}` once `ok` holds (bounded wait: the tunnel's end is
+/// counted after the bytes the client saw were written).
+async fn pings_counted(gw: &Gateway, result: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let mut last = String::new();
+    for _ in 0..100 {
+        let m = gw.metrics().await;
+        let n = m.sum(PINGS, &[("upstream", "app"), ("result", result)]);
+        if ok(n) {
+            return n;
+        }
+        last = m.text;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{PINGS}{{result={result}}} never as expected:\n{last}");
 }
 
 /// Gateway pings: a client that never answers gets a Ping, then Close 1001; the backend gets
@@ -569,6 +592,9 @@ async fn silent_client_is_closed_after_a_ping(io: &'static str) {
         vec![(0x8, 1001u16.to_be_bytes().to_vec())],
         "the backend: only the gateway's Close 1001"
     );
+    // One ping sent, and the tunnel it could not keep counted as a timeout.
+    assert_eq!(pings_counted(&gw, "timeout", |n| n >= 1.0).await, 1.0);
+    assert_eq!(pings_counted(&gw, "sent", |n| n >= 1.0).await, 1.0);
 }
 
 both_io!(

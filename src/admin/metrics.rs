@@ -319,6 +319,18 @@ fn encode_websocket(enc: &mut DescriptorEncoder, gen: &Generation) -> fmt::Resul
             })
         })
     })?;
+    family(enc, &names::WS_PINGS, |m| {
+        use crate::metrics::websocket::PingResult;
+        totals.iter().try_for_each(|(up, t)| {
+            PingResult::ALL.iter().try_for_each(|r| {
+                counter(
+                    m,
+                    [("upstream", up), ("result", r.as_str())],
+                    t.pings[*r as usize],
+                )
+            })
+        })
+    })?;
     family(enc, &names::WS_MESSAGE_SIZE, |m| {
         totals.iter().try_for_each(|(up, t)| {
             DIRS.iter().zip(&t.dirs).try_for_each(|(dir, d)| {

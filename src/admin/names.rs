@@ -207,6 +207,10 @@ pub const WS_CLOSE: Def = counter(
     "ringway_websocket_close",
     "WebSocket Close frames per upstream, side and code: side=client or backend for Closes a peer sent (relayed, or absorbed as the reply to the gateway's own), gateway_to_client / gateway_to_backend for the Closes the gateway wrote when it ended a tunnel (drain, idle timeout, malformed framing with 1002, ...). code=other for codes without a label of their own.",
 );
+pub const WS_PINGS: Def = counter(
+    "ringway_websocket_pings",
+    "The gateway's own WebSocket pings (ws_ping_interval) per upstream: result=sent for each Ping written to a client silent for a whole interval, result=timeout for each tunnel ended because its client did not answer within ws_ping_timeout (a half-open client found).",
+);
 pub const WS_MESSAGE_SIZE: Def = Def {
     family: "ringway_websocket_message_size",
     help: "WebSocket data message payload sizes, per upstream and direction.",
@@ -240,6 +244,7 @@ pub const ALL: &[&Def] = &[
     &WS_PAYLOAD,
     &WS_FRAMES,
     &WS_CLOSE,
+    &WS_PINGS,
     &WS_MESSAGE_SIZE,
     &PROCESS_OPEN_FDS,
     &PROCESS_MAX_FDS,

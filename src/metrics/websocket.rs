@@ -76,11 +76,33 @@ impl Default for DirCounters {
     }
 }
 
+/// What became of the gateway's own pings (`ws_ping_interval`), by [`PingResult`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PingResult {
+    /// A Ping written to a client that had been silent for a whole interval.
+    Sent = 0,
+    /// A tunnel ended because its client did not answer in `ws_ping_timeout`.
+    Timeout = 1,
+}
+
+impl PingResult {
+    pub const ALL: [PingResult; 2] = [PingResult::Sent, PingResult::Timeout];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PingResult::Sent => "sent",
+            PingResult::Timeout => "timeout",
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct WsCounters {
     dirs: [DirCounters; 2],
     /// Close frames by [`CloseSide`], then by [`CLOSE_CODES`] index (+ other).
     closes: [[AtomicU64; CLOSE_CODES.len() + 1]; 4],
+    /// The gateway's pings by [`PingResult`].
+    pings: [AtomicU64; 2],
 }
 
 impl WsCounters {
@@ -117,6 +139,11 @@ impl WsCounters {
     pub fn close(&self, side: CloseSide, code: u16) {
         bump(&self.closes[side as usize][code_index(code)], 1);
     }
+
+    /// Counts one of the gateway's pings, or a tunnel its timeout ended.
+    pub fn ping(&self, what: PingResult) {
+        bump(&self.pings[what as usize], 1);
+    }
 }
 
 /// One direction summed over the workers.
@@ -135,6 +162,8 @@ pub struct WsTotals {
     pub dirs: [DirTotals; 2],
     /// Close frames: (side, code label, count), non-zero ones and the gateway's own codes.
     pub closes: Vec<(CloseSide, String, u64)>,
+    /// The gateway's pings, indexed by [`PingResult`].
+    pub pings: [u64; 2],
 }
 
 impl WsTotals {
@@ -150,6 +179,9 @@ impl WsTotals {
                 }
             }
             d.sizes = Histogram::sum(slots.clone().map(|s| &s.dirs[i].sizes));
+        }
+        for (i, n) in out.pings.iter_mut().enumerate() {
+            *n = slots.clone().map(|s| s.pings[i].load(Relaxed)).sum();
         }
         for side in CloseSide::ALL {
             for k in 0..=CLOSE_CODES.len() {

@@ -25,7 +25,7 @@ use std::net::TcpStream;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use crate::metrics::websocket::{CloseSide, WsCounters, WsDir};
+use crate::metrics::websocket::{CloseSide, PingResult, WsCounters, WsDir};
 use crate::proto::ws_frame::{
     write_close, FrameTracker, Sender, Tally, CLOSE_GOING_AWAY, CLOSE_PROTOCOL_ERROR,
 };
@@ -256,8 +256,10 @@ impl<'a> Framing<'a> {
             && self.tracker.borrow().at_boundary()
     }
 
+    /// The [`PING`] was written (counted in `ringway_websocket_pings_total{result="sent"}`).
     pub fn ping_sent(&self) {
         self.closing.ping.set(PING_SENT);
+        self.counters.ping(PingResult::Sent);
     }
 
     /// Where the client's Pong to our [`PING`] lies in a batch from the client, if a ping is

@@ -14,7 +14,7 @@ use crate::error::Kind;
 use crate::io::Driver;
 use crate::state::Generation;
 
-use crate::metrics::websocket::WsDir;
+use crate::metrics::websocket::{PingResult, WsDir};
 
 use super::client::{ByteStream, Client};
 use super::connect::Connected;
@@ -133,6 +133,7 @@ pub async fn run<D: Driver>(
         tunnel::End::BackendReset => w.error(Kind::BackendReset),
         tunnel::End::Ended(Ending::IdleTimeout) => w.error(Kind::ClientTimeout),
         tunnel::End::Ended(Ending::BackendGone) => w.error(Kind::Drained),
+        tunnel::End::Ended(Ending::PingTimeout) => up.counters.ws(w.id).ping(PingResult::Timeout),
         tunnel::End::Malformed { client: true } => w.error(Kind::ClientFraming),
         tunnel::End::Malformed { client: false } => w.error(Kind::BackendFraming),
         tunnel::End::Ended(_) => {}
