@@ -127,6 +127,11 @@ pub async fn run<D: Driver>(
     w.counters()
         .tunnel_lifetime
         .observe_us(started.elapsed().as_micros() as u64);
+    count_end(w, up, end);
+}
+
+/// Counts how a tunnel ended: the error kinds, and a gateway ping that found no client.
+fn count_end(w: &Worker, up: &crate::state::UpstreamRt, end: tunnel::End) {
     match end {
         tunnel::End::Closed => {}
         tunnel::End::ClientReset => w.error(Kind::ClientReset),

@@ -145,6 +145,18 @@ pub struct ConnLife {
     _admission: crate::limits::Admission,
 }
 
+impl OpenGuard {
+    /// Counts a connection open on its worker and listener until the guard drops.
+    fn open(worker: &Rc<Worker>, listener: Arc<crate::metrics::ListenerCounters>) -> OpenGuard {
+        listener.opened(worker.id);
+        worker.open.set(worker.open.get() + 1);
+        OpenGuard {
+            worker: worker.clone(),
+            listener,
+        }
+    }
+}
+
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.worker.open.set(self.worker.open.get() - 1);
@@ -235,47 +247,59 @@ pub async fn accept_loop<D: Driver>(
         let counters = gen.listeners[index].clone();
 
         let trusted = trusts_proxy_header(&lcfg, peer);
-        let limits = &worker.shared.limits;
-        let admitted = if trusted {
-            // The client's address comes with the header: only the global cap now, and one of
-            // the load balancer's pending-header slots until the header is read.
-            limits
-                .admit_global()
-                .and_then(|a| limits.pending(peer.ip()).map(|p| (a, Some(p))))
-        } else {
-            limits.admit(peer.ip()).map(|a| (a, None))
-        };
-        let (admission, pending) = match admitted {
-            Ok(x) => x,
+        match admit(&worker.shared.limits, peer, trusted) {
+            Ok((admission, pending)) => {
+                let start = Start {
+                    open: OpenGuard::open(&worker, counters),
+                    admission,
+                    pending,
+                    trusted,
+                };
+                spawn_connection::<D>(&worker, gen, lcfg, stream, peer, start);
+            }
             Err(kind) => {
                 worker.error(kind);
                 counters.rejected(worker.id);
                 refuse_at_accept::<D>(&worker, stream, kind, lcfg.mode);
-                continue;
             }
-        };
-
-        counters.opened(worker.id);
-        worker.open.set(worker.open.get() + 1);
-        let guard = OpenGuard {
-            worker: worker.clone(),
-            listener: counters,
-        };
-        let w = worker.clone();
-        let start = Start {
-            open: guard,
-            admission,
-            pending,
-            trusted,
-        };
-        rio::spawn_local(async move {
-            let client = match <rio::Stream<D>>::new(stream) {
-                Ok(c) => c,
-                Err(_) => return,
-            };
-            serve::<D>(&w, gen, &lcfg, client, peer, start).await;
-        });
+        }
     }
+}
+
+/// The limits a new connection passes: from a trusted load balancer, the client's address
+/// comes with the PROXY header, so only the global cap now, and one of the balancer's
+/// pending-header slots until the header is read; otherwise the per-source limits too.
+fn admit(
+    limits: &limits::Limiter,
+    peer: SocketAddr,
+    trusted: bool,
+) -> Result<(limits::Admission, Option<limits::Pending>), Kind> {
+    if trusted {
+        limits
+            .admit_global()
+            .and_then(|a| limits.pending(peer.ip()).map(|p| (a, Some(p))))
+    } else {
+        limits.admit(peer.ip()).map(|a| (a, None))
+    }
+}
+
+/// The connection's own task: the stream registered with the worker's io, then `serve`.
+fn spawn_connection<D: Driver>(
+    worker: &Rc<Worker>,
+    gen: Arc<crate::state::Generation>,
+    lcfg: crate::config::ListenerConfig,
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    start: Start,
+) {
+    let w = worker.clone();
+    rio::spawn_local(async move {
+        let client = match <rio::Stream<D>>::new(stream) {
+            Ok(c) => c,
+            Err(_) => return,
+        };
+        serve::<D>(&w, gen, &lcfg, client, peer, start).await;
+    });
 }
 
 /// A listener is the same listener while its name and configured address are.
