@@ -129,14 +129,10 @@ fn closing_started<'a>(graceful: Option<Graceful<'a>>) -> impl Future<Output = (
 /// Never resolves without pings. The pinging loop is boxed, so a tunnel without pings (the
 /// default) carries 8 bytes for it instead of its timers.
 fn pinger<'a>(graceful: Option<Graceful<'a>>) -> impl Future<Output = ()> + 'a {
-    let mut pings = graceful.and_then(|g| {
+    boxed_or_pending(graceful.and_then(|g| {
         let (interval, timeout) = g.ping?;
-        Some(Box::pin(ping_loop(g.closing, interval, timeout)))
-    });
-    std::future::poll_fn(move |cx| match pings.as_mut() {
-        Some(p) => p.as_mut().poll(cx),
-        None => std::task::Poll::Pending,
-    })
+        Some(ping_loop(g.closing, interval, timeout))
+    }))
 }
 
 async fn ping_loop(c: &Closing, interval: Duration, timeout: Duration) {
@@ -167,9 +163,15 @@ async fn ping_loop(c: &Closing, interval: Duration, timeout: Duration) {
 /// Resolves at `at` (never for `None`). The timer is boxed so that a tunnel's future does not
 /// carry a second timer's state while it is open (it exists only once a tunnel is closing).
 fn until(at: Option<Instant>) -> impl Future<Output = ()> {
-    let mut timer = at.map(|at| Box::pin(rio::sleep_until(at)));
-    std::future::poll_fn(move |cx| match timer.as_mut() {
-        Some(t) => t.as_mut().poll(cx),
+    boxed_or_pending(at.map(rio::sleep_until))
+}
+
+/// `f`, boxed, or a future that never resolves for `None`: what a tunnel may never run (a
+/// timer, a loop) costs its future 8 bytes instead of its state until it exists.
+fn boxed_or_pending<F: Future<Output = ()>>(f: Option<F>) -> impl Future<Output = ()> {
+    let mut f = f.map(Box::pin);
+    std::future::poll_fn(move |cx| match f.as_mut() {
+        Some(f) => f.as_mut().poll(cx),
         None => std::task::Poll::Pending,
     })
 }
@@ -185,11 +187,7 @@ fn graceful_end(graceful: Option<Graceful<'_>>) -> End {
 /// Resolves when the tunnel has moved no byte for `idle` (never for `None`, the default). The
 /// watching loop is boxed: a tunnel without an idle timeout carries 8 bytes for it.
 fn idle_watchdog(idle: Option<Duration>, last: &Cell<Instant>) -> impl Future<Output = ()> + '_ {
-    let mut watch = idle.map(|idle| Box::pin(watch_idle(idle, last)));
-    std::future::poll_fn(move |cx| match watch.as_mut() {
-        Some(w) => w.as_mut().poll(cx),
-        None => std::task::Poll::Pending,
-    })
+    boxed_or_pending(idle.map(|idle| watch_idle(idle, last)))
 }
 
 async fn watch_idle(idle: Duration, last: &Cell<Instant>) {
