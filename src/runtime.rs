@@ -205,8 +205,11 @@ pub fn bind_listener(
 ) -> anyhow::Result<(std::net::SocketAddr, Vec<TcpListener>)> {
     let mut addr = l.bind;
     let mut sockets = Vec::with_capacity(workers);
+    // The gateway answers an HTTP client's request head, or a TLS client's hello, itself: the
+    // ACK of those first bytes can wait to ride on the answer.
+    let answers_first_bytes = l.mode == crate::config::Mode::Http || l.tls.is_some();
     for _ in 0..workers.max(1) {
-        let s = sys::socket::bind_reuseport(addr, BACKLOG)
+        let s = sys::socket::bind_reuseport(addr, BACKLOG, answers_first_bytes)
             .with_context(|| format!("listener {}: cannot bind {addr}", l.name))?;
         addr = s.local_addr()?;
         sockets.push(s);

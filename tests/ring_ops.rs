@@ -113,8 +113,51 @@ async fn half_close_after_the_last_bytes(io: &'static str) {
     assert!(got == want, "got {} bytes, want {}", got.len(), want.len());
 }
 
+/// A backend that writes its last bytes and closes at once (its FIN right behind them, as a
+/// WebSocket server's Close is): the gateway sends those bytes with its own FIN (held back
+/// with `MSG_MORE` on io_uring until the half-close). Every byte arrives, then the EOF; a
+/// send held back and never released would hang the read. Sizes around the ring's 4 KiB
+/// buffers (one buffer, several, a partial last one), 40 connections at once.
+async fn last_bytes_leave_with_the_fin(io: &'static str) {
+    const SIZES: [usize; 5] = [1, 125, 4_096, 4_097, 20_000];
+    let be = raw_backend(|mut s, n| async move {
+        let _ = s
+            .write_all(&pseudo_bytes(n as u64, SIZES[n % SIZES.len()]))
+            .await;
+        // dropped: close(2), the FIN right behind the bytes
+    })
+    .await;
+    let gw = Gateway::start(io, &["--mode", "tcp", "--backend", &be.addr.to_string()]);
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let addr = gw.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::connect(addr).await;
+            within("the backend's bytes and FIN", c.read_to_end())
+                .await
+                .expect("read to EOF")
+        }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap());
+    }
+    // Which backend connection served which client is the gateway's business: match by
+    // content, each of the 40 exactly once.
+    let mut want: Vec<Vec<u8>> = (0..40)
+        .map(|n| pseudo_bytes(n as u64, SIZES[n % SIZES.len()]))
+        .collect();
+    want.sort();
+    got.sort();
+    assert_eq!(be.accepts(), 40);
+    for (g, w) in got.iter().zip(&want) {
+        assert!(g == w, "got {} bytes, want {}", g.len(), w.len());
+    }
+}
+
 both_io!(
     heads_around_the_send_limit,
     own_answers_and_closes,
-    half_close_after_the_last_bytes
+    half_close_after_the_last_bytes,
+    last_bytes_leave_with_the_fin
 );

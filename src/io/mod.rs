@@ -21,6 +21,8 @@ use std::time::Duration;
 pub use epoll::Epoll;
 pub use uring::{ops as uring_ops, Uring};
 
+pub use crate::sys::socket::FirstBytes;
+
 use crate::sys;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,11 +78,12 @@ pub trait Driver: 'static {
         let _ = s.get_ref().shutdown(std::net::Shutdown::Write);
     }
 
-    /// Opens a connection to `addr` (non-blocking, no Nagle). Default: connect(2), then
+    /// Opens a connection to `addr` (non-blocking, no Nagle; `first` says whether the
+    /// handshake's last ACK may wait for our first bytes). Default: connect(2), then
     /// writability and SO_ERROR.
     #[allow(async_fn_in_trait)]
-    async fn connect(addr: SocketAddr) -> io::Result<Self::Fd<TcpStream>> {
-        let (stream, done) = sys::socket::start_connect(addr)?;
+    async fn connect(addr: SocketAddr, first: FirstBytes) -> io::Result<Self::Fd<TcpStream>> {
+        let (stream, done) = sys::socket::start_connect(addr, first)?;
         let stream = <Self::Fd<TcpStream>>::new(stream)?;
         if !done {
             stream.write_with(sys::socket::finish_connect).await?;
@@ -136,9 +139,10 @@ pub enum ConnectError {
 /// Connects to `addr` within `timeout`.
 pub async fn connect<D: Driver>(
     addr: SocketAddr,
+    first: FirstBytes,
     timeout: Duration,
 ) -> Result<Stream<D>, ConnectError> {
-    let attempt = D::connect(addr);
+    let attempt = D::connect(addr, first);
     match self::timeout(timeout, attempt).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(ConnectError::Failed(e)),

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 
-use super::{ring, Driver, IoKind, Ready};
+use super::{ring, Driver, FirstBytes, IoKind, Ready};
 use crate::sys::closer::CloseWith;
 use crate::sys::reactor::OwnsFd;
 use crate::sys::{self, ring::POLLIN, ring::POLLOUT};
@@ -45,8 +45,11 @@ impl Driver for Uring {
         }
     }
 
-    async fn connect(addr: SocketAddr) -> io::Result<UringFd<TcpStream>> {
-        let s = Rc::new(CloseWith::new(sys::socket::new_stream(addr)?, ring_close));
+    async fn connect(addr: SocketAddr, first: FirstBytes) -> io::Result<UringFd<TcpStream>> {
+        let s = Rc::new(CloseWith::new(
+            sys::socket::new_stream(addr, first)?,
+            ring_close,
+        ));
         let owner: Rc<dyn Any> = s.clone();
         ring::connect(owner, s.as_raw_fd(), addr).await?;
         Ok(UringFd(s))

@@ -16,7 +16,7 @@ use std::time::Instant;
 use crate::balance::{now_ms, ConnGuard, KeySource, Pick, Table};
 use crate::config::Config;
 use crate::error::Kind;
-use crate::io::{self as rio, ConnectError, Driver, Stream};
+use crate::io::{self as rio, ConnectError, Driver, FirstBytes, Stream};
 use crate::state::UpstreamRt;
 use crate::tls::{upstream, TlsStream, UpstreamTls};
 
@@ -45,9 +45,10 @@ pub async fn pick_and_connect<D: Driver, K: KeySource + ?Sized>(
     table: &Table,
     key: &K,
     preface: &[u8],
+    first_bytes: FirstBytes,
 ) -> Result<Connected<D>, Kind> {
     let r = match table.pick(key, &[]) {
-        Some(first) => connect_from(w, cfg, up, table, key, first, preface).await,
+        Some(first) => connect_from(w, cfg, up, table, key, first, preface, first_bytes).await,
         None => Err(Kind::NoBackend),
     };
     if r.as_ref().err() == Some(&Kind::NoBackend) {
@@ -60,6 +61,9 @@ pub async fn pick_and_connect<D: Driver, K: KeySource + ?Sized>(
 /// Each failed attempt is counted here; `Err(NoBackend)` (no backend could be tried) is not:
 /// the caller counts its final outcome once. `preface` (a PROXY header) is written before the
 /// TLS handshake of an upstream with `tls`; a plain upstream's caller writes it itself.
+/// `first_bytes`: whether the caller writes at once on the new connection (a TLS upstream
+/// always does: its ClientHello).
+#[allow(clippy::too_many_arguments)]
 pub async fn connect_from<D: Driver, K: KeySource + ?Sized>(
     w: &Worker,
     cfg: &Config,
@@ -68,8 +72,13 @@ pub async fn connect_from<D: Driver, K: KeySource + ?Sized>(
     key: &K,
     first: Pick,
     preface: &[u8],
+    first_bytes: FirstBytes,
 ) -> Result<Connected<D>, Kind> {
     let (retries, timeout) = (cfg.limits.connect_retries, cfg.timeouts.connect);
+    let first_bytes = match up.tls {
+        Some(_) => FirstBytes::Ours,
+        None => first_bytes,
+    };
     let mut tried: [usize; 17] = [usize::MAX; 17];
     let mut last = Kind::NoBackend;
     let mut next = Some(first);
@@ -91,7 +100,7 @@ pub async fn connect_from<D: Driver, K: KeySource + ?Sized>(
             .guard_pick(&pick)
             .unwrap_or_else(|| ConnGuard::new(backend.stats().clone()));
         let started = Instant::now();
-        match rio::connect::<D>(backend.addr(), timeout).await {
+        match rio::connect::<D>(backend.addr(), first_bytes, timeout).await {
             Ok(stream) => {
                 w.counters()
                     .connect

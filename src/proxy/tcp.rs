@@ -9,7 +9,7 @@ use std::rc::Rc;
 use crate::balance::KeySource;
 use crate::config::{ListenerConfig, SendProxy};
 use crate::error::Kind;
-use crate::io::{self as rio, Driver};
+use crate::io::{self as rio, Driver, FirstBytes};
 use crate::proto::client_hello::{self, ClientHello, HostName};
 use crate::proto::proxy_protocol;
 use crate::state::Generation;
@@ -83,10 +83,16 @@ pub async fn serve<D: Driver>(
         SendProxy::V2 => proxy_protocol::write_v2(peer, local, &mut header),
     }
     let preface: &[u8] = if up.tls.is_some() { &header } else { &[] };
-    let backend = match connect::pick_and_connect::<D, _>(w, cfg, up, &table, &key, preface).await {
-        Ok(b) => b,
-        Err(_) => return, // counted in pick_and_connect; the client just sees the close
+    // With nothing to write at once, the backend may be the one to speak first.
+    let first = match header.is_empty() && early.is_empty() {
+        true => FirstBytes::Theirs,
+        false => FirstBytes::Ours,
     };
+    let backend =
+        match connect::pick_and_connect::<D, _>(w, cfg, up, &table, &key, preface, first).await {
+            Ok(b) => b,
+            Err(_) => return, // counted in pick_and_connect; the client just sees the close
+        };
 
     let mut hello = if up.tls.is_some() { Vec::new() } else { header };
     hello.extend_from_slice(&early);

@@ -13,7 +13,10 @@
 //!   flushed in order, and the direction continues with splice on readiness (see `tunnel.rs`).
 //! - When the core's pool is dry at its maximum, the direction moves one batch on readiness
 //!   (through the core's scratch buffer) and comes back: no wait, no per-connection buffer.
-//! - src's EOF becomes `shutdown(SHUT_WR)` on dst once everything queued is sent.
+//! - src's EOF becomes `shutdown(SHUT_WR)` on dst once everything queued is sent. When the EOF
+//!   is already in hand as the last bytes are sent, that send holds them back (`MSG_MORE`)
+//!   and the FIN carries them: one segment instead of two (a WebSocket peer's Close, then its
+//!   FIN, is the common case).
 //! - With frame tracking each received buffer is scanned; at the direction's Close boundary
 //!   the buffer is cut there, the receive cancelled (what arrives after is only watched for
 //!   src's Close) and, once the queue is sent, the direction returns [`RingEnd::Close`].
@@ -100,7 +103,10 @@ pub async fn ring_copy(
         }
         if sending.is_none() {
             if let Some(l) = queue.pop_front() {
-                sending = Some(rd.send(l));
+                let last = !stopping
+                    && queue.is_empty()
+                    && (eof || recv.as_ref().is_some_and(|r| r.eof_next()));
+                sending = Some(rd.send(l, last));
                 again = true;
             } else if queue.capacity() > 0 {
                 queue = VecDeque::new(); // drained: an idle direction holds no allocation
@@ -169,7 +175,9 @@ pub async fn ring_copy(
                         }
                         queued += n;
                         if sending.is_none() && queue.is_empty() {
-                            sending = Some(rd.send(l));
+                            // src's FIN came with these bytes: they leave with dst's FIN.
+                            let last = !stopping && r.eof_next();
+                            sending = Some(rd.send(l, last));
                         } else {
                             queue.push_back(l);
                         }

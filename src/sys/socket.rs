@@ -9,7 +9,17 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 /// A non-blocking listening socket with SO_REUSEPORT, so every worker (and a second ringway
 /// process during a rolling update) binds the same address and the kernel spreads connections.
-pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+///
+/// `answers_first_bytes`: the listener's protocol answers the client's first bytes (an HTTP
+/// request head, a TLS ClientHello), so the ACK of those bytes can ride on the answer instead
+/// of going out alone: accepted sockets start with delayed ACKs (`TCP_QUICKACK` off), one
+/// segment less per connection. Not for raw tcp listeners, whose backend may take its time
+/// to answer while a client with Nagle on waits for that ACK.
+pub fn bind_reuseport(
+    addr: SocketAddr,
+    backlog: i32,
+    answers_first_bytes: bool,
+) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -22,6 +32,12 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener>
     tune_client_options(&SockRef::from(&socket));
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
+    if answers_first_bytes {
+        // After listen(2), which resets it; the accepted sockets inherit it. The kernel leaves
+        // this mode by itself when the peer waits for an answer longer than the ACK delay
+        // (TCP_QUICKACK is a hint, not a setting: tcp(7)).
+        let _ = socket.set_quickack(false);
+    }
     Ok(socket.into())
 }
 
@@ -77,21 +93,37 @@ pub(crate) fn sockaddr_to_std(storage: &libc::sockaddr_storage) -> Option<Socket
     }
 }
 
+/// Who sends the first bytes on a backend connection once it is open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstBytes {
+    /// The gateway, at once (a request head, a PROXY header, a TLS ClientHello, a tcp client's
+    /// early bytes): the ACK that completes the TCP handshake rides on them ("smart connect"),
+    /// one segment less per connection. The kernel sends it alone if nothing follows within
+    /// its delayed-ACK bound (200 ms), so a wrong guess costs latency, never the connection.
+    Ours,
+    /// Maybe the backend (raw tcp with nothing from the client yet): ACK at once, or a
+    /// server-speaks-first backend would not see the connection until the delay ran out.
+    Theirs,
+}
+
 /// A new non-blocking, CLOEXEC TCP socket for `addr`'s family, without Nagle (backend side).
-pub fn new_stream(addr: SocketAddr) -> io::Result<TcpStream> {
+pub fn new_stream(addr: SocketAddr, first: FirstBytes) -> io::Result<TcpStream> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking().cloexec(),
         Some(Protocol::TCP),
     )?;
     socket.set_nodelay(true)?;
+    if first == FirstBytes::Ours {
+        socket.set_quickack(false)?;
+    }
     Ok(socket.into())
 }
 
 /// Starts a non-blocking connect. `Ok((stream, true))` when already connected (loopback can
 /// be), `Ok((stream, false))` while in progress: wait for writability, then [`finish_connect`].
-pub fn start_connect(addr: SocketAddr) -> io::Result<(TcpStream, bool)> {
-    let socket = Socket::from(new_stream(addr)?);
+pub fn start_connect(addr: SocketAddr, first: FirstBytes) -> io::Result<(TcpStream, bool)> {
+    let socket = Socket::from(new_stream(addr, first)?);
     match socket.connect(&addr.into()) {
         Ok(()) => Ok((socket.into(), true)),
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok((socket.into(), false)),
@@ -149,7 +181,7 @@ mod tests {
     /// The options a client socket needs arrive with accept (set once on the listener).
     #[test]
     fn accepted_sockets_inherit_nodelay_and_keepalive() {
-        let l = bind_reuseport("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let l = bind_reuseport("127.0.0.1:0".parse().unwrap(), 16, false).unwrap();
         let addr = l.local_addr().unwrap();
         let _c = TcpStream::connect(addr).unwrap();
         let (s, peer) = loop {
@@ -172,5 +204,39 @@ mod tests {
             std::time::Duration::from_secs(10)
         );
         assert_eq!(r.keepalive_retries().unwrap(), 6);
+    }
+
+    fn accept_one(l: &TcpListener) -> TcpStream {
+        loop {
+            match accept_nonblocking(l) {
+                Ok((s, _)) => return s,
+                Err(e) if crate::sys::would_block(&e) => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// An HTTP listener's sockets start with delayed ACKs (the request head's ACK rides on
+    /// the response); a raw tcp listener's ACK at once.
+    #[test]
+    fn http_listeners_delay_the_first_ack_and_tcp_listeners_do_not() {
+        for (answers, quickack) in [(true, false), (false, true)] {
+            let l = bind_reuseport("127.0.0.1:0".parse().unwrap(), 16, answers).unwrap();
+            let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let s = accept_one(&l);
+            assert_eq!(SockRef::from(&s).quickack().unwrap(), quickack, "{answers}");
+        }
+    }
+
+    /// A backend socket we write first on delays the handshake's last ACK (it rides on our
+    /// first bytes); one the backend may speak first on does not.
+    #[test]
+    fn backend_sockets_delay_the_handshake_ack_only_when_we_write_first() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let ours = new_stream(addr, FirstBytes::Ours).unwrap();
+        let theirs = new_stream(addr, FirstBytes::Theirs).unwrap();
+        assert!(!SockRef::from(&ours).quickack().unwrap());
+        assert!(SockRef::from(&theirs).quickack().unwrap());
+        assert!(ours.nodelay().unwrap() && theirs.nodelay().unwrap());
     }
 }

@@ -124,11 +124,13 @@ impl RingSock {
     }
 
     /// Sends the bytes of `lease` (one send in flight per direction: the caller queues).
-    pub fn send(&self, lease: Lease) -> SendOp {
+    /// `fin_follows`: the caller half-closes the socket right after this send completes; the
+    /// bytes wait for the FIN and leave with it, one segment instead of two.
+    pub fn send(&self, lease: Lease, fin_follows: bool) -> SendOp {
         let key = with(move |rt| {
             rt.ring
                 .borrow_mut()
-                .send(self.owner.clone(), self.fd, lease)
+                .send(self.owner.clone(), self.fd, lease, fin_follows)
         });
         SendOp { op: Op { key } }
     }
@@ -191,6 +193,13 @@ impl RecvMulti {
 
     pub fn is_cancelled(&self) -> bool {
         self.cancelled
+    }
+
+    /// The source's end of stream has already arrived behind what was taken so far.
+    pub fn eof_next(&self) -> bool {
+        self.op
+            .key
+            .is_some_and(|k| with(|rt| rt.ring.borrow_mut().eof_next(k)).unwrap_or(false))
     }
 }
 

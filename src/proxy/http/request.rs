@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::balance::{Pick, Table};
 use crate::config::ListenerConfig;
 use crate::error::Kind;
-use crate::io::Driver;
+use crate::io::{Driver, FirstBytes::Ours};
 use crate::proto::{self, BodyKind, Upgrade};
 use crate::state::{Generation, UpstreamRt};
 
@@ -134,7 +134,7 @@ async fn connect_or_reuse<D: Driver>(
         }
     }
     let up = &gen.upstreams[upstream];
-    match connect::connect_from::<D, _>(w, &gen.config, up, &table, key, pick, &[]).await {
+    match connect::connect_from::<D, _>(w, &gen.config, up, &table, key, pick, &[], Ours).await {
         Ok(conn) => Ok(Backend {
             conn,
             table,

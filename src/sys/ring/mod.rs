@@ -340,6 +340,13 @@ impl Ring {
         Take::Pending
     }
 
+    /// The next queued result of `key` is an end of stream (a receive's 0).
+    pub fn eof_next(&mut self, key: OpKey) -> bool {
+        self.slot(key)
+            .and_then(|s| s.results.front())
+            .is_some_and(|c| c.res == 0)
+    }
+
     /// Frees a finished one-shot op (its future got its result).
     pub fn done(&mut self, key: OpKey) {
         let finished = match self.slot(key) {

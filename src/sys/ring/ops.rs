@@ -108,12 +108,21 @@ impl Ring {
     }
 
     /// Sends the bytes of `lease` on `fd` (owned by `owner`). The slot keeps the lease (so the
-    /// buffer is not given back) until the send's completion.
-    pub fn send(&mut self, owner: Rc<dyn Any>, fd: RawFd, lease: Lease) -> OpKey {
+    /// buffer is not given back) until the send's completion. `fin_follows`: the caller
+    /// half-closes `fd` as soon as this send completes, so the bytes are held back
+    /// (`MSG_MORE`) for the FIN to go out in the same segment.
+    pub fn send(
+        &mut self,
+        owner: Rc<dyn Any>,
+        fd: RawFd,
+        lease: Lease,
+        fin_follows: bool,
+    ) -> OpKey {
         let (ptr, len) = (lease.as_ptr(), lease.len() as u32);
         let key = self.alloc(Keep::Send(owner, lease));
+        let more = if fin_follows { libc::MSG_MORE } else { 0 };
         let sqe = opcode::Send::new(types::Fd(fd), ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
+            .flags(libc::MSG_NOSIGNAL | more)
             .build()
             .user_data(key.0);
         // SAFETY: `ptr..ptr+len` is inside the pool mapping, lent to this slot (not given
