@@ -234,11 +234,68 @@ impl Future for Sleep {
 }
 
 /// Runs `f` for at most `dur`: `Err(Elapsed)` when the time ran out first (and `f` is dropped).
-pub async fn timeout<F: Future>(dur: Duration, f: F) -> Result<F::Output, Elapsed> {
-    if ring::on_ring() {
-        ring::timeout(dur, f).await.map_err(|()| Elapsed)
-    } else {
-        tokio::time::timeout(dur, f).await.map_err(|_| Elapsed)
+///
+/// A struct, not an async fn: an async fn keeps its argument `f` for its whole life, and the
+/// timer future it awaits holds `f` again (twice, for the ring's: argument and pinned local),
+/// so every request phase under a deadline was stored three times over in the connection's
+/// task (a 21 KiB task, copied whole at each spawn). This holds `f` once, beside the timer.
+pub fn timeout<F: Future>(dur: Duration, f: F) -> Timeout<F> {
+    Timeout {
+        f,
+        deadline: Deadline::Unarmed { dur },
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// See [`timeout`].
+    pub struct Timeout<F> {
+        #[pin]
+        f: F,
+        #[pin]
+        deadline: Deadline,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The timer, armed at the first poll on whichever runtime polls it (as the async fn did:
+    /// a tokio timer can only be made inside tokio's runtime).
+    #[project = DeadlineProj]
+    enum Deadline {
+        Unarmed { dur: Duration },
+        Ring { sleep: ring::Sleep },
+        Tokio { #[pin] sleep: tokio::time::Sleep },
+    }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let mut this = self.project();
+        if let DeadlineProj::Unarmed { dur } = this.deadline.as_mut().project() {
+            let dur = *dur;
+            this.deadline.set(match ring::on_ring() {
+                true => Deadline::Ring {
+                    sleep: ring::sleep(dur),
+                },
+                false => Deadline::Tokio {
+                    sleep: tokio::time::sleep(dur),
+                },
+            });
+        }
+        if let Poll::Ready(v) = this.f.poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        let due = match this.deadline.project() {
+            DeadlineProj::Ring { sleep } => std::pin::Pin::new(sleep).poll(cx),
+            DeadlineProj::Tokio { sleep } => sleep.poll(cx),
+            DeadlineProj::Unarmed { .. } => Poll::Pending, // armed above
+        };
+        due.map(|()| Err(Elapsed))
     }
 }
 
@@ -268,7 +325,9 @@ const LINGER_TIME: Duration = Duration::from_secs(1);
 pub async fn linger_close<D: Driver>(s: &Stream<D>) {
     shutdown_write::<D>(s);
     let drain = async {
-        let mut sink = [0u8; 2048];
+        // On the heap: this runs only after an error answer, and a 2 KiB array here would be
+        // carried by every connection task that might get one.
+        let mut sink = vec![0u8; 2048];
         let mut left = LINGER_BYTES;
         while left > 0 {
             match read::<D>(s, &mut sink).await {
@@ -286,4 +345,82 @@ pub async fn linger_close<D: Driver>(s: &Stream<D>) {
 pub fn peer_closed<D: Driver>(s: &Stream<D>) -> bool {
     let mut byte = [0u8; 1];
     !matches!(s.get_ref().peek(&mut byte), Err(e) if sys::would_block(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    /// A future that is ready at its n-th poll (woken at once each time).
+    fn ready_at(n: u32) -> impl Future<Output = u32> {
+        let mut polls = 0;
+        std::future::poll_fn(move |cx| {
+            polls += 1;
+            if polls >= n {
+                std::task::Poll::Ready(polls)
+            } else {
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        })
+    }
+
+    async fn outcomes() -> (
+        Result<u32, Elapsed>,
+        Result<(), Elapsed>,
+        Result<u32, Elapsed>,
+    ) {
+        let ready = timeout(Duration::from_secs(60), ready_at(3)).await;
+        let never = timeout(Duration::from_millis(5), std::future::pending::<()>()).await;
+        // A zero deadline still gives the future its first poll (as tokio's timeout does).
+        let first = timeout(Duration::ZERO, ready_at(1)).await;
+        (ready, never, first)
+    }
+
+    fn check(
+        o: (
+            Result<u32, Elapsed>,
+            Result<(), Elapsed>,
+            Result<u32, Elapsed>,
+        ),
+    ) {
+        assert_eq!(o.0, Ok(3));
+        assert_eq!(o.1, Err(Elapsed));
+        assert_eq!(o.2, Ok(1));
+    }
+
+    #[test]
+    fn timeout_on_tokio() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        check(rt.block_on(outcomes()));
+    }
+
+    #[test]
+    fn timeout_on_the_ring() {
+        let Ok(rt) = ring::Runtime::new(8, sys::ring::Setup::DeferTaskrun) else {
+            eprintln!("no io_uring here: the ring half of this test cannot run");
+            return;
+        };
+        let got = Rc::new(Cell::new(None));
+        let out = got.clone();
+        rt.block_on(async move { out.set(Some(outcomes().await)) });
+        check(got.take().expect("the ring ran the timeouts"));
+    }
+
+    /// The point of `Timeout` being a struct: it holds its future once.
+    #[test]
+    fn timeout_holds_its_future_once() {
+        let f = async {
+            let buf = [0u8; 4096];
+            std::future::pending::<()>().await;
+            buf[0]
+        };
+        let inner = std::mem::size_of_val(&f);
+        assert!(std::mem::size_of_val(&timeout(Duration::ZERO, f)) < inner + 256);
+    }
 }

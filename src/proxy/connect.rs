@@ -115,7 +115,9 @@ pub async fn connect_from<D: Driver, K: KeySource + ?Sized>(
                             addr,
                             preface,
                         };
-                        match handshake::<D>(w, up, t, stream, to, hs).await {
+                        // Boxed: inline, the handshake's state (3 KiB) would be carried by
+                        // every connection's task, TLS upstream or not.
+                        match Box::pin(handshake::<D>(w, up, t, stream, to, hs)).await {
                             Some(s) => Peer::Tls(Box::new(s)),
                             None => {
                                 backend.stats().record_failure(now_ms());

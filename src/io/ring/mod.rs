@@ -32,7 +32,7 @@ pub use ops::{
     accept, close, connect, poll, recv_into, send_all, shutdown_write, Received, RecvMulti,
     RingSock, SendOp,
 };
-pub use time::{sleep, sleep_until, timeout, Sleep};
+pub use time::{sleep, sleep_until, Sleep};
 
 use crate::sys::ring::{Ring, Setup, WakeFd};
 

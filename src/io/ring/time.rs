@@ -110,16 +110,3 @@ impl Drop for Sleep {
         }
     }
 }
-
-/// `f` with a deadline: `Err(())` when `dur` passed first.
-pub async fn timeout<F: Future>(dur: Duration, f: F) -> Result<F::Output, ()> {
-    let mut f = std::pin::pin!(f);
-    let mut s = std::pin::pin!(sleep(dur));
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(v) = f.as_mut().poll(cx) {
-            return Poll::Ready(Ok(v));
-        }
-        s.as_mut().poll(cx).map(Err)
-    })
-    .await
-}
