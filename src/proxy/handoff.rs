@@ -38,96 +38,102 @@ pub struct Who<'a> {
 /// bytes that arrived with the heads (client → backend, backend → client), passed on before
 /// the tunnel moves anything else, then freed. Lent, not moved: an argument taken by value
 /// stays in the task's future for the tunnel's whole life.
-pub async fn run<D: Driver>(
-    w: &Worker,
-    gen: &Generation,
-    table: &Table,
-    client: &Client<D>,
-    backend: &Connected<D>,
-    who: &Who<'_>,
-    early: &mut (Vec<u8>, Vec<u8>),
-) {
-    let up = &gen.upstreams[who.upstream];
-    let started = Instant::now();
-    let idle = gen.config.timeouts.tunnel_idle;
-    let stats = backend.guard.stats().clone();
-    let registered = w.tunnels().register(lifecycle::Entry {
-        ask: Default::default(),
-        upstream: up.cfg.name.clone(),
-        backend: stats.clone(),
-        key: backend
-            .key_hash
-            .zip(table.key_source())
-            .map(|(hash, source)| lifecycle::PlacedKey { hash, source }),
-        opened: started,
-        websocket: who.status == 101,
-    });
-    let ask = &registered.ask;
-    // WebSocket tunnels track frames unless the upstream opts out; raw tcp tunnels never do.
-    // A TLS backend (upstream TLS) is not tracked yet: its tunnel is a blind pipe.
-    let tracked =
-        who.status == 101 && up.cfg.websocket_frames && matches!(backend.stream, Client::Plain(_));
-    let closing = Closing::default();
-    let counters = up.counters.ws(w.id);
-    let fu = tracked.then(|| Framing::new(WsDir::FromClient, &closing, counters));
-    let fd = tracked.then(|| Framing::new(WsDir::FromBackend, &closing, counters));
-    let frames = match (&fu, &fd) {
-        (Some(fu), Some(fd)) => Some(tunnel::Frames {
-            up: fu,
-            down: fd,
-            closing: &closing,
-            close_timeout: up.cfg.close_timeout,
-            ping: up.cfg.ws_ping_interval.map(|i| (i, up.cfg.ws_ping_timeout)),
-        }),
-        _ => None,
-    };
-    let s = &backend.stream;
-    let passed = pass_early::<D>(client, s, early, fu.as_ref(), fd.as_ref()).await;
-    *early = Default::default(); // an idle tunnel holds no buffer
-    let (end, moved) = match passed {
-        Err(end) => (end, tunnel::Moved::default()),
-        Ok(()) => match (client, s) {
-            (Client::Plain(c), Client::Plain(b)) => {
-                tunnel::run::<D>(w, c, b, idle, &stats, ask, frames.as_ref()).await
-            }
-            // splice cannot see plaintext: a TLS side (client or backend) takes the copy pumps
-            // through rustls.
-            // Boxed: a plain tunnel's task is not sized for the TLS pumps it never runs.
-            (c, b) => {
-                Box::pin(tls_tunnel::run::<D>(
-                    w,
-                    c,
-                    b,
-                    idle,
-                    &stats,
-                    ask,
-                    frames.as_ref(),
-                ))
-                .await
-            }
-        },
-    };
-    drop(registered);
-    access::log(
-        who.log,
-        access::Entry {
-            client: who.client,
-            listener: who.listener,
-            upstream: &up.cfg.name,
-            backend: table.name(backend.index).unwrap_or("-"),
-            backend_addr: table.addr(backend.index),
-            request: who.request,
-            status: who.status,
-            started,
-            bytes_up: moved.up,
-            bytes_down: moved.down,
-            end: end.as_str(),
-        },
-    );
-    w.counters()
-        .tunnel_lifetime
-        .observe_us(started.elapsed().as_micros() as u64);
-    count_end(w, up, end);
+///
+/// A plain fn returning an `async move` block, not an async fn, so the arguments are stored
+/// once in the tunnel's task (an async fn rebinds each to a local).
+pub fn run<'a, 'b, D: Driver>(
+    w: &'a Worker,
+    gen: &'a Generation,
+    table: &'a Table,
+    client: &'a Client<D>,
+    backend: &'a Connected<D>,
+    who: &'a Who<'b>,
+    early: &'a mut (Vec<u8>, Vec<u8>),
+) -> impl std::future::Future<Output = ()> + use<'a, 'b, D> {
+    async move {
+        let up = &gen.upstreams[who.upstream];
+        let started = Instant::now();
+        let idle = gen.config.timeouts.tunnel_idle;
+        let stats = backend.guard.stats().clone();
+        let registered = w.tunnels().register(lifecycle::Entry {
+            ask: Default::default(),
+            upstream: up.cfg.name.clone(),
+            backend: stats.clone(),
+            key: backend
+                .key_hash
+                .zip(table.key_source())
+                .map(|(hash, source)| lifecycle::PlacedKey { hash, source }),
+            opened: started,
+            websocket: who.status == 101,
+        });
+        let ask = &registered.ask;
+        // WebSocket tunnels track frames unless the upstream opts out; raw tcp tunnels never do.
+        // A TLS backend (upstream TLS) is not tracked yet: its tunnel is a blind pipe.
+        let tracked = who.status == 101
+            && up.cfg.websocket_frames
+            && matches!(backend.stream, Client::Plain(_));
+        let closing = Closing::default();
+        let counters = up.counters.ws(w.id);
+        let fu = tracked.then(|| Framing::new(WsDir::FromClient, &closing, counters));
+        let fd = tracked.then(|| Framing::new(WsDir::FromBackend, &closing, counters));
+        let frames = match (&fu, &fd) {
+            (Some(fu), Some(fd)) => Some(tunnel::Frames {
+                up: fu,
+                down: fd,
+                closing: &closing,
+                close_timeout: up.cfg.close_timeout,
+                ping: up.cfg.ws_ping_interval.map(|i| (i, up.cfg.ws_ping_timeout)),
+            }),
+            _ => None,
+        };
+        let s = &backend.stream;
+        let passed = pass_early::<D>(client, s, early, fu.as_ref(), fd.as_ref()).await;
+        *early = Default::default(); // an idle tunnel holds no buffer
+        let (end, moved) = match passed {
+            Err(end) => (end, tunnel::Moved::default()),
+            Ok(()) => match (client, s) {
+                (Client::Plain(c), Client::Plain(b)) => {
+                    tunnel::run::<D>(w, c, b, idle, &stats, ask, frames.as_ref()).await
+                }
+                // splice cannot see plaintext: a TLS side (client or backend) takes the copy pumps
+                // through rustls.
+                // Boxed: a plain tunnel's task is not sized for the TLS pumps it never runs.
+                (c, b) => {
+                    Box::pin(tls_tunnel::run::<D>(
+                        w,
+                        c,
+                        b,
+                        idle,
+                        &stats,
+                        ask,
+                        frames.as_ref(),
+                    ))
+                    .await
+                }
+            },
+        };
+        drop(registered);
+        access::log(
+            who.log,
+            access::Entry {
+                client: who.client,
+                listener: who.listener,
+                upstream: &up.cfg.name,
+                backend: table.name(backend.index).unwrap_or("-"),
+                backend_addr: table.addr(backend.index),
+                request: who.request,
+                status: who.status,
+                started,
+                bytes_up: moved.up,
+                bytes_down: moved.down,
+                end: end.as_str(),
+            },
+        );
+        w.counters()
+            .tunnel_lifetime
+            .observe_us(started.elapsed().as_micros() as u64);
+        count_end(w, up, end);
+    }
 }
 
 /// Counts how a tunnel ended: the error kinds, and a gateway ping that found no client.

@@ -133,51 +133,57 @@ pub struct Frames<'a> {
 pub(super) type Graceful<'a> = &'a Frames<'a>;
 
 /// Runs a tunnel until both directions are done, or one side resets, or it idles out.
-pub async fn run<D: Driver>(
-    w: &Worker,
-    client: &Stream<D>,
-    backend: &Stream<D>,
+///
+/// A plain fn returning an `async move` block, not an async fn, so the arguments are stored
+/// once in the tunnel's task (an async fn rebinds each to a local).
+#[allow(clippy::too_many_arguments)]
+pub fn run<'a, 'f, D: Driver>(
+    w: &'a Worker,
+    client: &'a Stream<D>,
+    backend: &'a Stream<D>,
     idle: Option<Duration>,
-    stats: &BackendStats,
-    ask: &Ask,
-    frames: Option<&Frames<'_>>,
-) -> (End, Moved) {
-    let up = Counted::new(stats, Dir::Up);
-    let down = Counted::new(stats, Dir::Down);
-    let last = Cell::new(Instant::now());
-    let track = idle.is_some();
-    let (fu, fd) = (frames.map(|f| f.up), frames.map(|f| f.down));
+    stats: &'a BackendStats,
+    ask: &'a Ask,
+    frames: Option<&'a Frames<'f>>,
+) -> impl std::future::Future<Output = (End, Moved)> + use<'a, 'f, D> {
+    async move {
+        let up = Counted::new(stats, Dir::Up);
+        let down = Counted::new(stats, Dir::Down);
+        let last = Cell::new(Instant::now());
+        let track = idle.is_some();
+        let (fu, fd) = (frames.map(|f| f.up), frames.map(|f| f.down));
 
-    // Pinned here and lent to `supervise`: moved in by value, each direction's state would be
-    // stored twice in this future (once per level), and an idle tunnel's task would carry it.
-    let a = std::pin::pin!(direction::<D>(
-        w,
-        client,
-        backend,
-        &up,
-        track.then_some(&last),
-        fu
-    ));
-    let b = std::pin::pin!(direction::<D>(
-        w,
-        backend,
-        client,
-        &down,
-        track.then_some(&last),
-        fd
-    ));
-    let (c, k) = (client.get_ref(), backend.get_ref());
-    let end = supervise(a, b, c, k, idle, &last, ask, frames).await;
-    // The pumps may have been dropped mid-way: whatever they did not flush is added here.
-    up.flush();
-    down.flush();
-    (
-        end,
-        Moved {
-            up: up.total.get(),
-            down: down.total.get(),
-        },
-    )
+        // Pinned here and lent to `supervise`: moved in by value, each direction's state would be
+        // stored twice in this future (once per level), and an idle tunnel's task would carry it.
+        let a = std::pin::pin!(direction::<D>(
+            w,
+            client,
+            backend,
+            &up,
+            track.then_some(&last),
+            fu
+        ));
+        let b = std::pin::pin!(direction::<D>(
+            w,
+            backend,
+            client,
+            &down,
+            track.then_some(&last),
+            fd
+        ));
+        let (c, k) = (client.get_ref(), backend.get_ref());
+        let end = supervise(a, b, c, k, idle, &last, ask, frames).await;
+        // The pumps may have been dropped mid-way: whatever they did not flush is added here.
+        up.flush();
+        down.flush();
+        (
+            end,
+            Moved {
+                up: up.total.get(),
+                down: down.total.get(),
+            },
+        )
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -482,55 +488,61 @@ async fn close_out<D: Driver>(
 /// One direction, on whichever path the backend offers: the ring-native copy path (multishot
 /// receive into the core's buffer pool, sends as ring ops) with splice on readiness for bulk,
 /// or the readiness pump (copy through the scratch buffer, splice for bulk).
-async fn direction<D: Driver>(
-    w: &Worker,
-    src: &Stream<D>,
-    dst: &Stream<D>,
-    moved: &Counted<'_>,
-    last: Option<&Cell<Instant>>,
-    f: Option<&Framing<'_>>,
-) -> Result<(), DirError> {
-    // The readiness path and the close-out are boxed: inline, every direction's future (the
-    // ring path's included: generic code is laid out once for both) would be sized for the
-    // pump's state, 616 bytes where the ring copy path needs 200 (`-Zprint-type-sizes`). On
-    // epoll that is one allocation per direction per tunnel, never per message. And no
-    // `Option` of the pair is kept beside `rs` and `rd`: it would store them twice.
-    let (rs, rd) = match (D::ring_sock(src), D::ring_sock(dst)) {
-        (Some(s), Some(d)) if w.strategy != Strategy::Splice => (s, d),
-        // Readiness alone (epoll, or a ring worker without a buffer pool): the pump, then the
-        // close-out of a tracked direction that reached its Close boundary.
-        _ => {
-            return Box::pin(async move {
-                match pump::<D>(w, src, dst, moved, last, PumpMode::Whole, f).await? {
-                    PumpEnd::Close => match f {
-                        Some(f) => close_out::<D>(w, src, dst, f).await,
-                        None => Ok(()),
-                    },
-                    _ => Ok(()),
-                }
-            })
-            .await
-        }
-    };
-    loop {
-        let mode = match ring_copy::ring_copy(w, dst.get_ref(), &rs, &rd, moved, last, f).await? {
-            ring_copy::RingEnd::Eof => return Ok(()),
-            ring_copy::RingEnd::Bulk => PumpMode::UntilSmall,
-            ring_copy::RingEnd::NoBuffers => PumpMode::OneBatch,
-            ring_copy::RingEnd::Close => match f {
-                Some(f) => return Box::pin(close_out::<D>(w, src, dst, f)).await,
-                None => return Ok(()),
-            },
+///
+/// A plain fn returning an `async move` block, not an async fn: an async fn rebinds each
+/// argument to a local (its drop order), and the pair was stored twice in every idle tunnel.
+fn direction<'a, 'c, 'f, D: Driver>(
+    w: &'a Worker,
+    src: &'a Stream<D>,
+    dst: &'a Stream<D>,
+    moved: &'a Counted<'c>,
+    last: Option<&'a Cell<Instant>>,
+    f: Option<&'a Framing<'f>>,
+) -> impl std::future::Future<Output = Result<(), DirError>> + use<'a, 'c, 'f, D> {
+    async move {
+        // The readiness path and the close-out are boxed: inline, every direction's future (the
+        // ring path's included: generic code is laid out once for both) would be sized for the
+        // pump's state, 616 bytes where the ring copy path needs 200 (`-Zprint-type-sizes`). On
+        // epoll that is one allocation per direction per tunnel, never per message. And no
+        // `Option` of the pair is kept beside `rs` and `rd`: it would store them twice.
+        let (rs, rd) = match (D::ring_sock(src), D::ring_sock(dst)) {
+            (Some(s), Some(d)) if w.strategy != Strategy::Splice => (s, d),
+            // Readiness alone (epoll, or a ring worker without a buffer pool): the pump, then the
+            // close-out of a tracked direction that reached its Close boundary.
+            _ => {
+                return Box::pin(async move {
+                    match pump::<D>(w, src, dst, moved, last, PumpMode::Whole, f).await? {
+                        PumpEnd::Close => match f {
+                            Some(f) => close_out::<D>(w, src, dst, f).await,
+                            None => Ok(()),
+                        },
+                        _ => Ok(()),
+                    }
+                })
+                .await
+            }
         };
-        // Boxed: the readiness phase's state (pipe, pending bytes, readiness futures) is
-        // allocated only while a direction streams, not carried by every idle tunnel.
-        match (
-            Box::pin(pump::<D>(w, src, dst, moved, last, mode, f)).await?,
-            f,
-        ) {
-            (PumpEnd::Handback, _) => {}
-            (PumpEnd::Close, Some(f)) => return Box::pin(close_out::<D>(w, src, dst, f)).await,
-            _ => return Ok(()),
+        loop {
+            let mode =
+                match ring_copy::ring_copy(w, dst.get_ref(), &rs, &rd, moved, last, f).await? {
+                    ring_copy::RingEnd::Eof => return Ok(()),
+                    ring_copy::RingEnd::Bulk => PumpMode::UntilSmall,
+                    ring_copy::RingEnd::NoBuffers => PumpMode::OneBatch,
+                    ring_copy::RingEnd::Close => match f {
+                        Some(f) => return Box::pin(close_out::<D>(w, src, dst, f)).await,
+                        None => return Ok(()),
+                    },
+                };
+            // Boxed: the readiness phase's state (pipe, pending bytes, readiness futures) is
+            // allocated only while a direction streams, not carried by every idle tunnel.
+            match (
+                Box::pin(pump::<D>(w, src, dst, moved, last, mode, f)).await?,
+                f,
+            ) {
+                (PumpEnd::Handback, _) => {}
+                (PumpEnd::Close, Some(f)) => return Box::pin(close_out::<D>(w, src, dst, f)).await,
+                _ => return Ok(()),
+            }
         }
     }
 }

@@ -25,90 +25,98 @@ use crate::proxy::lifecycle::{Ask, Ending};
 /// endings, and malformed framing, are graceful: the directions close at their next frame
 /// boundary with a Close frame and wait for the peers' Close; when both are done both sides
 /// get a FIN. A peer that has not answered when `close_timeout` has passed is reset.
+///
+/// The directions come pinned (lent by the caller, which owns them); a plain fn returning an
+/// `async move` block, so each argument is stored once in the tunnel's task.
 #[allow(clippy::too_many_arguments)]
-pub(in crate::proxy) async fn supervise(
-    up: impl Future<Output = Result<(), DirError>>,
-    down: impl Future<Output = Result<(), DirError>>,
-    client: &TcpStream,
-    backend: &TcpStream,
+pub(in crate::proxy) fn supervise<'a, 'g, U, Dn>(
+    mut up: U,
+    mut down: Dn,
+    client: &'a TcpStream,
+    backend: &'a TcpStream,
     idle: Option<Duration>,
-    last: &Cell<Instant>,
-    ask: &Ask,
-    graceful: Option<Graceful<'_>>,
-) -> End {
-    tokio::pin!(up, down);
-    let watchdog = idle_watchdog(idle, last);
-    tokio::pin!(watchdog);
-    let asked = ask.wait();
-    tokio::pin!(asked);
-    let (mut up_done, mut down_done) = (false, false);
-    // Set once a graceful ending started: when the peers are cut if they have not answered.
-    let mut cut_at: Option<Instant> = None;
-    let pings = pinger(graceful);
-    tokio::pin!(pings);
-    let begin = |why: Ending| match graceful {
-        Some(g) => {
-            g.closing.start(Cause::Ended(why));
-            None
-        }
-        None => Some(End::Ended(why)),
-    };
-    loop {
-        // Src of `up` and Dst of `down` are the client; the other two are the backend.
-        let failed = tokio::select! {
-            r = &mut up, if !up_done => { up_done = true; r.err().map(|e| e.side(true)) }
-            r = &mut down, if !down_done => { down_done = true; r.err().map(|e| e.side(false)) }
-            () = &mut watchdog, if cut_at.is_none() => match begin(Ending::IdleTimeout) {
-                Some(end) => return end,
-                None => None,
-            },
-            why = &mut asked, if cut_at.is_none() => match begin(why) {
-                Some(end) => return end,
-                None => None,
-            },
-            () = &mut pings, if cut_at.is_none() => match begin(Ending::PingTimeout) {
-                Some(end) => return end,
-                None => None,
-            },
-            () = closing_started(graceful), if cut_at.is_none() => None,
-            () = until(cut_at) => {
-                // The peers had `close_timeout`: FIN to those that answered (the direction that
-                // reads them is done), RST to the others.
-                for (sock, answered) in [(client, up_done), (backend, down_done)] {
-                    if answered {
-                        let _ = sock.shutdown(Shutdown::Write);
-                    } else {
-                        socket::set_reset_on_close(sock);
-                    }
-                }
-                return graceful_end(graceful);
+    last: &'a Cell<Instant>,
+    ask: &'a Ask,
+    graceful: Option<Graceful<'g>>,
+) -> impl Future<Output = End> + use<'a, 'g, U, Dn>
+where
+    U: Future<Output = Result<(), DirError>> + Unpin,
+    Dn: Future<Output = Result<(), DirError>> + Unpin,
+{
+    async move {
+        let watchdog = idle_watchdog(idle, last);
+        tokio::pin!(watchdog);
+        let asked = ask.wait();
+        tokio::pin!(asked);
+        let (mut up_done, mut down_done) = (false, false);
+        // Set once a graceful ending started: when the peers are cut if they have not answered.
+        let mut cut_at: Option<Instant> = None;
+        let pings = pinger(graceful);
+        tokio::pin!(pings);
+        let begin = |why: Ending| match graceful {
+            Some(g) => {
+                g.closing.start(Cause::Ended(why));
+                None
             }
+            None => Some(End::Ended(why)),
         };
-        if let (None, Some(g)) = (cut_at, graceful) {
-            if g.closing.started() {
-                cut_at = Some(Instant::now() + g.close_timeout);
-            }
-        }
-        match failed {
-            Some((true, e)) => {
-                tracing::debug!(error = %e, "client side failed");
-                socket::set_reset_on_close(backend);
-                return End::ClientReset;
-            }
-            Some((false, e)) => {
-                tracing::debug!(error = %e, "backend side failed");
-                socket::set_reset_on_close(client);
-                return End::BackendReset;
-            }
-            None if up_done && down_done => {
-                if cut_at.is_some() {
-                    let _ = client.shutdown(Shutdown::Write);
-                    let _ = backend.shutdown(Shutdown::Write);
+        loop {
+            // Src of `up` and Dst of `down` are the client; the other two are the backend.
+            let failed = tokio::select! {
+                r = &mut up, if !up_done => { up_done = true; r.err().map(|e| e.side(true)) }
+                r = &mut down, if !down_done => { down_done = true; r.err().map(|e| e.side(false)) }
+                () = &mut watchdog, if cut_at.is_none() => match begin(Ending::IdleTimeout) {
+                    Some(end) => return end,
+                    None => None,
+                },
+                why = &mut asked, if cut_at.is_none() => match begin(why) {
+                    Some(end) => return end,
+                    None => None,
+                },
+                () = &mut pings, if cut_at.is_none() => match begin(Ending::PingTimeout) {
+                    Some(end) => return end,
+                    None => None,
+                },
+                () = closing_started(graceful), if cut_at.is_none() => None,
+                () = until(cut_at) => {
+                    // The peers had `close_timeout`: FIN to those that answered (the direction that
+                    // reads them is done), RST to the others.
+                    for (sock, answered) in [(client, up_done), (backend, down_done)] {
+                        if answered {
+                            let _ = sock.shutdown(Shutdown::Write);
+                        } else {
+                            socket::set_reset_on_close(sock);
+                        }
+                    }
                     return graceful_end(graceful);
                 }
-                return End::Closed;
+            };
+            if let (None, Some(g)) = (cut_at, graceful) {
+                if g.closing.started() {
+                    cut_at = Some(Instant::now() + g.close_timeout);
+                }
             }
-            None => {}
+            match failed {
+                Some((true, e)) => {
+                    tracing::debug!(error = %e, "client side failed");
+                    socket::set_reset_on_close(backend);
+                    return End::ClientReset;
+                }
+                Some((false, e)) => {
+                    tracing::debug!(error = %e, "backend side failed");
+                    socket::set_reset_on_close(client);
+                    return End::BackendReset;
+                }
+                None if up_done && down_done => {
+                    if cut_at.is_some() {
+                        let _ = client.shutdown(Shutdown::Write);
+                        let _ = backend.shutdown(Shutdown::Write);
+                        return graceful_end(graceful);
+                    }
+                    return End::Closed;
+                }
+                None => {}
+            }
         }
     }
 }

@@ -49,15 +49,19 @@ pub enum RingEnd {
     Close,
 }
 
-pub async fn ring_copy(
-    w: &Worker,
-    dst: &TcpStream,
-    rs: &RingSock,
-    rd: &RingSock,
-    moved: &Counted<'_>,
-    last: Option<&Cell<Instant>>,
-    f: Option<&Framing<'_>>,
-) -> Result<RingEnd, DirError> {
+/// The direction's copy loop. A plain fn returning the loop's future (armed at the call: the
+/// caller awaits it at once), not an async fn: an async fn would store its arguments beside
+/// the closure's copies of them in every idle direction.
+#[allow(clippy::too_many_arguments)]
+pub fn ring_copy<'a, 'c, 'f>(
+    w: &'a Worker,
+    dst: &'a TcpStream,
+    rs: &'a RingSock,
+    rd: &'a RingSock,
+    moved: &'a Counted<'c>,
+    last: Option<&'a Cell<Instant>>,
+    f: Option<&'a Framing<'f>>,
+) -> impl std::future::Future<Output = Result<RingEnd, DirError>> + use<'a, 'c, 'f> {
     let adaptive = w.strategy == Strategy::Adaptive;
     let mut recv: Option<RecvMulti> = Some(rs.recv_multi());
     // Bytes received while a send was in flight, in order (empty, unallocated, when idle).
@@ -228,7 +232,6 @@ pub async fn ring_copy(
             return Poll::Pending;
         }
     })
-    .await
 }
 
 /// Writes the gateway's Ping to the client with a plain syscall (no ring send in flight).
