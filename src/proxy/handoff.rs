@@ -41,6 +41,7 @@ pub struct Who<'a> {
 ///
 /// A plain fn returning an `async move` block, not an async fn, so the arguments are stored
 /// once in the tunnel's task (an async fn rebinds each to a local).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
 pub fn run<'a, 'b, D: Driver>(
     w: &'a Worker,
     gen: &'a Generation,

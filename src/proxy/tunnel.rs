@@ -137,6 +137,7 @@ pub(super) type Graceful<'a> = &'a Frames<'a>;
 /// A plain fn returning an `async move` block, not an async fn, so the arguments are stored
 /// once in the tunnel's task (an async fn rebinds each to a local).
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::manual_async_fn)] // on purpose: see above
 pub fn run<'a, 'f, D: Driver>(
     w: &'a Worker,
     client: &'a Stream<D>,
@@ -491,6 +492,7 @@ async fn close_out<D: Driver>(
 ///
 /// A plain fn returning an `async move` block, not an async fn: an async fn rebinds each
 /// argument to a local (its drop order), and the pair was stored twice in every idle tunnel.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
 fn direction<'a, 'c, 'f, D: Driver>(
     w: &'a Worker,
     src: &'a Stream<D>,

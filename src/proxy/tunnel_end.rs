@@ -29,6 +29,7 @@ use crate::proxy::lifecycle::{Ask, Ending};
 /// The directions come pinned (lent by the caller, which owns them); a plain fn returning an
 /// `async move` block, so each argument is stored once in the tunnel's task.
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::manual_async_fn)] // on purpose: see above
 pub(in crate::proxy) fn supervise<'a, 'g, U, Dn>(
     mut up: U,
     mut down: Dn,
