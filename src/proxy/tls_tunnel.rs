@@ -74,15 +74,7 @@ pub async fn run<D: Driver>(
             return super::tunnel::run::<D>(w, c, b, idle, stats, ask, frames).await;
         }
     };
-    up.flush();
-    down.flush();
-    (
-        end,
-        Moved {
-            up: up.total.get(),
-            down: down.total.get(),
-        },
-    )
+    (end, Moved::flushed(&up, &down))
 }
 
 /// Writes what `d` takes now of `b`; a would-block is 0, another error is kept in `err`.

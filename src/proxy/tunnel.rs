@@ -174,16 +174,7 @@ pub fn run<'a, 'f, D: Driver>(
         ));
         let (c, k) = (client.get_ref(), backend.get_ref());
         let end = supervise(a, b, c, k, idle, &last, ask, frames).await;
-        // The pumps may have been dropped mid-way: whatever they did not flush is added here.
-        up.flush();
-        down.flush();
-        (
-            end,
-            Moved {
-                up: up.total.get(),
-                down: down.total.get(),
-            },
-        )
+        (end, Moved::flushed(&up, &down))
     }
 }
 
@@ -229,6 +220,19 @@ impl<'a> Counted<'a> {
                 Dir::Down => self.stats.add_bytes(0, delta),
             }
             self.flushed.set(self.total.get());
+        }
+    }
+}
+
+impl Moved {
+    /// The tunnel's totals, once it ended: its directions may have been dropped mid-way, so
+    /// what they did not flush into the backend's counters is flushed here.
+    pub(super) fn flushed(up: &Counted<'_>, down: &Counted<'_>) -> Moved {
+        up.flush();
+        down.flush();
+        Moved {
+            up: up.total.get(),
+            down: down.total.get(),
         }
     }
 }
