@@ -49,6 +49,20 @@ pub enum RingEnd {
     Close,
 }
 
+impl RingEnd {
+    /// How a direction with nothing left to send ends, if it does: its Close boundary first,
+    /// then src's EOF, a switch to splice, a dry pool.
+    fn of(stopping: bool, eof: bool, bulk: bool, nobufs: bool) -> Option<RingEnd> {
+        match (stopping, eof, bulk, nobufs) {
+            (true, ..) => Some(RingEnd::Close),
+            (_, true, ..) => Some(RingEnd::Eof),
+            (_, _, true, _) => Some(RingEnd::Bulk),
+            (.., true) => Some(RingEnd::NoBuffers),
+            _ => None,
+        }
+    }
+}
+
 /// The direction's copy loop. A plain fn returning the loop's future (armed at the call: the
 /// caller awaits it at once), not an async fn: an async fn would store its arguments beside
 /// the closure's copies of them in every idle direction.
@@ -64,11 +78,7 @@ pub fn ring_copy<'a, 'c, 'f>(
 ) -> impl std::future::Future<Output = Result<RingEnd, DirError>> + use<'a, 'c, 'f> {
     let adaptive = w.strategy == Strategy::Adaptive;
     let mut recv: Option<RecvMulti> = Some(rs.recv_multi());
-    // Bytes received while a send was in flight, in order (empty, unallocated, when idle).
-    let mut queue: VecDeque<Lease> = VecDeque::new();
-    // Bytes queued plus the send in flight.
-    let mut queued = 0usize;
-    let mut sending: Option<SendOp> = None;
+    let mut out = Outbox::default();
     let mut eof = false;
     let mut bulk = false;
     let mut nobufs = false;
@@ -80,93 +90,32 @@ pub fn ring_copy<'a, 'c, 'f>(
     std::future::poll_fn(move |cx| loop {
         let mut again = false;
 
-        // 1. The send in flight.
-        if let Some(s) = sending.as_mut() {
-            if let Poll::Ready((r, rest)) = s.poll_done(cx) {
-                sending = None;
-                match r {
-                    Ok(0) => {
-                        return Poll::Ready(Err(DirError::Dst(
-                            std::io::ErrorKind::WriteZero.into(),
-                        )))
-                    }
-                    Ok(n) => {
-                        let n = n as usize;
-                        queued = queued.saturating_sub(n);
-                        if let Some(mut l) = rest {
-                            l.advance(n);
-                            if !l.is_empty() {
-                                queue.push_front(l); // a short send: the rest goes first
-                            }
-                        }
-                    }
-                    Err(e) => return Poll::Ready(Err(DirError::Dst(e))),
-                }
-                again = true;
-            }
+        // 1. The send in flight, then the next one.
+        match out.poll_sent(cx) {
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => again = true,
+            Poll::Pending => {}
         }
-        if sending.is_none() {
-            if let Some(l) = queue.pop_front() {
-                let last = !stopping
-                    && queue.is_empty()
-                    && (eof || recv.as_ref().is_some_and(|r| r.eof_next()));
-                sending = Some(rd.send(l, last));
-                again = true;
-            } else if queue.capacity() > 0 {
-                queue = VecDeque::new(); // drained: an idle direction holds no allocation
-            }
-        }
+        let fin = || !stopping && (eof || recv.as_ref().is_some_and(|r| r.eof_next()));
+        again |= out.send_next(rd, fin);
 
         // 2. The receive.
         if let Some(f) = f.filter(|_| !stopping) {
-            let _ = f.closing.poll_started(f.slot(), cx); // wakes us for a closing or a ping
-            stopping = f.must_close();
-            if !stopping && sending.is_none() && queue.is_empty() && f.ping_now() {
-                // Nothing of ours in flight: a plain write keeps the order.
-                match write_ping(dst) {
-                    Ok(()) => f.ping_sent(),
-                    Err(e) if crate::sys::would_block(&e) => {} // next time round
-                    Err(e) => return Poll::Ready(Err(DirError::Dst(e))),
-                }
+            match watch_closing(f, cx, out.idle(), dst) {
+                Ok(s) => stopping = s,
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
         match recv.as_mut() {
             Some(r) => {
-                if (queued >= QUEUE_MAX || bulk || stopping) && !r.is_cancelled() {
+                if (out.queued >= QUEUE_MAX || bulk || stopping) && !r.is_cancelled() {
                     r.cancel();
                 }
                 match r.poll_next(cx) {
                     Poll::Ready(Received::Data(mut l)) => {
                         if let Some(f) = f {
-                            if stopping {
-                                f.discard(l.as_slice());
+                            if !frames_to_pass(f, &mut l, &mut stopping) {
                                 continue;
-                            }
-                            // The client's answer to a gateway ping is not the backend's: cut
-                            // when it starts or ends the buffer (a Pong in the middle of one
-                            // passes; the backend ignores an unsolicited Pong, RFC 6455 §5.5.3).
-                            if let Some((a, b)) = f.find_pong(l.as_slice()) {
-                                if a == 0 {
-                                    l.advance(b);
-                                    f.pong_taken();
-                                } else if b == l.len() {
-                                    l.truncate(a);
-                                    f.pong_taken();
-                                }
-                                if l.is_empty() {
-                                    continue;
-                                }
-                            }
-                            let (pass, then) = f.scan(l.as_slice());
-                            if then != Then::Go {
-                                if then == Then::Close {
-                                    f.discard(&l.as_slice()[pass..]);
-                                }
-                                l.truncate(pass);
-                                stopping = true;
-                                if l.is_empty() {
-                                    continue;
-                                }
                             }
                         }
                         let n = l.len();
@@ -177,14 +126,8 @@ pub fn ring_copy<'a, 'c, 'f>(
                         if adaptive && n == POOL_BUF_SIZE as usize {
                             bulk = true;
                         }
-                        queued += n;
-                        if sending.is_none() && queue.is_empty() {
-                            // src's FIN came with these bytes: they leave with dst's FIN.
-                            let last = !stopping && r.eof_next();
-                            sending = Some(rd.send(l, last));
-                        } else {
-                            queue.push_back(l);
-                        }
+                        // src's FIN came with these bytes: they leave with dst's FIN.
+                        out.push(l, rd, || !stopping && r.eof_next());
                         again = true;
                     }
                     Poll::Ready(Received::Eof) => {
@@ -203,7 +146,7 @@ pub fn ring_copy<'a, 'c, 'f>(
                     Poll::Pending => {}
                 }
             }
-            None if !eof && !bulk && !nobufs && !stopping && queued < QUEUE_MAX / 2 => {
+            None if !eof && !bulk && !nobufs && !stopping && out.queued < QUEUE_MAX / 2 => {
                 recv = Some(rs.recv_multi());
                 again = true;
             }
@@ -211,27 +154,152 @@ pub fn ring_copy<'a, 'c, 'f>(
         }
 
         // 3. Done: everything received has been sent.
-        if recv.is_none() && sending.is_none() && queue.is_empty() {
-            if stopping {
-                return Poll::Ready(Ok(RingEnd::Close));
-            }
-            if eof {
-                if !rd.shutdown_write() {
-                    let _ = dst.shutdown(Shutdown::Write);
+        if recv.is_none() && out.idle() {
+            if let Some(end) = RingEnd::of(stopping, eof, bulk, nobufs) {
+                if let RingEnd::Eof = end {
+                    if !rd.shutdown_write() {
+                        let _ = dst.shutdown(Shutdown::Write);
+                    }
                 }
-                return Poll::Ready(Ok(RingEnd::Eof));
-            }
-            if bulk {
-                return Poll::Ready(Ok(RingEnd::Bulk));
-            }
-            if nobufs {
-                return Poll::Ready(Ok(RingEnd::NoBuffers));
+                return Poll::Ready(Ok(end));
             }
         }
         if !again {
             return Poll::Pending;
         }
     })
+}
+
+/// What a direction has to send to dst: at most one send in flight, the rest queued in order.
+#[derive(Default)]
+struct Outbox {
+    /// Bytes received while a send was in flight, in order (empty, unallocated, when idle).
+    queue: VecDeque<Lease>,
+    /// Bytes queued plus the send in flight.
+    queued: usize,
+    sending: Option<SendOp>,
+}
+
+impl Outbox {
+    fn idle(&self) -> bool {
+        self.sending.is_none() && self.queue.is_empty()
+    }
+
+    /// The send in flight completed (`Ready(Ok)`): its bytes left; a short send's rest goes
+    /// first next time.
+    fn poll_sent(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), DirError>> {
+        let Some(s) = self.sending.as_mut() else {
+            return Poll::Pending;
+        };
+        let (r, rest) = std::task::ready!(s.poll_done(cx));
+        self.sending = None;
+        let n = match r {
+            Ok(0) => return Poll::Ready(Err(DirError::Dst(std::io::ErrorKind::WriteZero.into()))),
+            Ok(n) => n as usize,
+            Err(e) => return Poll::Ready(Err(DirError::Dst(e))),
+        };
+        self.queued = self.queued.saturating_sub(n);
+        if let Some(mut l) = rest {
+            l.advance(n);
+            if !l.is_empty() {
+                self.queue.push_front(l);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Starts the next queued send if none is in flight (`fin()`: src's EOF is in hand, so the
+    /// last bytes wait for dst's FIN). `true` if one started.
+    fn send_next(&mut self, rd: &RingSock, fin: impl FnOnce() -> bool) -> bool {
+        if self.sending.is_some() {
+            return false;
+        }
+        match self.queue.pop_front() {
+            Some(l) => {
+                let fin = self.queue.is_empty() && fin();
+                self.sending = Some(rd.send(l, fin));
+                true
+            }
+            None => {
+                if self.queue.capacity() > 0 {
+                    self.queue = VecDeque::new(); // drained: an idle direction holds no allocation
+                }
+                false
+            }
+        }
+    }
+
+    /// Received bytes to pass on: sent at once when nothing is ahead of them, else queued.
+    fn push(&mut self, l: Lease, rd: &RingSock, fin: impl FnOnce() -> bool) {
+        self.queued += l.len();
+        if self.idle() {
+            self.sending = Some(rd.send(l, fin()));
+        } else {
+            self.queue.push_back(l);
+        }
+    }
+}
+
+/// A tracked direction's closing and gateway pings: `Ok(true)` once it must stop at its Close
+/// boundary (registers the waker for a closing or a ping). A due Ping is written only when
+/// nothing of ours is in flight to dst (`idle`): a plain write then keeps the order.
+fn watch_closing(
+    f: &Framing<'_>,
+    cx: &mut std::task::Context<'_>,
+    idle: bool,
+    dst: &TcpStream,
+) -> Result<bool, DirError> {
+    let _ = f.closing.poll_started(f.slot(), cx);
+    if f.must_close() {
+        return Ok(true);
+    }
+    if idle && f.ping_now() {
+        ping(f, dst)?;
+    }
+    Ok(false)
+}
+
+/// Writes the gateway's Ping (a would-block is retried next time round).
+fn ping(f: &Framing<'_>, dst: &TcpStream) -> Result<(), DirError> {
+    match write_ping(dst) {
+        Ok(()) => f.ping_sent(),
+        Err(e) if crate::sys::would_block(&e) => {} // next time round
+        Err(e) => return Err(DirError::Dst(e)),
+    }
+    Ok(())
+}
+
+/// A tracked direction's received buffer, cut to what passes: nothing once the direction is
+/// stopping, the client's answer to a gateway ping taken out when it starts or ends the
+/// buffer (a Pong in the middle of one passes; the backend ignores an unsolicited Pong, RFC
+/// 6455 §5.5.3), and nothing past the Close boundary or a malformed frame (`stopping` is set
+/// then). `false`: nothing is left to send.
+fn frames_to_pass(f: &Framing<'_>, l: &mut Lease, stopping: &mut bool) -> bool {
+    if *stopping {
+        f.discard(l.as_slice());
+        return false;
+    }
+    if let Some((a, b)) = f.find_pong(l.as_slice()) {
+        if a == 0 {
+            l.advance(b);
+            f.pong_taken();
+        } else if b == l.len() {
+            l.truncate(a);
+            f.pong_taken();
+        }
+        if l.is_empty() {
+            return false;
+        }
+    }
+    let (pass, then) = f.scan(l.as_slice());
+    if then != Then::Go {
+        if then == Then::Close {
+            f.discard(&l.as_slice()[pass..]);
+        }
+        l.truncate(pass);
+        *stopping = true;
+    }
+    !l.is_empty()
 }
 
 /// Writes the gateway's Ping to the client with a plain syscall (no ring send in flight).
