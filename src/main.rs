@@ -6,5 +6,7 @@ use mimalloc::MiMalloc;
 static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() {
+    // Before the workers start: their heaps are small pages, whatever the host's THP mode.
+    ringway::sys::alloc::no_huge_pages();
     std::process::exit(ringway::cli::main());
 }

@@ -110,3 +110,19 @@ async fn the_admin_port_answers_while_draining() {
     ws.finish().await.unwrap();
     assert_eq!(gw.exit_code(), Some(0));
 }
+
+/// The gateway keeps its heap off transparent huge pages (docs/operations.md, "Memory"): the
+/// kernel reports the process's THP switch off, while it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heap_stays_off_huge_pages() {
+    let (_backend, mut gw) = Gateway::with_echo_backend(&[]).await;
+    assert_eq!(http_get_with(gw.listen, &[]).await.unwrap().0, 200);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", gw.pid())).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    // Kernels before 5.0 have no such line; this machine's has.
+    assert_eq!(thp, Some("0"), "THP_enabled of the gateway:\n{status}");
+    assert_eq!(gw.stop(), Some(0));
+}
