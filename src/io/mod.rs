@@ -56,7 +56,7 @@ pub trait Driver: 'static {
     /// The ring-native copy path's handle on a socket (multishot receive into the core's
     /// buffer pool, sends as ring ops), if this backend has one. Default: none, so tunnels copy
     /// on readiness.
-    fn ring_sock(_s: &Self::Fd<TcpStream>) -> Option<ring::RingSock> {
+    fn ring_sock(_s: &Self::Fd<TcpStream>) -> Option<ring::RingSock<'_>> {
         None
     }
 

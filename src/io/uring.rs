@@ -25,8 +25,8 @@ impl Driver for Uring {
         ring::accept(owner, listener.0.as_raw_fd()).await
     }
 
-    fn ring_sock(s: &UringFd<TcpStream>) -> Option<ring::RingSock> {
-        ring::RingSock::new(s.0.clone(), s.0.as_raw_fd())
+    fn ring_sock(s: &UringFd<TcpStream>) -> Option<ring::RingSock<'_>> {
+        ring::RingSock::new(&s.0)
     }
 
     async fn write_all(s: &UringFd<TcpStream>, buf: &[u8]) -> io::Result<()> {

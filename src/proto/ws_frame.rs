@@ -89,9 +89,17 @@ pub struct Tally {
 #[derive(Debug, Clone, Copy)]
 struct Frame {
     opcode: u8,
-    mask: [u8; 4],
-    /// Payload bytes already passed (for locating a Close frame's code).
-    seen: u64,
+    /// The first two bytes of the mask: all a Close code's unmasking needs.
+    mask: [u8; 2],
+    /// Payload bytes already passed, counted up to 2 (where a Close frame's code ends).
+    seen: u8,
+}
+
+impl Frame {
+    /// `n` more payload bytes passed.
+    fn saw(&mut self, n: u64) {
+        self.seen = (self.seen as u64 + n).min(2) as u8;
+    }
 }
 
 /// Tracks frame boundaries in one direction of a WebSocket tunnel.
@@ -100,7 +108,7 @@ pub struct FrameTracker {
     sender: Sender,
     /// Header bytes collected so far (a header is 2 to 14 bytes and may be split across reads).
     head: [u8; 14],
-    have: usize,
+    have: u8,
     /// Payload bytes left in the current frame.
     left: u64,
     frame: Frame,
@@ -122,7 +130,7 @@ impl FrameTracker {
             left: 0,
             frame: Frame {
                 opcode: 0,
-                mask: [0; 4],
+                mask: [0; 2],
                 seen: 0,
             },
             in_message: false,
@@ -157,7 +165,7 @@ impl FrameTracker {
     pub fn skip(&mut self, n: u64) {
         let n = n.min(self.blind());
         self.left -= n;
-        self.frame.seen += n;
+        self.frame.saw(n);
         if self.left == 0 {
             self.end_frame(); // a data frame: no Close code to tally
         }
@@ -206,7 +214,7 @@ impl FrameTracker {
                 self.note_close_bytes(&data[i..i + take]);
             }
             self.left -= take as u64;
-            self.frame.seen += take as u64;
+            self.frame.saw(take as u64);
             i += take;
             if self.left == 0 {
                 tally.close = self.end_frame().or(tally.close);
@@ -223,14 +231,14 @@ impl FrameTracker {
     fn read_head(&mut self, data: &[u8], tally: &mut Tally) -> Result<usize, FrameError> {
         let mut used = 0;
         loop {
-            let need = header_len(&self.head[..self.have]);
-            if self.have >= need {
+            let need = header_len(&self.head[..self.have as usize]);
+            if self.have as usize >= need {
                 break;
             }
             let Some(&b) = data.get(used) else {
                 return Ok(used);
             };
-            self.head[self.have] = b;
+            self.head[self.have as usize] = b;
             self.have += 1;
             used += 1;
         }
@@ -239,7 +247,7 @@ impl FrameTracker {
     }
 
     fn start_frame(&mut self, tally: &mut Tally) -> Result<(), FrameError> {
-        let h = &self.head[..self.have];
+        let h = &self.head[..self.have as usize];
         let (fin, opcode, masked) = (h[0] & 0x80 != 0, h[0] & 0x0F, h[1] & 0x80 != 0);
         let (len, at) = match h[1] & 0x7F {
             126 => (u16::from_be_bytes([h[2], h[3]]) as u64, 4),
@@ -283,9 +291,9 @@ impl FrameTracker {
             tally.payload = tally.payload.wrapping_add(len);
         }
         tally.frames[index] = tally.frames[index].wrapping_add(1);
-        let mut mask = [0u8; 4];
+        let mut mask = [0u8; 2];
         if masked {
-            mask.copy_from_slice(&h[at..at + 4]);
+            mask.copy_from_slice(&h[at..at + 2]);
         }
         self.frame = Frame {
             opcode,
@@ -300,12 +308,11 @@ impl FrameTracker {
     /// Unmasks just the first two payload bytes of a Close frame (its status code).
     fn note_close_bytes(&mut self, bytes: &[u8]) {
         for (k, &b) in bytes.iter().enumerate() {
-            let pos = self.frame.seen + k as u64;
+            let pos = self.frame.seen as usize + k;
             if pos >= 2 {
                 break;
             }
-            let p = pos as usize;
-            self.code_bytes[p] = b ^ self.frame.mask[p];
+            self.code_bytes[pos] = b ^ self.frame.mask[pos];
         }
     }
 

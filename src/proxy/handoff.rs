@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::balance::Table;
-use crate::config::LogConfig;
 use crate::error::Kind;
 use crate::io::Driver;
 use crate::state::Generation;
@@ -23,11 +22,13 @@ use super::lifecycle::{self, Ending};
 use super::{access, tls_tunnel, tunnel, Worker};
 
 /// Who a tunnel is for, for the access log.
+///
+/// Loans and small numbers: the tunnel's task holds it for the tunnel's whole life.
 pub struct Who<'a> {
-    pub log: &'a LogConfig,
-    pub client: SocketAddr,
-    pub listener: &'a str,
-    pub upstream: usize,
+    pub client: &'a SocketAddr,
+    pub listener: &'a Arc<str>,
+    /// The upstream's index in the generation.
+    pub upstream: u32,
     /// 101 for an upgraded tunnel, 0 in tcp mode.
     pub status: u16,
     /// The upgrade request, for the access log (none in tcp mode).
@@ -49,12 +50,11 @@ pub fn run<'a, 'b, D: Driver>(
     client: &'a Client<D>,
     backend: &'a Connected<D>,
     who: &'a Who<'b>,
-    early: &'a mut (Vec<u8>, Vec<u8>),
+    early: &'a mut Early,
 ) -> impl std::future::Future<Output = ()> + use<'a, 'b, D> {
     async move {
-        let up = &gen.upstreams[who.upstream];
-        let started = Instant::now();
-        let idle = gen.config.timeouts.tunnel_idle;
+        let up = &gen.upstreams[who.upstream as usize];
+        let idle = gen.config.timeouts.tunnel_idle.as_ref();
         let stats = backend.guard.stats().clone();
         let registered = w.tunnels().register(lifecycle::Entry {
             ask: Default::default(),
@@ -64,7 +64,7 @@ pub fn run<'a, 'b, D: Driver>(
                 .key_hash
                 .zip(table.key_source())
                 .map(|(hash, source)| lifecycle::PlacedKey { hash, source }),
-            opened: started,
+            opened: Instant::now(),
             websocket: who.status == 101,
         });
         let ask = &registered.ask;
@@ -82,14 +82,16 @@ pub fn run<'a, 'b, D: Driver>(
                 up: fu,
                 down: fd,
                 closing: &closing,
-                close_timeout: up.cfg.close_timeout,
-                ping: up.cfg.ws_ping_interval.map(|i| (i, up.cfg.ws_ping_timeout)),
+                cfg: &up.cfg,
             }),
             _ => None,
         };
         let s = &backend.stream;
-        let passed = pass_early::<D>(client, s, early, fu.as_ref(), fd.as_ref()).await;
-        *early = Default::default(); // an idle tunnel holds no buffer
+        // Taken: an idle tunnel holds no buffer.
+        let passed = match early.take() {
+            Some(e) => pass_early::<D>(client, s, &e, fu.as_ref(), fd.as_ref()).await,
+            None => Ok(()),
+        };
         let (end, moved) = match passed {
             Err(end) => (end, tunnel::Moved::default()),
             Ok(()) => match (client, s) {
@@ -113,12 +115,14 @@ pub fn run<'a, 'b, D: Driver>(
                 }
             },
         };
+        // When it opened, from its registry entry: a copy would ride in the task all along.
+        let started = registered.opened();
         drop(registered);
         access::log(
-            who.log,
+            &gen.config.log,
             access::Entry {
-                client: who.client,
-                listener: who.listener,
+                client: *who.client,
+                listener: &who.listener[..],
                 upstream: &up.cfg.name,
                 backend: table.name(backend.index).unwrap_or("-"),
                 backend_addr: table.addr(backend.index),
@@ -196,7 +200,16 @@ pub struct Upgraded<D: Driver> {
     pub life: super::ConnLife,
     /// Client bytes after its request head (frames sent before the 101 arrived), and the
     /// backend's bytes right after its 101.
-    pub early: (Vec<u8>, Vec<u8>),
+    pub early: Early,
+}
+
+/// Bytes that came with the heads (client → backend, backend → client), boxed, and only when
+/// there are any: the tunnel's task keeps 8 bytes for them for its whole life, not 48.
+pub type Early = Option<Box<(Vec<u8>, Vec<u8>)>>;
+
+/// The [`Early`] bytes of an upgrade.
+pub fn early(up: Vec<u8>, down: Vec<u8>) -> Early {
+    (!up.is_empty() || !down.is_empty()).then(|| Box::new((up, down)))
 }
 
 /// Continues an upgraded connection in a task of its own: the request task's future is sized
@@ -214,10 +227,9 @@ pub fn spawn<D: Driver>(
     // in the task's future.
     crate::io::spawn_local(async move {
         let who = Who {
-            log: &gen.config.log,
-            client: u.peer,
+            client: &u.peer,
             listener: &listener,
-            upstream: u.upstream,
+            upstream: u.upstream as u32,
             status: 101,
             request: u.request.as_deref(),
         };

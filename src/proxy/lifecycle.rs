@@ -157,6 +157,17 @@ pub struct Registered<'a> {
     pub ask: Rc<Ask>,
 }
 
+impl Registered<'_> {
+    /// When the tunnel opened (its entry's `opened`).
+    pub fn opened(&self) -> Instant {
+        let slots = self.tunnels.slots.borrow();
+        match slots.get(self.index) {
+            Some(Some(e)) => e.opened,
+            _ => Instant::now(), // not reached: the entry lives as long as `self`
+        }
+    }
+}
+
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
         let mut slots = self.tunnels.slots.borrow_mut();

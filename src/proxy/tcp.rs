@@ -104,14 +104,13 @@ pub async fn serve<D: Driver>(
     drop(early);
 
     let who = handoff::Who {
-        log: &cfg.log,
-        client: peer,
+        client: &peer,
         listener: &lcfg.name,
-        upstream: up_index,
+        upstream: up_index as u32,
         status: 0,
         request: None,
     };
-    let mut early = Default::default(); // tcp mode wrote its early bytes itself
+    let mut early = None; // tcp mode wrote its early bytes itself
     handoff::run::<D>(w, gen, &table, &client, &backend, &who, &mut early).await;
 }
 

@@ -42,7 +42,7 @@ pub async fn run<D: Driver>(
     w: &Worker,
     client: &Peer<D>,
     backend: &Peer<D>,
-    idle: Option<Duration>,
+    idle: Option<&Duration>,
     stats: &BackendStats,
     ask: &Ask,
     frames: Option<&Frames<'_>>,

@@ -13,12 +13,17 @@
 //!   wait in a small per-direction buffer freed as soon as it drains).
 
 use std::cell::Cell;
+use std::future::Future;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsFd;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::balance::BackendStats;
+use crate::config::UpstreamConfig;
+use crate::io::ring::RingSock;
 use crate::io::{self as rio, Driver, Ready, Stream};
 use crate::sys;
 use crate::sys::pipe::Pipe;
@@ -123,9 +128,17 @@ pub struct Frames<'a> {
     pub up: &'a Framing<'a>,
     pub down: &'a Framing<'a>,
     pub closing: &'a Closing,
-    pub close_timeout: Duration,
-    /// Gateway pings (`ws_ping_interval`, `ws_ping_timeout`), if the upstream has them.
-    pub ping: Option<(Duration, Duration)>,
+    /// The upstream's `close_timeout` and gateway pings (`ws_ping_interval`,
+    /// `ws_ping_timeout`), read where they are: a copy would cost every tracked tunnel 48 bytes.
+    pub cfg: &'a UpstreamConfig,
+}
+
+impl Frames<'_> {
+    /// Gateway pings (interval, timeout), if the upstream has them.
+    pub fn ping(&self) -> Option<(Duration, Duration)> {
+        let c = self.cfg;
+        c.ws_ping_interval.map(|i| (i, c.ws_ping_timeout))
+    }
 }
 
 /// What `supervise` needs of a tracked tunnel (its closing, `close_timeout`, and pings): the
@@ -142,7 +155,7 @@ pub fn run<'a, 'f, D: Driver>(
     w: &'a Worker,
     client: &'a Stream<D>,
     backend: &'a Stream<D>,
-    idle: Option<Duration>,
+    idle: Option<&'a Duration>,
     stats: &'a BackendStats,
     ask: &'a Ask,
     frames: Option<&'a Frames<'f>>,
@@ -154,23 +167,29 @@ pub fn run<'a, 'f, D: Driver>(
         let track = idle.is_some();
         let (fu, fd) = (frames.map(|f| f.up), frames.map(|f| f.down));
 
+        // The ring path's handles on both sockets (loans of the streams), if it is taken.
+        let (rc, rb) = match (D::ring_sock(client), D::ring_sock(backend)) {
+            (Some(c), Some(b)) if w.strategy != Strategy::Splice => (Some(c), Some(b)),
+            _ => (None, None),
+        };
+        let last_seen = track.then_some(&last);
         // Pinned here and lent to `supervise`: moved in by value, each direction's state would be
         // stored twice in this future (once per level), and an idle tunnel's task would carry it.
-        let a = std::pin::pin!(direction::<D>(
+        let a = std::pin::pin!(Direction::<D>::new(
             w,
-            client,
-            backend,
+            (client, backend),
             &up,
-            track.then_some(&last),
-            fu
+            last_seen,
+            fu,
+            rc.zip(rb)
         ));
-        let b = std::pin::pin!(direction::<D>(
+        let b = std::pin::pin!(Direction::<D>::new(
             w,
-            backend,
-            client,
+            (backend, client),
             &down,
-            track.then_some(&last),
-            fd
+            last_seen,
+            fd,
+            rb.zip(rc)
         ));
         let (c, k) = (client.get_ref(), backend.get_ref());
         let end = supervise(a, b, c, k, idle, &last, ask, frames).await;
@@ -190,7 +209,8 @@ pub(super) struct Counted<'a> {
     stats: &'a BackendStats,
     dir: Dir,
     pub(super) total: Cell<u64>,
-    flushed: Cell<u64>,
+    /// Counted but not yet in the backend's counters (below `FLUSH_BYTES`, so a u32).
+    unflushed: Cell<u32>,
 }
 
 impl<'a> Counted<'a> {
@@ -199,27 +219,32 @@ impl<'a> Counted<'a> {
             stats,
             dir,
             total: Cell::new(0),
-            flushed: Cell::new(0),
+            unflushed: Cell::new(0),
         }
     }
 
     #[inline]
     pub(super) fn add(&self, n: u64) {
-        let total = self.total.get() + n;
-        self.total.set(total);
-        if total - self.flushed.get() >= FLUSH_BYTES {
-            self.flush();
+        self.total.set(self.total.get() + n);
+        let pending = self.unflushed.get() as u64 + n;
+        if pending >= FLUSH_BYTES {
+            self.flush_bytes(pending);
+        } else {
+            self.unflushed.set(pending as u32); // below FLUSH_BYTES
         }
     }
 
     pub(super) fn flush(&self) {
-        let delta = self.total.get() - self.flushed.get();
+        self.flush_bytes(self.unflushed.get() as u64);
+    }
+
+    fn flush_bytes(&self, delta: u64) {
         if delta > 0 {
             match self.dir {
                 Dir::Up => self.stats.add_bytes(delta, 0),
                 Dir::Down => self.stats.add_bytes(0, delta),
             }
-            self.flushed.set(self.total.get());
+            self.unflushed.set(0);
         }
     }
 }
@@ -494,61 +519,142 @@ async fn close_out<D: Driver>(
 /// receive into the core's buffer pool, sends as ring ops) with splice on readiness for bulk,
 /// or the readiness pump (copy through the scratch buffer, splice for bulk).
 ///
-/// A plain fn returning an `async move` block, not an async fn: an async fn rebinds each
-/// argument to a local (its drop order), and the pair was stored twice in every idle tunnel.
-#[allow(clippy::manual_async_fn)] // on purpose: see above
-fn direction<'a, 'c, 'f, D: Driver>(
+/// A hand-written future, not an async fn: an idle tunnel carries two of these, so each holds
+/// its references once and the ring copy's state ([`ring_copy::RingCopy`]) inline; the
+/// readiness phases (the pump's pipe, pending bytes and readiness futures, the close-out) are
+/// boxed, allocated only while a direction streams or closes. On epoll that is one allocation
+/// per direction per tunnel, never per message.
+struct Direction<'a, 'c, 'f, D: Driver> {
     w: &'a Worker,
     src: &'a Stream<D>,
     dst: &'a Stream<D>,
     moved: &'a Counted<'c>,
     last: Option<&'a Cell<Instant>>,
     f: Option<&'a Framing<'f>>,
-) -> impl std::future::Future<Output = Result<(), DirError>> + use<'a, 'c, 'f, D> {
-    async move {
-        // The readiness path and the close-out are boxed: inline, every direction's future (the
-        // ring path's included: generic code is laid out once for both) would be sized for the
-        // pump's state, 616 bytes where the ring copy path needs 200 (`-Zprint-type-sizes`). On
-        // epoll that is one allocation per direction per tunnel, never per message. And no
-        // `Option` of the pair is kept beside `rs` and `rd`: it would store them twice.
-        let (rs, rd) = match (D::ring_sock(src), D::ring_sock(dst)) {
-            (Some(s), Some(d)) if w.strategy != Strategy::Splice => (s, d),
-            // Readiness alone (epoll, or a ring worker without a buffer pool): the pump, then the
-            // close-out of a tracked direction that reached its Close boundary.
-            _ => {
-                return Box::pin(async move {
-                    match pump::<D>(w, src, dst, moved, last, PumpMode::Whole, f).await? {
-                        PumpEnd::Close => match f {
-                            Some(f) => close_out::<D>(w, src, dst, f).await,
-                            None => Ok(()),
-                        },
-                        _ => Ok(()),
-                    }
-                })
-                .await
-            }
+    /// The ring path's handles on (src, dst), lent by the tunnel: none on readiness alone.
+    ring: Option<(RingSock<'a>, RingSock<'a>)>,
+    phase: Phase<'a>,
+}
+
+enum Phase<'a> {
+    Ring(ring_copy::RingCopy),
+    Readiness(Pin<Box<dyn Future<Output = Result<Next, DirError>> + 'a>>),
+    Done,
+}
+
+/// Where a direction goes after a readiness phase.
+enum Next {
+    /// Back to the ring copy path.
+    Ring,
+    /// The Close boundary was reached: the close-out follows.
+    CloseOut,
+    Done,
+}
+
+impl<'a, 'c, 'f, D: Driver> Direction<'a, 'c, 'f, D> {
+    fn new(
+        w: &'a Worker,
+        (src, dst): (&'a Stream<D>, &'a Stream<D>),
+        moved: &'a Counted<'c>,
+        last: Option<&'a Cell<Instant>>,
+        f: Option<&'a Framing<'f>>,
+        ring: Option<(RingSock<'a>, RingSock<'a>)>,
+    ) -> Self {
+        let mut d = Direction {
+            w,
+            src,
+            dst,
+            moved,
+            last,
+            f,
+            ring,
+            phase: Phase::Done,
         };
+        d.phase = match ring {
+            Some((rs, _)) => Phase::Ring(ring_copy::RingCopy::new(rs)),
+            // Readiness alone (epoll, forced splice, or a ring worker without a buffer pool).
+            None => d.pump(PumpMode::Whole),
+        };
+        d
+    }
+
+    /// A readiness phase: the pump in `mode`.
+    fn pump(&self, mode: PumpMode) -> Phase<'a> {
+        let Direction {
+            w,
+            src,
+            dst,
+            moved,
+            last,
+            f,
+            ..
+        } = *self;
+        Phase::Readiness(Box::pin(async move {
+            Ok(match pump::<D>(w, src, dst, moved, last, mode, f).await? {
+                PumpEnd::Handback if mode != PumpMode::Whole => Next::Ring,
+                PumpEnd::Close if f.is_some() => Next::CloseOut,
+                _ => Next::Done,
+            })
+        }))
+    }
+
+    /// The close-out of a tracked direction that reached its Close boundary.
+    fn close_out(&self) -> Phase<'a> {
+        let Direction { w, src, dst, f, .. } = *self;
+        match f {
+            Some(f) => Phase::Readiness(Box::pin(async move {
+                close_out::<D>(w, src, dst, f).await.map(|()| Next::Done)
+            })),
+            None => Phase::Done,
+        }
+    }
+}
+
+impl<D: Driver> Future for Direction<'_, '_, '_, D> {
+    type Output = Result<(), DirError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let d = self.get_mut();
         loop {
-            let mode =
-                match ring_copy::ring_copy(w, dst.get_ref(), &rs, &rd, moved, last, f).await? {
-                    ring_copy::RingEnd::Eof => return Ok(()),
-                    ring_copy::RingEnd::Bulk => PumpMode::UntilSmall,
-                    ring_copy::RingEnd::NoBuffers => PumpMode::OneBatch,
-                    ring_copy::RingEnd::Close => match f {
-                        Some(f) => return Box::pin(close_out::<D>(w, src, dst, f)).await,
-                        None => return Ok(()),
+            d.phase = match &mut d.phase {
+                Phase::Ring(copy) => {
+                    let Some((rs, rd)) = d.ring else {
+                        return Poll::Ready(Ok(())); // not reached: a ring phase has its sockets
+                    };
+                    let link = ring_copy::Link {
+                        w: d.w,
+                        dst: d.dst.get_ref(),
+                        rs,
+                        rd,
+                        moved: d.moved,
+                        last: d.last,
+                        f: d.f,
+                    };
+                    match std::task::ready!(copy.poll(cx, &link)) {
+                        Err(e) => {
+                            d.phase = Phase::Done;
+                            return Poll::Ready(Err(e));
+                        }
+                        Ok(ring_copy::RingEnd::Eof) => Phase::Done,
+                        Ok(ring_copy::RingEnd::Bulk) => d.pump(PumpMode::UntilSmall),
+                        Ok(ring_copy::RingEnd::NoBuffers) => d.pump(PumpMode::OneBatch),
+                        Ok(ring_copy::RingEnd::Close) => d.close_out(),
+                    }
+                }
+                Phase::Readiness(fut) => match std::task::ready!(fut.as_mut().poll(cx)) {
+                    Err(e) => {
+                        d.phase = Phase::Done;
+                        return Poll::Ready(Err(e));
+                    }
+                    Ok(Next::Ring) => match d.ring {
+                        Some((rs, _)) => Phase::Ring(ring_copy::RingCopy::new(rs)),
+                        None => Phase::Done,
                     },
-                };
-            // Boxed: the readiness phase's state (pipe, pending bytes, readiness futures) is
-            // allocated only while a direction streams, not carried by every idle tunnel.
-            match (
-                Box::pin(pump::<D>(w, src, dst, moved, last, mode, f)).await?,
-                f,
-            ) {
-                (PumpEnd::Handback, _) => {}
-                (PumpEnd::Close, Some(f)) => return Box::pin(close_out::<D>(w, src, dst, f)).await,
-                _ => return Ok(()),
-            }
+                    Ok(Next::CloseOut) => d.close_out(),
+                    Ok(Next::Done) => Phase::Done,
+                },
+                Phase::Done => return Poll::Ready(Ok(())),
+            };
         }
     }
 }

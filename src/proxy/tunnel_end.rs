@@ -35,7 +35,7 @@ pub(in crate::proxy) fn supervise<'a, 'g, U, Dn>(
     mut down: Dn,
     client: &'a TcpStream,
     backend: &'a TcpStream,
-    idle: Option<Duration>,
+    idle: Option<&'a Duration>,
     last: &'a Cell<Instant>,
     ask: &'a Ask,
     graceful: Option<Graceful<'g>>,
@@ -94,7 +94,7 @@ where
             };
             if let (None, Some(g)) = (cut_at, graceful) {
                 if g.closing.started() {
-                    cut_at = Some(Instant::now() + g.close_timeout);
+                    cut_at = Some(Instant::now() + g.cfg.close_timeout);
                 }
             }
             match failed {
@@ -139,7 +139,7 @@ fn closing_started<'a>(graceful: Option<Graceful<'a>>) -> impl Future<Output = (
 /// default) carries 8 bytes for it instead of its timers.
 fn pinger<'a>(graceful: Option<Graceful<'a>>) -> impl Future<Output = ()> + 'a {
     boxed_or_pending(graceful.and_then(|g| {
-        let (interval, timeout) = g.ping?;
+        let (interval, timeout) = g.ping()?;
         Some(ping_loop(g.closing, interval, timeout))
     }))
 }
@@ -195,8 +195,11 @@ fn graceful_end(graceful: Option<Graceful<'_>>) -> End {
 
 /// Resolves when the tunnel has moved no byte for `idle` (never for `None`, the default). The
 /// watching loop is boxed: a tunnel without an idle timeout carries 8 bytes for it.
-fn idle_watchdog(idle: Option<Duration>, last: &Cell<Instant>) -> impl Future<Output = ()> + '_ {
-    boxed_or_pending(idle.map(|idle| watch_idle(idle, last)))
+fn idle_watchdog<'a>(
+    idle: Option<&Duration>,
+    last: &'a Cell<Instant>,
+) -> impl Future<Output = ()> + 'a {
+    boxed_or_pending(idle.map(|idle| watch_idle(*idle, last)))
 }
 
 async fn watch_idle(idle: Duration, last: &Cell<Instant>) {

@@ -63,111 +63,141 @@ impl RingEnd {
     }
 }
 
-/// The direction's copy loop. A plain fn returning the loop's future (armed at the call: the
-/// caller awaits it at once), not an async fn: an async fn would store its arguments beside
-/// the closure's copies of them in every idle direction.
-#[allow(clippy::too_many_arguments)]
-pub fn ring_copy<'a, 'c, 'f>(
-    w: &'a Worker,
-    dst: &'a TcpStream,
-    rs: &'a RingSock,
-    rd: &'a RingSock,
-    moved: &'a Counted<'c>,
-    last: Option<&'a Cell<Instant>>,
-    f: Option<&'a Framing<'f>>,
-) -> impl std::future::Future<Output = Result<RingEnd, DirError>> + use<'a, 'c, 'f> {
-    let adaptive = w.strategy == Strategy::Adaptive;
-    let mut recv: Option<RecvMulti> = Some(rs.recv_multi());
-    let mut out = Outbox::default();
-    let mut eof = false;
-    let mut bulk = false;
-    let mut nobufs = false;
-    // Past the Close boundary: nothing more is sent, what arrives is only watched.
-    let mut stopping = false;
+/// What a ring direction works with, lent by its owner on each poll: the state itself
+/// ([`RingCopy`]) stores no reference, so an idle direction carries none of these twice.
+pub struct Link<'a, 'c, 'f> {
+    pub w: &'a Worker,
+    pub dst: &'a TcpStream,
+    pub rs: RingSock<'a>,
+    pub rd: RingSock<'a>,
+    pub moved: &'a Counted<'c>,
+    pub last: Option<&'a Cell<Instant>>,
+    pub f: Option<&'a Framing<'f>>,
+}
 
-    // `move`: the closure owns the state; borrowing it would add a pointer per local to every
-    // idle direction's future.
-    std::future::poll_fn(move |cx| loop {
-        let mut again = false;
+/// The direction's copy loop, as a hand-written state (the receive, the outbox, how it ends):
+/// polled by the direction that owns it, with the sockets and counters lent ([`Link`]).
+pub struct RingCopy {
+    recv: Option<RecvMulti>,
+    out: Outbox,
+    eof: bool,
+    bulk: bool,
+    nobufs: bool,
+    /// Past the Close boundary: nothing more is sent, what arrives is only watched.
+    stopping: bool,
+}
 
-        // 1. The send in flight, then the next one.
-        match out.poll_sent(cx) {
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Ready(Ok(())) => again = true,
-            Poll::Pending => {}
+impl RingCopy {
+    /// Arms the multishot receive on `rs`.
+    pub fn new(rs: RingSock<'_>) -> RingCopy {
+        RingCopy {
+            recv: Some(rs.recv_multi()),
+            out: Outbox::default(),
+            eof: false,
+            bulk: false,
+            nobufs: false,
+            stopping: false,
         }
-        let fin = || !stopping && (eof || recv.as_ref().is_some_and(|r| r.eof_next()));
-        again |= out.send_next(rd, fin);
+    }
 
-        // 2. The receive.
-        if let Some(f) = f.filter(|_| !stopping) {
-            match watch_closing(f, cx, out.idle(), dst) {
-                Ok(s) => stopping = s,
-                Err(e) => return Poll::Ready(Err(e)),
+    pub fn poll(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        l: &Link<'_, '_, '_>,
+    ) -> Poll<Result<RingEnd, DirError>> {
+        let adaptive = l.w.strategy == Strategy::Adaptive;
+        let RingCopy {
+            recv,
+            out,
+            eof,
+            bulk,
+            nobufs,
+            stopping,
+        } = self;
+        let (rs, rd, f) = (l.rs, l.rd, l.f);
+        loop {
+            let mut again = false;
+
+            // 1. The send in flight, then the next one.
+            match out.poll_sent(cx) {
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => again = true,
+                Poll::Pending => {}
             }
-        }
-        match recv.as_mut() {
-            Some(r) => {
-                if (out.queued >= QUEUE_MAX || bulk || stopping) && !r.is_cancelled() {
-                    r.cancel();
+            let fin = || !*stopping && (*eof || recv.as_ref().is_some_and(|r| r.eof_next()));
+            again |= out.send_next(rd, fin);
+
+            // 2. The receive.
+            if let Some(f) = f.filter(|_| !*stopping) {
+                match watch_closing(f, cx, out.idle(), l.dst) {
+                    Ok(s) => *stopping = s,
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
-                match r.poll_next(cx) {
-                    Poll::Ready(Received::Data(mut l)) => {
-                        if let Some(f) = f {
-                            if !frames_to_pass(f, &mut l, &mut stopping) {
-                                continue;
+            }
+            match recv.as_mut() {
+                Some(r) => {
+                    if (out.queued >= QUEUE_MAX || *bulk || *stopping) && !r.is_cancelled() {
+                        r.cancel();
+                    }
+                    match r.poll_next(cx) {
+                        Poll::Ready(Received::Data(mut lease)) => {
+                            if let Some(f) = f {
+                                if !frames_to_pass(f, &mut lease, stopping) {
+                                    continue;
+                                }
                             }
+                            let n = lease.len();
+                            l.moved.add(n as u64);
+                            if let Some(last) = l.last {
+                                last.set(Instant::now());
+                            }
+                            if adaptive && n == POOL_BUF_SIZE as usize {
+                                *bulk = true;
+                            }
+                            // src's FIN came with these bytes: they leave with dst's FIN.
+                            let stop = *stopping;
+                            out.push(lease, rd, || !stop && r.eof_next());
+                            again = true;
                         }
-                        let n = l.len();
-                        moved.add(n as u64);
-                        if let Some(last) = last {
-                            last.set(Instant::now());
+                        Poll::Ready(Received::Eof) => {
+                            *recv = None;
+                            *eof = true;
+                            again = true;
                         }
-                        if adaptive && n == POOL_BUF_SIZE as usize {
-                            bulk = true;
+                        Poll::Ready(Received::Ended { nobufs: dry }) => {
+                            *recv = None;
+                            if dry {
+                                *nobufs = true;
+                            }
+                            again = true;
                         }
-                        // src's FIN came with these bytes: they leave with dst's FIN.
-                        out.push(l, rd, || !stopping && r.eof_next());
-                        again = true;
+                        Poll::Ready(Received::Err(e)) => return Poll::Ready(Err(DirError::Src(e))),
+                        Poll::Pending => {}
                     }
-                    Poll::Ready(Received::Eof) => {
-                        recv = None;
-                        eof = true;
-                        again = true;
-                    }
-                    Poll::Ready(Received::Ended { nobufs: dry }) => {
-                        recv = None;
-                        if dry {
-                            nobufs = true;
-                        }
-                        again = true;
-                    }
-                    Poll::Ready(Received::Err(e)) => return Poll::Ready(Err(DirError::Src(e))),
-                    Poll::Pending => {}
                 }
+                None if !*eof && !*bulk && !*nobufs && !*stopping && out.queued < QUEUE_MAX / 2 => {
+                    *recv = Some(rs.recv_multi());
+                    again = true;
+                }
+                None => {}
             }
-            None if !eof && !bulk && !nobufs && !stopping && out.queued < QUEUE_MAX / 2 => {
-                recv = Some(rs.recv_multi());
-                again = true;
-            }
-            None => {}
-        }
 
-        // 3. Done: everything received has been sent.
-        if recv.is_none() && out.idle() {
-            if let Some(end) = RingEnd::of(stopping, eof, bulk, nobufs) {
-                if let RingEnd::Eof = end {
-                    if !rd.shutdown_write() {
-                        let _ = dst.shutdown(Shutdown::Write);
+            // 3. Done: everything received has been sent.
+            if recv.is_none() && out.idle() {
+                if let Some(end) = RingEnd::of(*stopping, *eof, *bulk, *nobufs) {
+                    if let RingEnd::Eof = end {
+                        if !rd.shutdown_write() {
+                            let _ = l.dst.shutdown(Shutdown::Write);
+                        }
                     }
+                    return Poll::Ready(Ok(end));
                 }
-                return Poll::Ready(Ok(end));
+            }
+            if !again {
+                return Poll::Pending;
             }
         }
-        if !again {
-            return Poll::Pending;
-        }
-    })
+    }
 }
 
 /// What a direction has to send to dst: at most one send in flight, the rest queued in order.
@@ -210,7 +240,7 @@ impl Outbox {
 
     /// Starts the next queued send if none is in flight (`fin()`: src's EOF is in hand, so the
     /// last bytes wait for dst's FIN). `true` if one started.
-    fn send_next(&mut self, rd: &RingSock, fin: impl FnOnce() -> bool) -> bool {
+    fn send_next(&mut self, rd: RingSock<'_>, fin: impl FnOnce() -> bool) -> bool {
         if self.sending.is_some() {
             return false;
         }
@@ -230,7 +260,7 @@ impl Outbox {
     }
 
     /// Received bytes to pass on: sent at once when nothing is ahead of them, else queued.
-    fn push(&mut self, l: Lease, rd: &RingSock, fin: impl FnOnce() -> bool) {
+    fn push(&mut self, l: Lease, rd: RingSock<'_>, fin: impl FnOnce() -> bool) {
         self.queued += l.len();
         if self.idle() {
             self.sending = Some(rd.send(l, fin()));

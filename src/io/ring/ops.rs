@@ -6,13 +6,14 @@ use std::any::Any;
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use super::with;
 use crate::sys::bufring::Lease;
+use crate::sys::closer::CloseWith;
 use crate::sys::ring::{Cqe, OpKey, Take};
 
 struct Op {
@@ -94,23 +95,30 @@ impl Future for Accept {
     }
 }
 
-/// A socket as the ring-native copy path sees it: its fd and what keeps the fd open.
-pub struct RingSock {
-    owner: Rc<dyn Any>,
-    fd: RawFd,
-}
+/// A socket as the ring-native copy path sees it: a loan of what keeps its fd open (each op
+/// clones it into its slot). One pointer, copied freely: a tunnel's directions hold two each.
+#[derive(Clone, Copy)]
+pub struct RingSock<'a>(&'a Rc<CloseWith<TcpStream>>);
 
-impl RingSock {
+impl<'a> RingSock<'a> {
     /// `None` off a ring worker or when the core has no buffer pool.
-    pub fn new(owner: Rc<dyn Any>, fd: RawFd) -> Option<RingSock> {
+    pub fn new(owner: &'a Rc<CloseWith<TcpStream>>) -> Option<RingSock<'a>> {
         with(|rt| rt.ring.borrow().has_pool())
             .unwrap_or(false)
-            .then_some(RingSock { owner, fd })
+            .then_some(RingSock(owner))
+    }
+
+    fn owner(self) -> Rc<dyn Any> {
+        self.0.clone()
+    }
+
+    fn fd(self) -> RawFd {
+        self.0.as_raw_fd()
     }
 
     /// Arms a multishot receive into the core's buffer pool.
     pub fn recv_multi(&self) -> RecvMulti {
-        let key = with(|rt| rt.ring.borrow_mut().recv_multi(self.owner.clone(), self.fd)).flatten();
+        let key = with(|rt| rt.ring.borrow_mut().recv_multi(self.owner(), self.fd())).flatten();
         RecvMulti {
             op: Op { key },
             cancelled: false,
@@ -120,7 +128,7 @@ impl RingSock {
     /// Half-closes the socket with a ring op nobody waits for (`false`: not on a ring worker;
     /// the caller shuts down with the syscall).
     pub fn shutdown_write(&self) -> bool {
-        crate::io::uring_ops().shutdown && shutdown_write(self.owner.clone(), self.fd)
+        crate::io::uring_ops().shutdown && shutdown_write(self.owner(), self.fd())
     }
 
     /// Sends the bytes of `lease` (one send in flight per direction: the caller queues).
@@ -130,7 +138,7 @@ impl RingSock {
         let key = with(move |rt| {
             rt.ring
                 .borrow_mut()
-                .send(self.owner.clone(), self.fd, lease, fin_follows)
+                .send(self.owner(), self.fd(), lease, fin_follows)
         });
         SendOp { op: Op { key } }
     }

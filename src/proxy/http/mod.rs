@@ -183,7 +183,7 @@ impl<D: Driver> Conn<'_, D> {
             // without the access log does not carry the request's 176 bytes.
             request: self.gen.config.log.access.then(|| Box::new(request)),
             life,
-            early: (self.buf, self.rbuf),
+            early: handoff::early(self.buf, self.rbuf),
         };
         handoff::spawn(self.w, self.gen, self.lcfg.name.clone(), u);
     }

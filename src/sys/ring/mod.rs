@@ -24,6 +24,7 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::io;
+use std::num::NonZeroU64;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -116,19 +117,28 @@ struct Slot {
     results: VecDeque<Cqe>,
 }
 
-/// An op's key: slot index and generation.
+/// An op's key: slot index and generation. A generation is never 0, so a key is never 0 and
+/// `Option<OpKey>` (what every op future holds) costs 8 bytes, not 16.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpKey(u64);
+pub struct OpKey(NonZeroU64);
 
 impl OpKey {
     fn new(index: usize, gen: u32) -> OpKey {
-        OpKey((gen as u64) << 32 | index as u64)
+        debug_assert!(gen != 0);
+        OpKey(NonZeroU64::new((gen as u64) << 32 | index as u64).unwrap_or(NonZeroU64::MAX))
+    }
+    /// The key a completion's `user_data` names (none for 0, which no op carries).
+    fn from_raw(user_data: u64) -> Option<OpKey> {
+        NonZeroU64::new(user_data).map(OpKey)
+    }
+    fn raw(self) -> u64 {
+        self.0.get()
     }
     fn index(self) -> usize {
-        (self.0 & 0xffff_ffff) as usize
+        (self.raw() & 0xffff_ffff) as usize
     }
     fn gen(self) -> u32 {
-        (self.0 >> 32) as u32
+        (self.raw() >> 32) as u32
     }
 }
 
@@ -288,7 +298,7 @@ impl Ring {
             }
         };
         let s = &mut self.slots[index];
-        s.gen = s.gen.wrapping_add(1);
+        s.gen = s.gen.wrapping_add(1).max(1); // never 0: see OpKey
         s.live = true;
         s.ignored = false;
         s.finished = false;
@@ -372,7 +382,9 @@ impl Ring {
         while let Some(c) = s.results.pop_front() {
             discard(&s.keep, bufs.as_ref(), c);
         }
-        let sqe = opcode::AsyncCancel::new(key.0).build().user_data(IGNORE);
+        let sqe = opcode::AsyncCancel::new(key.raw())
+            .build()
+            .user_data(IGNORE);
         // SAFETY: a cancel names only a user_data, no memory or fd.
         unsafe { self.push_raw(&sqe) };
     }

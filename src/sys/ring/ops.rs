@@ -19,7 +19,7 @@ impl Ring {
         let key = self.alloc(Keep::Owner(owner));
         let sqe = opcode::PollAdd::new(types::Fd(fd), events)
             .build()
-            .user_data(key.0);
+            .user_data(key.raw());
         // SAFETY: the SQE names only `fd`; the slot keeps `owner` (which owns `fd`) alive
         // until the op's completion.
         unsafe { self.push_raw(&sqe) };
@@ -39,7 +39,7 @@ impl Ring {
         let sqe = opcode::Accept::new(types::Fd(fd), storage.cast(), len)
             .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
             .build()
-            .user_data(key.0);
+            .user_data(key.raw());
         // SAFETY: the address buffer is a heap allocation the slot owns (moving the Box does
         // not move its contents) until the completion; `owner` keeps the listener's fd open.
         unsafe { self.push_raw(&sqe) };
@@ -63,7 +63,7 @@ impl Ring {
         let key = self.alloc(Keep::Recv(owner));
         let sqe = opcode::RecvMulti::new(types::Fd(fd), BGID)
             .build()
-            .user_data(key.0);
+            .user_data(key.raw());
         // SAFETY: the SQE names `fd` (kept open by `owner` in the slot) and the buffer group,
         // whose memory the ring owns and unmaps only after its fd is closed.
         unsafe { self.push_raw(&sqe) };
@@ -79,7 +79,7 @@ impl Ring {
             .buf_group(BGID)
             .build()
             .flags(squeue::Flags::BUFFER_SELECT)
-            .user_data(key.0);
+            .user_data(key.raw());
         // SAFETY: the SQE names `fd` (kept open by `owner` in the slot) and the buffer group,
         // whose memory the ring owns until after its fd is closed; no caller memory.
         unsafe { self.push_raw(&sqe) };
@@ -93,7 +93,7 @@ impl Ring {
         let key = self.alloc(Keep::OwnerAndBuf(owner, addr));
         let sqe = opcode::Connect::new(types::Fd(fd), ptr.cast(), len)
             .build()
-            .user_data(key.0);
+            .user_data(key.raw());
         // SAFETY: the address is a heap allocation the slot owns until the completion (moving
         // the Box does not move it); `owner` keeps `fd` open.
         unsafe { self.push_raw(&sqe) };
@@ -124,7 +124,7 @@ impl Ring {
         let sqe = opcode::Send::new(types::Fd(fd), ptr, len)
             .flags(libc::MSG_NOSIGNAL | more)
             .build()
-            .user_data(key.0);
+            .user_data(key.raw());
         // SAFETY: `ptr..ptr+len` is inside the pool mapping, lent to this slot (not given
         // back) until the completion; `owner` keeps `fd` open.
         unsafe { self.push_raw(&sqe) };
@@ -142,7 +142,7 @@ impl Ring {
         let sqe = opcode::Send::new(types::Fd(fd), ptr, len)
             .flags(libc::MSG_NOSIGNAL)
             .build()
-            .user_data(key.0);
+            .user_data(key.raw());
         // SAFETY: `ptr..ptr+len` is the heap buffer of a Vec the slot owns until the op's
         // completion (moving the Vec into the slot does not move its buffer, and nothing
         // touches it meanwhile); `owner` keeps `fd` open.
@@ -158,7 +158,7 @@ impl Ring {
         self.slots[key.index()].ignored = true;
         let sqe = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR)
             .build()
-            .user_data(key.0);
+            .user_data(key.raw());
         // SAFETY: the SQE names only `fd`, which the slot's `owner` keeps open until the
         // completion frees the slot.
         unsafe { self.push_raw(&sqe) };
@@ -195,7 +195,9 @@ impl Ring {
     /// completions, and the final `ECANCELED`, still arrive.
     pub fn cancel(&mut self, key: OpKey) {
         if self.slot(key).is_some_and(|s| !s.finished) {
-            let sqe = opcode::AsyncCancel::new(key.0).build().user_data(IGNORE);
+            let sqe = opcode::AsyncCancel::new(key.raw())
+                .build()
+                .user_data(IGNORE);
             // SAFETY: a cancel names only a user_data.
             unsafe { self.push_raw(&sqe) };
         }

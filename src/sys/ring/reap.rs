@@ -72,7 +72,11 @@ impl Ring {
                         self.wake_armed = false;
                         rearm_wake = !self.closing;
                     }
-                    k => self.complete(OpKey(k), batch[i]),
+                    k => {
+                        if let Some(key) = OpKey::from_raw(k) {
+                            self.complete(key, batch[i]);
+                        }
+                    }
                 }
             }
         }
@@ -136,7 +140,9 @@ impl Ring {
                 let key = OpKey::new(i, self.slots[i].gen);
                 self.slots[i].ignored = true;
                 self.slots[i].waker = None;
-                let sqe = opcode::AsyncCancel::new(key.0).build().user_data(IGNORE);
+                let sqe = opcode::AsyncCancel::new(key.raw())
+                    .build()
+                    .user_data(IGNORE);
                 // SAFETY: a cancel names only a user_data.
                 unsafe { self.push_raw(&sqe) };
             } else if self.slots[i].live {
