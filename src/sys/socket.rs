@@ -115,7 +115,8 @@ pub fn new_stream(addr: SocketAddr, first: FirstBytes) -> io::Result<TcpStream> 
     )?;
     socket.set_nodelay(true)?;
     if first == FirstBytes::Ours {
-        socket.set_quickack(false)?;
+        // A hint, as on the listener: a kernel that refuses it still connects.
+        let _ = socket.set_quickack(false);
     }
     Ok(socket.into())
 }

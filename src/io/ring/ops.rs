@@ -207,7 +207,7 @@ impl RecvMulti {
     pub fn eof_next(&self) -> bool {
         self.op
             .key
-            .is_some_and(|k| with(|rt| rt.ring.borrow_mut().eof_next(k)).unwrap_or(false))
+            .is_some_and(|k| with(|rt| rt.ring.borrow().eof_next(k)).unwrap_or(false))
     }
 }
 

@@ -351,8 +351,10 @@ impl Ring {
     }
 
     /// The next queued result of `key` is an end of stream (a receive's 0).
-    pub fn eof_next(&mut self, key: OpKey) -> bool {
-        self.slot(key)
+    pub fn eof_next(&self, key: OpKey) -> bool {
+        self.slots
+            .get(key.index())
+            .filter(|s| s.live && s.gen == key.gen())
             .and_then(|s| s.results.front())
             .is_some_and(|c| c.res == 0)
     }
