@@ -321,11 +321,12 @@ const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Once a second, gives the pages this worker freed back to the OS (`sys::alloc::trim`): a
 /// worker that goes quiet after a burst of handshakes makes no allocator call that would, and
 /// would keep the burst's peak resident while it holds idle connections (docs/benchmarks.md,
-/// "Idle memory").
+/// "Idle memory"). On io_uring, the buffer pool's pages too, when no buffer is in use.
 async fn trim_allocator() {
     loop {
         crate::io::sleep(TRIM_EVERY).await;
         sys::alloc::trim();
+        crate::io::ring::release_idle_pool();
     }
 }
 

@@ -39,6 +39,11 @@ pub struct BufRing {
     /// grows when the kernel runs out, so its resident size follows the peak in flight (the
     /// ring hands buffers out in FIFO order, so every provided buffer ends up touched).
     provided: Cell<u16>,
+    /// Buffers the kernel has taken from the ring so far (one per completion that names one):
+    /// the ring's head as the kernel sees it, once every completion is reaped.
+    taken: Cell<u16>,
+    /// A buffer was taken since the pool's memory was last given back.
+    used: Cell<bool>,
 }
 
 fn map(len: usize) -> io::Result<*mut u8> {
@@ -85,6 +90,8 @@ impl BufRing {
             tail: Cell::new(0),
             lent: Cell::new(0),
             provided: Cell::new(0),
+            taken: Cell::new(0),
+            used: Cell::new(false),
         };
         // SAFETY: `entries` is page aligned (mmap) and `count` entries long; it stays mapped
         // until `r` is dropped, which the owner does only after the ring is closed (see
@@ -117,6 +124,47 @@ impl BufRing {
     /// Are all the buffers the pool may have provided already?
     pub fn at_max(&self) -> bool {
         self.provided.get() >= self.count
+    }
+
+    /// A completion named a buffer: the kernel took it from the ring.
+    pub fn note_taken(&self) {
+        self.taken.set(self.taken.get().wrapping_add(1));
+        self.used.set(true);
+    }
+
+    /// Gives the memory of the whole pool back to the OS (`MADV_DONTNEED`) when every
+    /// provided buffer is back in the ring and one was used since the last time; `true` if it
+    /// did. The buffers stay provided: one the kernel fills later is a fresh zeroed page.
+    ///
+    /// The caller guarantees that the kernel writes into no buffer while this runs and that
+    /// every completion that named a buffer has been counted ([`Self::note_taken`]): see
+    /// `sys::ring::Ring::release_idle_pool` (DEFER_TASKRUN, completion queue drained).
+    pub fn release_if_idle(&self) -> bool {
+        let in_ring = self.tail.get().wrapping_sub(self.taken.get());
+        if !self.used.get() || in_ring != self.provided.get() {
+            return false;
+        }
+        let len = self.provided.get() as usize * self.size as usize;
+        // SAFETY: `bufs..bufs+len` is inside our private anonymous mapping (`len <=
+        // bufs_len`). Every buffer in it is in the ring, unfilled (the caller's guarantee), so
+        // no byte in it is anyone's data: discarding the pages loses nothing, and a later
+        // fill (by the kernel, under its page-fault rules) gets a zeroed page.
+        let r = unsafe { libc::madvise(self.bufs.cast(), len, libc::MADV_DONTNEED) };
+        self.used.set(false);
+        r == 0
+    }
+
+    /// Resident bytes of the provided buffers (`mincore`), for tests.
+    #[cfg(test)]
+    pub fn resident_bytes(&self) -> usize {
+        let page = 4096;
+        let len = self.provided.get() as usize * self.size as usize;
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        // SAFETY: `bufs` is page aligned (mmap) and `len` bytes of it are mapped; `vec` has
+        // one byte per page of that range, as mincore(2) writes.
+        let r = unsafe { libc::mincore(self.bufs.cast(), len, vec.as_mut_ptr()) };
+        assert_eq!(r, 0, "mincore");
+        vec.iter().filter(|&&v| v & 1 != 0).count() * page
     }
 
     /// Buffers currently lent out (filled by the kernel and not yet returned).

@@ -81,6 +81,15 @@ impl Wake for TaskWaker {
     }
 }
 
+/// Sets its flag when dropped: a task's future ended, whether it returned or panicked.
+struct Ended(Rc<Cell<bool>>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.set(true);
+    }
+}
+
 /// A worker's runtime. Lives in a thread-local while [`Runtime::block_on`] runs.
 pub struct Runtime {
     ring: RefCell<Ring>,
@@ -123,6 +132,13 @@ pub fn spawn<F: Future<Output = ()> + 'static>(f: F) {
     with(|rt| rt.spawn_boxed(fut)).expect("ring::spawn outside a ring worker");
 }
 
+/// Gives this worker's buffer pool memory back to the OS if no buffer is in use (an idle
+/// worker after a burst; see `sys::ring::Ring::release_idle_pool`). `false` off a ring worker,
+/// or when it did not release.
+pub fn release_idle_pool() -> bool {
+    with(|rt| rt.ring.borrow_mut().release_idle_pool()).unwrap_or(false)
+}
+
 impl Runtime {
     /// Builds the ring (preferring `setup`, falling back to weaker setups the kernel takes).
     pub fn new(entries: u32, setup: Setup) -> io::Result<Runtime> {
@@ -147,18 +163,20 @@ impl Runtime {
         self.ring.borrow().setup()
     }
 
-    /// Runs `main` (and the tasks it spawns) until `main` returns; then drops the tasks still
+    /// Runs `main` (and the tasks it spawns) until `main` returns or panics; then drops the tasks still
     /// alive and lets the ring reap what they had in flight.
     pub fn block_on<F: Future<Output = ()> + 'static>(self, main: F) {
         let rt = Rc::new(self);
         let id = rt.remote.id;
         RT.with(|r| *r.borrow_mut() = Some(rt.clone()));
         CURRENT.with(|c| c.set(id));
+        // Set when `main` ends, by returning or by a panic (the task is dropped then): a
+        // worker whose main loop died must not run on without it.
         let done = Rc::new(Cell::new(false));
-        let flag = done.clone();
+        let flag = Ended(done.clone());
         rt.spawn_boxed(Box::pin(async move {
+            let _ended = flag;
             main.await;
-            flag.set(true);
         }));
         if let Err(e) = rt.run(&done) {
             tracing::error!(error = %e, "io_uring worker loop failed");
@@ -323,5 +341,79 @@ impl Runtime {
                 drop(waker);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::closer::CloseWith;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+
+    fn pool_resident() -> usize {
+        with(|rt| rt.ring.borrow().pool_resident_bytes()).expect("on the ring")
+    }
+
+    /// The next bytes a multishot receive brings (the lease itself).
+    async fn next_lease(r: &mut RecvMulti) -> crate::sys::bufring::Lease {
+        match std::future::poll_fn(|cx| r.poll_next(cx)).await {
+            Received::Data(l) => l,
+            Received::Eof => panic!("EOF instead of bytes"),
+            Received::Ended { nobufs } => panic!("the receive ended (nobufs {nobufs})"),
+            Received::Err(e) => panic!("receive failed: {e}"),
+        }
+    }
+
+    /// After a burst, an idle worker gives its buffer pool's pages back to the OS; a buffer
+    /// still lent keeps them all, and the bytes received after a release arrive whole.
+    #[test]
+    fn an_idle_pool_gives_its_memory_back() {
+        let Ok(rt) = Runtime::new(64, Setup::DeferTaskrun) else {
+            eprintln!("no io_uring here: this test cannot run");
+            return;
+        };
+        if rt.setup() != Setup::DeferTaskrun {
+            eprintln!("no DEFER_TASKRUN here: the pool is never released, nothing to test");
+            return;
+        }
+        let done = Rc::new(Cell::new(false));
+        let flag = done.clone();
+        rt.block_on(async move {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (s, _) = l.accept().unwrap();
+            s.set_nonblocking(true).unwrap();
+            let s = Rc::new(CloseWith::new(s, drop));
+            let sock = RingSock::new(&s).expect("the ring has a buffer pool");
+            let mut r = sock.recv_multi();
+
+            peer.write_all(b"first").unwrap();
+            assert_eq!(next_lease(&mut r).await.as_slice(), b"first");
+            assert!(pool_resident() > 0, "the kernel wrote into a buffer");
+            assert!(release_idle_pool(), "every buffer is back in the ring");
+            assert_eq!(pool_resident(), 0);
+            assert!(!release_idle_pool(), "nothing was used since");
+
+            peer.write_all(b"second").unwrap();
+            let held = next_lease(&mut r).await;
+            assert_eq!(held.as_slice(), b"second");
+            assert!(!release_idle_pool(), "a buffer is lent");
+            assert!(pool_resident() > 0);
+            drop(held);
+
+            // 64 KiB across many buffers, some of them released pages: every byte arrives.
+            let sent: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+            peer.write_all(&sent).unwrap();
+            let mut got = Vec::new();
+            while got.len() < sent.len() {
+                got.extend_from_slice(next_lease(&mut r).await.as_slice());
+            }
+            assert_eq!(got, sent);
+            assert!(release_idle_pool(), "idle again");
+            assert_eq!(pool_resident(), 0);
+            flag.set(true);
+        });
+        assert!(done.get(), "the test's future ran to its end");
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use io_uring::{cqueue, opcode, types};
 
-use super::{discard, Cqe, OpKey, Ring, IGNORE, POOL_GROW, WAKE};
+use super::{discard, Cqe, OpKey, Ring, Setup, IGNORE, POOL_GROW, WAKE};
 
 impl Ring {
     /// Submits what is queued and reaps completions. Waits for at least one completion when
@@ -58,6 +58,11 @@ impl Ring {
                     res: cqe.result(),
                     flags: cqe.flags(),
                 };
+                if cqueue::buffer_select(cqe.flags()).is_some() {
+                    if let Some(b) = &self.bufs {
+                        b.note_taken();
+                    }
+                }
                 keys[got] = cqe.user_data();
                 got += 1;
             }
@@ -115,6 +120,29 @@ impl Ring {
         if let Some(w) = s.waker.take() {
             w.wake();
         }
+    }
+
+    /// Gives the buffer pool's memory back to the OS if every buffer is back in the ring (an
+    /// idle worker after a burst: see `BufRing::release_if_idle`). Only under DEFER_TASKRUN,
+    /// with the completion queue drained and nothing in the kernel's overflow list: then the
+    /// kernel fills buffers only inside this worker's own `io_uring_enter`, and every buffer
+    /// it has taken so far was named by a completion already counted. (Without
+    /// DEFER_TASKRUN, completion work may run whenever this thread returns to user space, so
+    /// a buffer could be filled between the check and the release.) `true` if it released.
+    pub fn release_idle_pool(&mut self) -> bool {
+        if self.setup != Setup::DeferTaskrun
+            || !self.ring.completion().is_empty()
+            || self.ring.submission().cq_overflow()
+        {
+            return false;
+        }
+        self.bufs.as_ref().is_some_and(|b| b.release_if_idle())
+    }
+
+    /// Resident bytes of the buffer pool, for tests.
+    #[cfg(test)]
+    pub fn pool_resident_bytes(&self) -> usize {
+        self.bufs.as_ref().map_or(0, |b| b.resident_bytes())
     }
 
     /// Op slots allocated (live or free).
