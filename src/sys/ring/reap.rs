@@ -125,8 +125,9 @@ impl Ring {
     /// Gives the buffer pool's memory back to the OS if every buffer is back in the ring (an
     /// idle worker after a burst: see `BufRing::release_if_idle`). Only under DEFER_TASKRUN,
     /// with the completion queue drained and nothing in the kernel's overflow list: then the
-    /// kernel fills buffers only inside this worker's own `io_uring_enter`, and every buffer
-    /// it has taken so far was named by a completion already counted. (Without
+    /// kernel fills buffers only inside this worker's own `io_uring_enter` (receives on
+    /// sockets are poll-driven; none is handed to an io-wq thread), and every buffer it has
+    /// taken so far was named by a completion already counted. (Without
     /// DEFER_TASKRUN, completion work may run whenever this thread returns to user space, so
     /// a buffer could be filled between the check and the release.) `true` if it released.
     pub fn release_idle_pool(&mut self) -> bool {
