@@ -127,7 +127,7 @@ impl BufRing {
     }
 
     /// A completion named a buffer: the kernel took it from the ring.
-    pub fn note_taken(&self) {
+    pub(in crate::sys) fn note_taken(&self) {
         self.taken.set(self.taken.get().wrapping_add(1));
         self.used.set(true);
     }
@@ -139,7 +139,7 @@ impl BufRing {
     /// The caller guarantees that the kernel writes into no buffer while this runs and that
     /// every completion that named a buffer has been counted ([`Self::note_taken`]): see
     /// `sys::ring::Ring::release_idle_pool` (DEFER_TASKRUN, completion queue drained).
-    pub fn release_if_idle(&self) -> bool {
+    pub(in crate::sys) fn release_if_idle(&self) -> bool {
         let in_ring = self.tail.get().wrapping_sub(self.taken.get());
         if !self.used.get() || in_ring != self.provided.get() {
             return false;
