@@ -16,7 +16,7 @@
 //!
 //! State per direction: a tracker (~70 bytes: no buffer, no counts; a scan counts into a
 //! `Tally` of the read batch) and two flags; per tunnel: one
-//! [`Closing`] (codes and three wakers). Nothing is allocated and no timer runs while a
+//! [`Closing`] (codes and the task's waker). Nothing is allocated and no timer runs while a
 //! tunnel is idle: `close_timeout`'s timer exists only once a tunnel is closing.
 
 use std::cell::{Cell, RefCell};
@@ -73,7 +73,7 @@ impl Cause {
     }
 }
 
-/// Wakers of a [`Closing`]: the two directions (by [`WsDir`]) and the supervisor.
+/// Who polls a [`Closing`]: the two directions (by [`WsDir`]) and the supervisor.
 pub const SUPERVISOR: usize = 2;
 
 /// The gateway's Ping to a silent client (opt-in, `ws_ping_interval`): unmasked, with a
@@ -85,12 +85,14 @@ const PING_DUE: u8 = 1;
 const PING_SENT: u8 = 2;
 
 /// A tunnel's graceful ending, shared by its directions and its supervisor: set once, wakes
-/// all three. Also the gateway's pings: the supervisor asks for one, the down direction writes
+/// the tunnel's task (all three run in it). Also the gateway's pings: the supervisor asks for one, the down direction writes
 /// it between two frames, the up direction takes the client's Pong out of its stream.
 #[derive(Default)]
 pub struct Closing {
     cause: Cell<Option<Cause>>,
-    wakers: [Cell<Option<Waker>>; 3],
+    /// The waker of the tunnel's task: its directions and its supervisor are one task, so one
+    /// waker wakes all three (one slot instead of three, in every tracked tunnel).
+    waker: Cell<Option<Waker>>,
     ping: Cell<u8>,
     /// Batches read from the client (any bytes: an answer to a ping, or the client talking).
     heard: Cell<u32>,
@@ -101,10 +103,8 @@ impl Closing {
     pub fn start(&self, cause: Cause) {
         if self.cause.get().is_none() {
             self.cause.set(Some(cause));
-            for w in &self.wakers {
-                if let Some(w) = w.take() {
-                    w.wake();
-                }
+            if let Some(w) = self.waker.take() {
+                w.wake();
             }
         }
     }
@@ -124,7 +124,7 @@ impl Closing {
             return Poll::Ready(());
         }
         // Polled once per read batch while open: keep the waker we have when it is the same.
-        let slot = &self.wakers[who];
+        let slot = &self.waker;
         match slot.take() {
             Some(w) if w.will_wake(cx.waker()) => slot.set(Some(w)),
             _ => slot.set(Some(cx.waker().clone())),
@@ -141,7 +141,7 @@ impl Closing {
     pub fn request_ping(&self) {
         if self.ping.get() != PING_DUE && !self.started() {
             self.ping.set(PING_DUE);
-            if let Some(w) = self.wakers[WsDir::FromBackend as usize].take() {
+            if let Some(w) = self.waker.take() {
                 w.wake();
             }
         }

@@ -21,18 +21,17 @@ use super::frames::{Closing, Framing};
 use super::lifecycle::{self, Ending};
 use super::{access, tls_tunnel, tunnel, Worker};
 
-/// Who a tunnel is for, for the access log.
-///
-/// Loans and small numbers: the tunnel's task holds it for the tunnel's whole life.
-pub struct Who<'a> {
-    pub client: &'a SocketAddr,
-    pub listener: &'a Arc<str>,
+/// Who a tunnel is for, for the access log: held by the tunnel's task for the tunnel's whole
+/// life, so only what the log line needs, each once.
+pub struct Who {
+    pub client: SocketAddr,
+    pub listener: Arc<str>,
     /// The upstream's index in the generation.
     pub upstream: u32,
     /// 101 for an upgraded tunnel, 0 in tcp mode.
     pub status: u16,
-    /// The upgrade request, for the access log (none in tcp mode).
-    pub request: Option<&'a access::RequestInfo>,
+    /// The upgrade request, when the access log is on (never in tcp mode).
+    pub request: Option<Box<access::RequestInfo>>,
 }
 
 /// Runs the tunnel between `client` and `backend` to its end, then accounts for it. `early`:
@@ -43,23 +42,21 @@ pub struct Who<'a> {
 /// A plain fn returning an `async move` block, not an async fn, so the arguments are stored
 /// once in the tunnel's task (an async fn rebinds each to a local).
 #[allow(clippy::manual_async_fn)] // on purpose: see above
-pub fn run<'a, 'b, D: Driver>(
+pub fn run<'a, D: Driver>(
     w: &'a Worker,
     gen: &'a Generation,
     table: &'a Table,
     client: &'a Client<D>,
     backend: &'a Connected<D>,
-    who: &'a Who<'b>,
+    who: &'a Who,
     early: &'a mut Early,
-) -> impl std::future::Future<Output = ()> + use<'a, 'b, D> {
+) -> impl std::future::Future<Output = ()> + use<'a, D> {
     async move {
         let up = &gen.upstreams[who.upstream as usize];
-        let idle = gen.config.timeouts.tunnel_idle.as_ref();
-        let stats = backend.guard.stats().clone();
         let registered = w.tunnels().register(lifecycle::Entry {
             ask: Default::default(),
             upstream: up.cfg.name.clone(),
-            backend: stats.clone(),
+            backend: backend.guard.stats().clone(),
             key: backend
                 .key_hash
                 .zip(table.key_source())
@@ -67,7 +64,6 @@ pub fn run<'a, 'b, D: Driver>(
             opened: Instant::now(),
             websocket: who.status == 101,
         });
-        let ask = &registered.ask;
         // WebSocket tunnels track frames unless the upstream opts out; raw tcp tunnels never do.
         // A TLS backend (upstream TLS) is not tracked yet: its tunnel is a blind pipe.
         let tracked = who.status == 101
@@ -86,17 +82,30 @@ pub fn run<'a, 'b, D: Driver>(
             }),
             _ => None,
         };
-        let s = &backend.stream;
         // Taken: an idle tunnel holds no buffer.
         let passed = match early.take() {
-            Some(e) => pass_early::<D>(client, s, &e, fu.as_ref(), fd.as_ref()).await,
+            // Boxed: it runs once, and on epoll it is larger than the tunnel itself.
+            Some(e) => {
+                let s = &backend.stream;
+                Box::pin(pass_early::<D>(client, s, &e, fu.as_ref(), fd.as_ref())).await
+            }
             None => Ok(()),
         };
+        // Read here, after the early bytes: what is held across that wait takes room in the
+        // task for the tunnel's whole life (the layout keeps their slots).
+        let idle = gen.config.timeouts.tunnel_idle.as_ref();
+        let stats = backend.guard.stats();
+        let ask = &registered.ask;
+        let s = &backend.stream;
         let (end, moved) = match passed {
             Err(end) => (end, tunnel::Moved::default()),
             Ok(()) => match (client, s) {
                 (Client::Plain(c), Client::Plain(b)) => {
-                    tunnel::run::<D>(w, c, b, idle, &stats, ask, frames.as_ref()).await
+                    // The tunnel's shared part lives here, and the tunnel lends it: through
+                    // `tunnel::run` every argument would be stored once more.
+                    let t = tunnel::Shared::<D>::new(w, c, b, idle, stats, ask, frames.as_ref());
+                    let end = tunnel::Tunnel::new(&t).await;
+                    (end, t.moved())
                 }
                 // splice cannot see plaintext: a TLS side (client or backend) takes the copy pumps
                 // through rustls.
@@ -107,7 +116,7 @@ pub fn run<'a, 'b, D: Driver>(
                         c,
                         b,
                         idle,
-                        &stats,
+                        stats,
                         ask,
                         frames.as_ref(),
                     ))
@@ -115,18 +124,20 @@ pub fn run<'a, 'b, D: Driver>(
                 }
             },
         };
+        // Looked up again, not kept across the tunnel's life (8 bytes more in every task).
+        let up = &gen.upstreams[who.upstream as usize];
         // When it opened, from its registry entry: a copy would ride in the task all along.
         let started = registered.opened();
         drop(registered);
         access::log(
             &gen.config.log,
             access::Entry {
-                client: *who.client,
+                client: who.client,
                 listener: &who.listener[..],
                 upstream: &up.cfg.name,
                 backend: table.name(backend.index).unwrap_or("-"),
                 backend_addr: table.addr(backend.index),
-                request: who.request,
+                request: who.request.as_deref(),
                 status: who.status,
                 started,
                 bytes_up: moved.up,
@@ -219,30 +230,31 @@ pub fn spawn<D: Driver>(
     w: &std::rc::Rc<Worker>,
     gen: &Arc<Generation>,
     listener: Arc<str>,
-    mut u: Upgraded<D>,
+    u: Upgraded<D>,
 ) {
     let w = w.clone();
     let gen = gen.clone();
-    // `u` is used in place: rebound inside the task (`let mut u = u`) it would be stored twice
-    // in the task's future.
+    // Taken apart here, not inside the task: rebound there, each part would be stored twice in
+    // the task's future.
+    let Upgraded {
+        client,
+        backend,
+        table,
+        upstream,
+        peer,
+        request,
+        life,
+        mut early,
+    } = u;
+    let who = Who {
+        client: peer,
+        listener,
+        upstream: upstream as u32,
+        status: 101,
+        request,
+    };
     crate::io::spawn_local(async move {
-        let who = Who {
-            client: &u.peer,
-            listener: &listener,
-            upstream: u.upstream as u32,
-            status: 101,
-            request: u.request.as_deref(),
-        };
-        run::<D>(
-            &w,
-            &gen,
-            &u.table,
-            &u.client,
-            &u.backend,
-            &who,
-            &mut u.early,
-        )
-        .await;
-        drop(u.life);
+        run::<D>(&w, &gen, &table, &client, &backend, &who, &mut early).await;
+        drop(life);
     });
 }

@@ -12,10 +12,9 @@
 //!   coordination.
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::balance::{now_ms, BackendStats};
@@ -107,15 +106,19 @@ impl Ask {
         self.ending.get()
     }
 
-    /// Resolves once the tunnel is asked to end.
-    pub fn wait(&self) -> impl Future<Output = Ending> + '_ {
-        std::future::poll_fn(move |cx| match self.ending.get() {
+    /// Ready once the tunnel is asked to end; until then `cx` is woken when it is.
+    pub fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<Ending> {
+        match self.ending.get() {
             Some(e) => Poll::Ready(e),
             None => {
-                self.waker.set(Some(cx.waker().clone()));
+                let w = match self.waker.take() {
+                    Some(w) if w.will_wake(cx.waker()) => w,
+                    _ => cx.waker().clone(),
+                };
+                self.waker.set(Some(w));
                 Poll::Pending
             }
-        })
+        }
     }
 }
 

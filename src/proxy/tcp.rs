@@ -104,8 +104,8 @@ pub async fn serve<D: Driver>(
     drop(early);
 
     let who = handoff::Who {
-        client: &peer,
-        listener: &lcfg.name,
+        client: peer,
+        listener: lcfg.name.clone(),
         upstream: up_index as u32,
         status: 0,
         request: None,

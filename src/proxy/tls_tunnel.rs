@@ -32,7 +32,7 @@ use crate::tls::TlsStream;
 use super::client::Peer;
 use super::frames::{Framing, Then};
 use super::lifecycle::Ask;
-use super::tunnel::{supervise, Counted, Dir, DirError, End, Frames, Moved};
+use super::tunnel::{supervise, Counted, Dir, DirError, End, Ends, Frames, Moved};
 use super::Worker;
 
 /// Runs a tunnel with at least one TLS side until both directions are done, one side resets,
@@ -50,25 +50,32 @@ pub async fn run<D: Driver>(
     let up = Counted::new(stats, Dir::Up);
     let down = Counted::new(stats, Dir::Down);
     let last = Cell::new(Instant::now());
-    let (cs, bs) = (client.socket(), backend.socket());
+    let ends = |graceful| Ends {
+        client: client.socket(),
+        backend: backend.socket(),
+        idle,
+        last: &last,
+        ask,
+        graceful,
+    };
     // Each pump is pinned here and lent to `supervise`: moved in by value it would be stored
     // twice (once as the argument, once pinned inside), 2.3 KiB more per idle TLS tunnel.
     let end = match (client, backend) {
         (Peer::Tls(c), Peer::Plain(b)) => {
             let a = std::pin::pin!(decrypt::<D>(c, b, &up, &last, frames.map(|f| f.up)));
             let b = std::pin::pin!(encrypt::<D>(w, b, c, &down, &last, frames.map(|f| f.down)));
-            supervise(a, b, cs, bs, idle, &last, ask, frames).await
+            supervise(a, b, &ends(frames)).await
         }
         // A TLS backend: blind pumps (`handoff` tracks no frames for it).
         (Peer::Plain(c), Peer::Tls(b)) => {
             let a = std::pin::pin!(encrypt::<D>(w, c, b, &up, &last, None));
             let b = std::pin::pin!(decrypt::<D>(b, c, &down, &last, None));
-            supervise(a, b, cs, bs, idle, &last, ask, None).await
+            supervise(a, b, &ends(None)).await
         }
         (Peer::Tls(c), Peer::Tls(b)) => {
             let a = std::pin::pin!(relay::<D>(c, b, &up, &last));
             let b = std::pin::pin!(relay::<D>(b, c, &down, &last));
-            supervise(a, b, cs, bs, idle, &last, ask, None).await
+            supervise(a, b, &ends(None)).await
         }
         (Peer::Plain(c), Peer::Plain(b)) => {
             return super::tunnel::run::<D>(w, c, b, idle, stats, ask, frames).await;

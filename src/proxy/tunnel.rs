@@ -37,7 +37,7 @@ mod ring_copy;
 #[path = "tunnel_end.rs"]
 mod tunnel_end;
 
-pub(super) use tunnel_end::supervise;
+pub(super) use tunnel_end::{supervise, Ends, Supervisor};
 
 /// A read that fills the scratch buffer switches the direction to splice.
 pub const SCRATCH_SIZE: usize = 16 * 1024;
@@ -141,60 +141,153 @@ impl Frames<'_> {
     }
 }
 
-/// What `supervise` needs of a tracked tunnel (its closing, `close_timeout`, and pings): the
-/// tunnel's [`Frames`], lent (a copy would be stored at every level of the tunnel's future).
+/// What the [`Supervisor`] needs of a tracked tunnel (its closing, `close_timeout`, and
+/// pings): the tunnel's [`Frames`], lent.
 pub(super) type Graceful<'a> = &'a Frames<'a>;
 
-/// Runs a tunnel until both directions are done, or one side resets, or it idles out.
-///
-/// A plain fn returning an `async move` block, not an async fn, so the arguments are stored
-/// once in the tunnel's task (an async fn rebinds each to a local).
-#[allow(clippy::too_many_arguments)]
-#[allow(clippy::manual_async_fn)] // on purpose: see above
-pub fn run<'a, 'f, D: Driver>(
+/// Everything a plain tunnel's directions and its supervisor work with: the sockets, the
+/// counters, the endings it watches. Owned by the caller (the tunnel's task) and lent whole:
+/// the tunnel's future ([`Tunnel`]) stores one pointer to it, and its directions and
+/// supervisor store none of it (each level of an async fn would keep its own copy of each).
+pub(super) struct Shared<'a, D: Driver> {
     w: &'a Worker,
     client: &'a Stream<D>,
     backend: &'a Stream<D>,
     idle: Option<&'a Duration>,
-    stats: &'a BackendStats,
     ask: &'a Ask,
-    frames: Option<&'a Frames<'f>>,
-) -> impl std::future::Future<Output = (End, Moved)> + use<'a, 'f, D> {
-    async move {
-        let up = Counted::new(stats, Dir::Up);
-        let down = Counted::new(stats, Dir::Down);
-        let last = Cell::new(Instant::now());
-        let track = idle.is_some();
-        let (fu, fd) = (frames.map(|f| f.up), frames.map(|f| f.down));
+    frames: Option<&'a Frames<'a>>,
+    up: Counted<'a>,
+    down: Counted<'a>,
+    /// When a byte last moved (read only with an idle timeout).
+    last: Cell<Instant>,
+    /// The ring path's handles on (client, backend), if it is taken.
+    ring: Option<(RingSock<'a>, RingSock<'a>)>,
+}
 
-        // The ring path's handles on both sockets (loans of the streams), if it is taken.
-        let (rc, rb) = match (D::ring_sock(client), D::ring_sock(backend)) {
-            (Some(c), Some(b)) if w.strategy != Strategy::Splice => (Some(c), Some(b)),
-            _ => (None, None),
+impl<'a, D: Driver> Shared<'a, D> {
+    pub(super) fn new(
+        w: &'a Worker,
+        client: &'a Stream<D>,
+        backend: &'a Stream<D>,
+        idle: Option<&'a Duration>,
+        stats: &'a BackendStats,
+        ask: &'a Ask,
+        frames: Option<&'a Frames<'a>>,
+    ) -> Self {
+        let ring = match (D::ring_sock(client), D::ring_sock(backend)) {
+            (Some(c), Some(b)) if w.strategy != Strategy::Splice => Some((c, b)),
+            _ => None,
         };
-        let last_seen = track.then_some(&last);
-        // Pinned here and lent to `supervise`: moved in by value, each direction's state would be
-        // stored twice in this future (once per level), and an idle tunnel's task would carry it.
-        let a = std::pin::pin!(Direction::<D>::new(
+        Shared {
             w,
-            (client, backend),
-            &up,
-            last_seen,
-            fu,
-            rc.zip(rb)
-        ));
-        let b = std::pin::pin!(Direction::<D>::new(
-            w,
-            (backend, client),
-            &down,
-            last_seen,
-            fd,
-            rb.zip(rc)
-        ));
-        let (c, k) = (client.get_ref(), backend.get_ref());
-        let end = supervise(a, b, c, k, idle, &last, ask, frames).await;
-        (end, Moved::flushed(&up, &down))
+            client,
+            backend,
+            idle,
+            ask,
+            frames,
+            up: Counted::new(stats, Dir::Up),
+            down: Counted::new(stats, Dir::Down),
+            last: Cell::new(Instant::now()),
+            ring,
+        }
     }
+
+    /// The bytes moved, once the tunnel ended.
+    pub(super) fn moved(&self) -> Moved {
+        Moved::flushed(&self.up, &self.down)
+    }
+
+    /// Both directions' loans: client → backend, backend → client.
+    fn ways(&'a self) -> (Way<'a, D>, Way<'a, D>) {
+        let last = self.idle.is_some().then_some(&self.last);
+        let (c, b) = match self.ring {
+            Some((c, b)) => (Some(c), Some(b)),
+            None => (None, None),
+        };
+        let way = |src, dst, moved, f, ring| Way {
+            w: self.w,
+            src,
+            dst,
+            moved,
+            last,
+            f,
+            ring,
+        };
+        (
+            way(
+                self.client,
+                self.backend,
+                &self.up,
+                self.frames.map(|f| f.up),
+                c.zip(b),
+            ),
+            way(
+                self.backend,
+                self.client,
+                &self.down,
+                self.frames.map(|f| f.down),
+                b.zip(c),
+            ),
+        )
+    }
+
+    fn ends(&'a self) -> Ends<'a, 'a> {
+        Ends {
+            client: self.client.get_ref(),
+            backend: self.backend.get_ref(),
+            idle: self.idle,
+            last: &self.last,
+            ask: self.ask,
+            graceful: self.frames,
+        }
+    }
+}
+
+/// A plain tunnel, until both directions are done, or one side resets, or it ends otherwise
+/// (see [`Supervisor`]). Hand-written: an idle tunnel's task holds it for the tunnel's whole
+/// life, so it keeps one loan of the [`Shared`] part and each direction's state ([`Phase`]).
+pub(super) struct Tunnel<'a, D: Driver> {
+    t: &'a Shared<'a, D>,
+    up: Phase<'a>,
+    down: Phase<'a>,
+    sup: Supervisor<'a>,
+}
+
+impl<'a, D: Driver> Tunnel<'a, D> {
+    pub(super) fn new(t: &'a Shared<'a, D>) -> Self {
+        let (a, b) = t.ways();
+        Tunnel {
+            t,
+            up: a.start(),
+            down: b.start(),
+            sup: Supervisor::new(t.frames),
+        }
+    }
+}
+
+impl<D: Driver> Future for Tunnel<'_, D> {
+    type Output = End;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
+        let Tunnel { t, up, down, sup } = self.get_mut();
+        let (a, b) = t.ways();
+        sup.poll(cx, &t.ends(), |cx| a.poll(up, cx), |cx| b.poll(down, cx))
+    }
+}
+
+/// Runs a plain tunnel to its end (for a caller that does not hold the [`Shared`] part).
+pub async fn run<D: Driver>(
+    w: &Worker,
+    client: &Stream<D>,
+    backend: &Stream<D>,
+    idle: Option<&Duration>,
+    stats: &BackendStats,
+    ask: &Ask,
+    frames: Option<&Frames<'_>>,
+) -> (End, Moved) {
+    let t = Shared::<D>::new(w, client, backend, idle, stats, ask, frames);
+    let end = Tunnel::new(&t).await;
+    (end, t.moved())
 }
 
 #[derive(Clone, Copy)]
@@ -519,21 +612,22 @@ async fn close_out<D: Driver>(
 /// receive into the core's buffer pool, sends as ring ops) with splice on readiness for bulk,
 /// or the readiness pump (copy through the scratch buffer, splice for bulk).
 ///
-/// A hand-written future, not an async fn: an idle tunnel carries two of these, so each holds
-/// its references once and the ring copy's state ([`ring_copy::RingCopy`]) inline; the
-/// readiness phases (the pump's pipe, pending bytes and readiness futures, the close-out) are
-/// boxed, allocated only while a direction streams or closes. On epoll that is one allocation
-/// per direction per tunnel, never per message.
-struct Direction<'a, 'c, 'f, D: Driver> {
+/// A `Way` is the direction's loans, made anew from the tunnel's [`Shared`] part on each poll;
+/// its state is a [`Phase`], which stores no reference of its own: an idle tunnel carries two,
+/// each the ring copy's state ([`ring_copy::RingCopy`]) inline. The readiness phases (the
+/// pump's pipe, pending bytes and readiness futures, the close-out) are boxed, allocated only
+/// while a direction streams or closes. On epoll that is one allocation per direction per
+/// tunnel, never per message.
+#[derive(Clone, Copy)]
+struct Way<'a, D: Driver> {
     w: &'a Worker,
     src: &'a Stream<D>,
     dst: &'a Stream<D>,
-    moved: &'a Counted<'c>,
+    moved: &'a Counted<'a>,
     last: Option<&'a Cell<Instant>>,
-    f: Option<&'a Framing<'f>>,
-    /// The ring path's handles on (src, dst), lent by the tunnel: none on readiness alone.
+    f: Option<&'a Framing<'a>>,
+    /// The ring path's handles on (src, dst): none on readiness alone.
     ring: Option<(RingSock<'a>, RingSock<'a>)>,
-    phase: Phase<'a>,
 }
 
 enum Phase<'a> {
@@ -549,36 +643,19 @@ enum Phase<'a> {
     Done,
 }
 
-impl<'a, 'c, 'f, D: Driver> Direction<'a, 'c, 'f, D> {
-    fn new(
-        w: &'a Worker,
-        (src, dst): (&'a Stream<D>, &'a Stream<D>),
-        moved: &'a Counted<'c>,
-        last: Option<&'a Cell<Instant>>,
-        f: Option<&'a Framing<'f>>,
-        ring: Option<(RingSock<'a>, RingSock<'a>)>,
-    ) -> Self {
-        let mut d = Direction {
-            w,
-            src,
-            dst,
-            moved,
-            last,
-            f,
-            ring,
-            phase: Phase::Done,
-        };
-        d.phase = match ring {
+impl<'a, D: Driver> Way<'a, D> {
+    /// The direction's first phase.
+    fn start(&self) -> Phase<'a> {
+        match self.ring {
             Some((rs, _)) => Phase::Ring(ring_copy::RingCopy::new(rs)),
             // Readiness alone (epoll, forced splice, or a ring worker without a buffer pool).
-            None => d.pump(PumpMode::Whole),
-        };
-        d
+            None => self.pump(PumpMode::Whole),
+        }
     }
 
     /// A readiness phase: the pump in `mode`.
     fn pump(&self, mode: PumpMode) -> Phase<'a> {
-        let Direction {
+        let Way {
             w,
             src,
             dst,
@@ -592,63 +669,59 @@ impl<'a, 'c, 'f, D: Driver> Direction<'a, 'c, 'f, D> {
 
     /// The close-out of a tracked direction that reached its Close boundary.
     fn close_out(&self) -> Phase<'a> {
-        let Direction { w, src, dst, f, .. } = *self;
+        let Way { w, src, dst, f, .. } = *self;
         match f {
             Some(f) => Phase::CloseOut(Box::pin(close_out::<D>(w, src, dst, f))),
             None => Phase::Done,
         }
     }
-}
 
-impl<D: Driver> Future for Direction<'_, '_, '_, D> {
-    type Output = Result<(), DirError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let d = self.get_mut();
+    /// Moves the direction on from `phase` until it is done or waits.
+    fn poll(&self, phase: &mut Phase<'a>, cx: &mut Context<'_>) -> Poll<Result<(), DirError>> {
         loop {
-            d.phase = match &mut d.phase {
+            *phase = match phase {
                 Phase::Ring(copy) => {
-                    let Some((rs, rd)) = d.ring else {
+                    let Some((rs, rd)) = self.ring else {
                         return Poll::Ready(Ok(())); // not reached: a ring phase has its sockets
                     };
                     let link = ring_copy::Link {
-                        w: d.w,
-                        dst: d.dst.get_ref(),
+                        w: self.w,
+                        dst: self.dst.get_ref(),
                         rs,
                         rd,
-                        moved: d.moved,
-                        last: d.last,
-                        f: d.f,
+                        moved: self.moved,
+                        last: self.last,
+                        f: self.f,
                     };
                     match std::task::ready!(copy.poll(cx, &link)) {
                         Err(e) => {
-                            d.phase = Phase::Done;
+                            *phase = Phase::Done;
                             return Poll::Ready(Err(e));
                         }
                         Ok(ring_copy::RingEnd::Eof) => Phase::Done,
-                        Ok(ring_copy::RingEnd::Bulk) => d.pump(PumpMode::UntilSmall),
-                        Ok(ring_copy::RingEnd::NoBuffers) => d.pump(PumpMode::OneBatch),
-                        Ok(ring_copy::RingEnd::Close) => d.close_out(),
+                        Ok(ring_copy::RingEnd::Bulk) => self.pump(PumpMode::UntilSmall),
+                        Ok(ring_copy::RingEnd::NoBuffers) => self.pump(PumpMode::OneBatch),
+                        Ok(ring_copy::RingEnd::Close) => self.close_out(),
                     }
                 }
                 Phase::Pump(fut, mode) => {
                     let mode = *mode;
                     match std::task::ready!(fut.as_mut().poll(cx)) {
                         Err(e) => {
-                            d.phase = Phase::Done;
+                            *phase = Phase::Done;
                             return Poll::Ready(Err(e));
                         }
-                        Ok(PumpEnd::Handback) if mode != PumpMode::Whole => match d.ring {
+                        Ok(PumpEnd::Handback) if mode != PumpMode::Whole => match self.ring {
                             Some((rs, _)) => Phase::Ring(ring_copy::RingCopy::new(rs)),
                             None => Phase::Done,
                         },
-                        Ok(PumpEnd::Close) => d.close_out(),
+                        Ok(PumpEnd::Close) => self.close_out(),
                         Ok(_) => Phase::Done,
                     }
                 }
                 Phase::CloseOut(fut) => {
                     let r = std::task::ready!(fut.as_mut().poll(cx));
-                    d.phase = Phase::Done;
+                    *phase = Phase::Done;
                     return Poll::Ready(r);
                 }
                 Phase::Done => return Poll::Ready(Ok(())),

@@ -1,4 +1,4 @@
-//! How a tunnel ends, whatever moves its bytes: `supervise` drives both directions and the
+//! How a tunnel ends, whatever moves its bytes: the [`Supervisor`] drives both directions and the
 //! endings the gateway decides (the idle watchdog, the lifecycle tick's [`Ask`], gateway pings,
 //! malformed framing), hard for raw tunnels, graceful (Close frames, `close_timeout`) for
 //! tracked WebSocket tunnels.
@@ -6,6 +6,8 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::net::{Shutdown, TcpStream};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::io as rio;
@@ -14,6 +16,19 @@ use crate::sys::socket;
 use super::{DirError, End, Graceful};
 use crate::proxy::frames::{self, Cause, Closing};
 use crate::proxy::lifecycle::{Ask, Ending};
+
+/// What the supervisor of a tunnel watches besides its directions: the two sockets (FIN or
+/// RST at the end), the idle timeout and when a byte last moved, the lifecycle tick's [`Ask`],
+/// and, for a tracked WebSocket tunnel, its [`Frames`](super::Frames) (`graceful`). Lent on each
+/// poll: the supervisor's own state stores no reference.
+pub(in crate::proxy) struct Ends<'a, 'g> {
+    pub client: &'a TcpStream,
+    pub backend: &'a TcpStream,
+    pub idle: Option<&'a Duration>,
+    pub last: &'a Cell<Instant>,
+    pub ask: &'a Ask,
+    pub graceful: Option<Graceful<'g>>,
+}
 
 /// Drives both directions of a tunnel (`up`: client → backend, `down`: backend → client) to
 /// the tunnel's end, whatever moves the bytes (the readiness pump, the ring copy path, or the
@@ -26,122 +41,176 @@ use crate::proxy::lifecycle::{Ask, Ending};
 /// boundary with a Close frame and wait for the peers' Close; when both are done both sides
 /// get a FIN. A peer that has not answered when `close_timeout` has passed is reset.
 ///
-/// The directions come pinned (lent by the caller, which owns them); a plain fn returning an
-/// `async move` block, so each argument is stored once in the tunnel's task.
-#[allow(clippy::too_many_arguments)]
-#[allow(clippy::manual_async_fn)] // on purpose: see above
-pub(in crate::proxy) fn supervise<'a, 'g, U, Dn>(
-    mut up: U,
-    mut down: Dn,
-    client: &'a TcpStream,
-    backend: &'a TcpStream,
-    idle: Option<&'a Duration>,
-    last: &'a Cell<Instant>,
-    ask: &'a Ask,
-    graceful: Option<Graceful<'g>>,
-) -> impl Future<Output = End> + use<'a, 'g, U, Dn>
-where
-    U: Future<Output = Result<(), DirError>> + Unpin,
-    Dn: Future<Output = Result<(), DirError>> + Unpin,
-{
-    async move {
-        let watchdog = idle_watchdog(idle, last);
-        tokio::pin!(watchdog);
-        let asked = ask.wait();
-        tokio::pin!(asked);
-        let (mut up_done, mut down_done) = (false, false);
-        // Set once a graceful ending started: when the peers are cut if they have not answered.
-        let mut cut_at: Option<Instant> = None;
-        let pings = pinger(graceful);
-        tokio::pin!(pings);
-        let begin = |why: Ending| match graceful {
-            Some(g) => {
-                g.closing.start(Cause::Ended(why));
-                None
-            }
-            None => Some(End::Ended(why)),
-        };
+/// Hand-written state, polled with the directions and the [`Ends`] lent: an idle tunnel holds
+/// it for its whole life, so it keeps only flags and the timers that exist (the idle deadline
+/// when there is an idle timeout, the ping loop when there are pings, the cut once a graceful
+/// ending started).
+pub(in crate::proxy) struct Supervisor<'g> {
+    up_done: bool,
+    down_done: bool,
+    /// A graceful ending started: `timer` is when the peers are cut if they have not answered.
+    cutting: bool,
+    /// The idle deadline (armed at the first poll, when there is an idle timeout), then, once
+    /// a graceful ending started, the cut: one timer, as the watchdog stops when the cut starts.
+    timer: Option<rio::Sleep>,
+    /// The gateway's ping loop, if the upstream has pings (boxed: most tunnels have none).
+    pings: Option<Pin<Box<dyn Future<Output = ()> + 'g>>>,
+}
+
+impl<'g> Supervisor<'g> {
+    pub fn new(graceful: Option<Graceful<'g>>) -> Self {
+        let pings = graceful.and_then(|g| {
+            let (interval, timeout) = g.ping()?;
+            let f: Pin<Box<dyn Future<Output = ()> + 'g>> =
+                Box::pin(ping_loop(g.closing, interval, timeout));
+            Some(f)
+        });
+        Supervisor {
+            up_done: false,
+            down_done: false,
+            cutting: false,
+            timer: None,
+            pings,
+        }
+    }
+
+    /// Polls both directions (`up`, `down`: each polled until it is done) and every ending.
+    pub fn poll<U, Dn>(
+        &mut self,
+        cx: &mut Context<'_>,
+        e: &Ends<'_, 'g>,
+        mut up: U,
+        mut down: Dn,
+    ) -> Poll<End>
+    where
+        U: FnMut(&mut Context<'_>) -> Poll<Result<(), DirError>>,
+        Dn: FnMut(&mut Context<'_>) -> Poll<Result<(), DirError>>,
+    {
         loop {
+            let mut moved_on = false;
             // Src of `up` and Dst of `down` are the client; the other two are the backend.
-            let failed = tokio::select! {
-                r = &mut up, if !up_done => { up_done = true; r.err().map(|e| e.side(true)) }
-                r = &mut down, if !down_done => { down_done = true; r.err().map(|e| e.side(false)) }
-                () = &mut watchdog, if cut_at.is_none() => match begin(Ending::IdleTimeout) {
-                    Some(end) => return end,
-                    None => None,
-                },
-                why = &mut asked, if cut_at.is_none() => match begin(why) {
-                    Some(end) => return end,
-                    None => None,
-                },
-                () = &mut pings, if cut_at.is_none() => match begin(Ending::PingTimeout) {
-                    Some(end) => return end,
-                    None => None,
-                },
-                () = closing_started(graceful), if cut_at.is_none() => None,
-                () = until(cut_at) => {
-                    // The peers had `close_timeout`: FIN to those that answered (the direction that
-                    // reads them is done), RST to the others.
-                    for (sock, answered) in [(client, up_done), (backend, down_done)] {
+            let mut failed = None;
+            if !self.up_done {
+                if let Poll::Ready(r) = up(cx) {
+                    self.up_done = true;
+                    moved_on = true;
+                    failed = r.err().map(|x| x.side(true));
+                }
+            }
+            if failed.is_none() && !self.down_done {
+                if let Poll::Ready(r) = down(cx) {
+                    self.down_done = true;
+                    moved_on = true;
+                    failed = r.err().map(|x| x.side(false));
+                }
+            }
+            if failed.is_none() {
+                if !self.cutting {
+                    if let Some(why) = self.poll_endings(cx, e) {
+                        match e.graceful {
+                            Some(g) => g.closing.start(Cause::Ended(why)),
+                            None => return Poll::Ready(End::Ended(why)),
+                        }
+                    }
+                    if let Some(g) = e.graceful {
+                        if g.closing.poll_started(frames::SUPERVISOR, cx).is_ready() {
+                            self.cutting = true;
+                            self.timer = Some(rio::sleep(g.cfg.close_timeout));
+                            moved_on = true;
+                        }
+                    }
+                } else if self
+                    .timer
+                    .as_mut()
+                    .is_some_and(|c| Pin::new(c).poll(cx).is_ready())
+                {
+                    // The peers had `close_timeout`: FIN to those that answered (the direction
+                    // that reads them is done), RST to the others.
+                    for (sock, answered) in [(e.client, self.up_done), (e.backend, self.down_done)]
+                    {
                         if answered {
                             let _ = sock.shutdown(Shutdown::Write);
                         } else {
                             socket::set_reset_on_close(sock);
                         }
                     }
-                    return graceful_end(graceful);
-                }
-            };
-            if let (None, Some(g)) = (cut_at, graceful) {
-                if g.closing.started() {
-                    cut_at = Some(Instant::now() + g.cfg.close_timeout);
+                    return Poll::Ready(graceful_end(e.graceful));
                 }
             }
             match failed {
-                Some((true, e)) => {
-                    tracing::debug!(error = %e, "client side failed");
-                    socket::set_reset_on_close(backend);
-                    return End::ClientReset;
+                Some((true, err)) => {
+                    tracing::debug!(error = %err, "client side failed");
+                    socket::set_reset_on_close(e.backend);
+                    return Poll::Ready(End::ClientReset);
                 }
-                Some((false, e)) => {
-                    tracing::debug!(error = %e, "backend side failed");
-                    socket::set_reset_on_close(client);
-                    return End::BackendReset;
+                Some((false, err)) => {
+                    tracing::debug!(error = %err, "backend side failed");
+                    socket::set_reset_on_close(e.client);
+                    return Poll::Ready(End::BackendReset);
                 }
-                None if up_done && down_done => {
-                    if cut_at.is_some() {
-                        let _ = client.shutdown(Shutdown::Write);
-                        let _ = backend.shutdown(Shutdown::Write);
-                        return graceful_end(graceful);
+                None if self.up_done && self.down_done => {
+                    if self.cutting {
+                        let _ = e.client.shutdown(Shutdown::Write);
+                        let _ = e.backend.shutdown(Shutdown::Write);
+                        return Poll::Ready(graceful_end(e.graceful));
                     }
-                    return End::Closed;
+                    return Poll::Ready(End::Closed);
                 }
+                None if !moved_on => return Poll::Pending,
                 None => {}
             }
         }
     }
+
+    /// The endings the gateway decides, before a graceful ending started: the idle watchdog,
+    /// the lifecycle tick's ask, a gateway ping without an answer.
+    fn poll_endings(&mut self, cx: &mut Context<'_>, e: &Ends<'_, 'g>) -> Option<Ending> {
+        if let Some(idle) = e.idle {
+            // The deadline moves with every byte: when the timer fires early, it is re-armed
+            // for the deadline as it now stands.
+            loop {
+                let deadline = e.last.get() + *idle;
+                if Instant::now() >= deadline {
+                    return Some(Ending::IdleTimeout);
+                }
+                let timer = self.timer.get_or_insert_with(|| rio::sleep_until(deadline));
+                if Pin::new(timer).poll(cx).is_pending() {
+                    break;
+                }
+                self.timer = None;
+            }
+        }
+        if let Poll::Ready(why) = e.ask.poll_wait(cx) {
+            return Some(why);
+        }
+        if self
+            .pings
+            .as_mut()
+            .is_some_and(|p| p.as_mut().poll(cx).is_ready())
+        {
+            self.pings = None;
+            return Some(Ending::PingTimeout);
+        }
+        None
+    }
 }
 
-/// Resolves when a graceful ending starts (never without frame tracking). A plain poll_fn over
-/// the closing alone: it is built anew on every turn of `supervise`'s loop and lives in every
-/// tunnel's future.
-fn closing_started<'a>(graceful: Option<Graceful<'a>>) -> impl Future<Output = ()> + 'a {
-    let closing = graceful.map(|g| g.closing);
-    std::future::poll_fn(move |cx| match closing {
-        Some(c) => c.poll_started(frames::SUPERVISOR, cx),
-        None => std::task::Poll::Pending,
+/// [`Supervisor`] over two directions the caller pinned (the TLS pumps), as a future.
+pub(in crate::proxy) async fn supervise<U, Dn>(mut up: U, mut down: Dn, e: &Ends<'_, '_>) -> End
+where
+    U: Future<Output = Result<(), DirError>> + Unpin,
+    Dn: Future<Output = Result<(), DirError>> + Unpin,
+{
+    let mut s = Supervisor::new(e.graceful);
+    std::future::poll_fn(|cx| {
+        s.poll(
+            cx,
+            e,
+            |cx| Pin::new(&mut up).poll(cx),
+            |cx| Pin::new(&mut down).poll(cx),
+        )
     })
-}
-
-/// Gateway pings (opt-in): resolves when a client that was silent for a whole
-/// `ws_ping_interval` did not answer the ping (a Pong, or any bytes) within `ws_ping_timeout`.
-/// Never resolves without pings. The pinging loop is boxed, so a tunnel without pings (the
-/// default) carries 8 bytes for it instead of its timers.
-fn pinger<'a>(graceful: Option<Graceful<'a>>) -> impl Future<Output = ()> + 'a {
-    boxed_or_pending(graceful.and_then(|g| {
-        let (interval, timeout) = g.ping()?;
-        Some(ping_loop(g.closing, interval, timeout))
-    }))
+    .await
 }
 
 async fn ping_loop(c: &Closing, interval: Duration, timeout: Duration) {
@@ -169,45 +238,10 @@ async fn ping_loop(c: &Closing, interval: Duration, timeout: Duration) {
     }
 }
 
-/// Resolves at `at` (never for `None`). The timer is boxed so that a tunnel's future does not
-/// carry a second timer's state while it is open (it exists only once a tunnel is closing).
-fn until(at: Option<Instant>) -> impl Future<Output = ()> {
-    boxed_or_pending(at.map(rio::sleep_until))
-}
-
-/// `f`, boxed, or a future that never resolves for `None`: what a tunnel may never run (a
-/// timer, a loop) costs its future 8 bytes instead of its state until it exists.
-fn boxed_or_pending<F: Future<Output = ()>>(f: Option<F>) -> impl Future<Output = ()> {
-    let mut f = f.map(Box::pin);
-    std::future::poll_fn(move |cx| match f.as_mut() {
-        Some(f) => f.as_mut().poll(cx),
-        None => std::task::Poll::Pending,
-    })
-}
-
 fn graceful_end(graceful: Option<Graceful<'_>>) -> End {
     match graceful.and_then(|g| g.closing.cause()) {
         Some(Cause::Ended(why)) => End::Ended(why),
         Some(Cause::Malformed { client }) => End::Malformed { client },
         None => End::Closed,
-    }
-}
-
-/// Resolves when the tunnel has moved no byte for `idle` (never for `None`, the default). The
-/// watching loop is boxed: a tunnel without an idle timeout carries 8 bytes for it.
-fn idle_watchdog<'a>(
-    idle: Option<&Duration>,
-    last: &'a Cell<Instant>,
-) -> impl Future<Output = ()> + 'a {
-    boxed_or_pending(idle.map(|idle| watch_idle(*idle, last)))
-}
-
-async fn watch_idle(idle: Duration, last: &Cell<Instant>) {
-    loop {
-        let deadline = last.get() + idle;
-        if Instant::now() >= deadline {
-            return;
-        }
-        rio::sleep_until(deadline).await;
     }
 }
