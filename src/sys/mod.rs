@@ -11,6 +11,7 @@ pub mod pipe;
 pub mod reactor;
 pub mod ring;
 pub mod socket;
+pub mod waker;
 
 use std::io;
 

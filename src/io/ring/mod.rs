@@ -5,9 +5,11 @@
 //! - **Tasks** live in a slab; a task id is its index and a generation, so a stale waker never
 //!   polls a newer task. A task is polled with its future taken out of the slab, so it can
 //!   spawn, wake and drop other tasks freely. A panic ends that task alone.
-//! - **Wakers** are `Arc`s (std's `Wake`): on the worker's own thread a wake is a push onto the
-//!   run queue; from another thread (a config reload, a phase change through `tokio::sync`) it
-//!   goes through a locked queue and the ring's eventfd.
+//! - **Wakers** allocate nothing: a waker's data word is its task's id and its runtime's slot
+//!   (see [`waker`]), so a task costs no waker allocation and a clone is a copy. On the worker's
+//!   own thread a wake is a push onto the run queue; from another thread (a config reload, a
+//!   phase change through `tokio::sync`) it goes through the runtime's locked queue and the
+//!   ring's eventfd.
 //! - **Timers** are an ordered map of deadlines (a tunnel's idle deadline is re-armed only when
 //!   it expires, so the map changes rarely).
 //! - **One loop turn:** run what is runnable, fire due timers, then one `io_uring_enter`: it
@@ -24,9 +26,8 @@ use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 
 pub use ops::{
     accept, close, connect, poll, recv_into, send_all, shutdown_write, Received, RecvMulti,
@@ -36,48 +37,65 @@ pub use time::{sleep, sleep_until, Sleep};
 
 use crate::sys::ring::{Ring, Setup, WakeFd};
 
+/// A task's index (low 32 bits) and generation (the next 16): 48 bits, so that a waker's data
+/// word holds it with its runtime's slot.
 type TaskId = u64;
 
-fn task_id(index: usize, gen: u32) -> TaskId {
+fn task_id(index: usize, gen: u16) -> TaskId {
     (gen as u64) << 32 | index as u64
 }
 
 struct Task {
-    gen: u32,
+    /// Bumped (wrapping) each time the slot is reused: a stale waker finds another generation,
+    /// or, 65,536 reuses later, polls the new task once for nothing (a spurious wake).
+    gen: u16,
     live: bool,
     queued: bool,
     fut: Option<Pin<Box<dyn Future<Output = ()>>>>,
-    waker: Option<Waker>,
 }
 
 /// What other threads need to wake a task of this runtime.
 struct Remote {
-    id: u64,
     queue: Mutex<Vec<TaskId>>,
     fd: Arc<WakeFd>,
 }
 
-struct TaskWaker {
-    task: TaskId,
-    remote: Arc<Remote>,
+/// The live runtimes, by slot: a waker names its runtime by slot (the top 16 bits of its data
+/// word). Read only by wakes from another thread; a slot is freed when its runtime drops.
+static REMOTES: Mutex<Vec<Option<Arc<Remote>>>> = Mutex::new(Vec::new());
+
+/// The waker of task `id` on the runtime in `slot`: no allocation, nothing owned.
+fn waker(slot: u16, id: TaskId) -> Waker {
+    crate::sys::waker::waker::<TaskWake>((slot as u64) << 48 | id)
 }
 
-impl Wake for TaskWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref()
-    }
+struct TaskWake;
 
-    fn wake_by_ref(self: &Arc<Self>) {
-        if CURRENT.with(Cell::get) == self.remote.id && with(|rt| rt.schedule(self.task)).is_some()
-        {
-            return;
-        }
-        self.remote
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(self.task);
-        self.remote.fd.wake();
+impl crate::sys::waker::WakeWord for TaskWake {
+    fn wake(word: u64) {
+        wake_task(word)
+    }
+}
+
+/// Wakes the task a waker's word names: on its worker's thread a push onto the run queue,
+/// from another thread through the runtime's queue and eventfd.
+fn wake_task(word: u64) {
+    let slot = (word >> 48) as u16;
+    let task = word & 0xffff_ffff_ffff;
+    if CURRENT.try_with(Cell::get) == Ok(slot as u32 + 1) && with(|rt| rt.schedule(task)).is_some()
+    {
+        return;
+    }
+    // Another thread (or this one while its runtime is not reachable).
+    let remote = REMOTES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(slot as usize)
+        .cloned()
+        .flatten();
+    if let Some(r) = remote {
+        r.queue.lock().unwrap_or_else(|p| p.into_inner()).push(task);
+        r.fd.wake();
     }
 }
 
@@ -97,18 +115,18 @@ pub struct Runtime {
     free: RefCell<Vec<usize>>,
     runq: RefCell<VecDeque<TaskId>>,
     remote: Arc<Remote>,
+    /// This runtime's slot in [`REMOTES`].
+    slot: u16,
     timers: time::Timers,
     /// fds whose last owner was dropped inside the ring (an op's slot freed while reaping):
     /// closed by ring ops at the end of the turn.
     closes: RefCell<Vec<std::os::fd::OwnedFd>>,
 }
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
 thread_local! {
     static RT: RefCell<Option<Rc<Runtime>>> = const { RefCell::new(None) };
-    /// Id of the runtime running on this thread (0: none).
-    static CURRENT: Cell<u64> = const { Cell::new(0) };
+    /// Slot + 1 of the runtime running on this thread (0: none).
+    static CURRENT: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Runs `f` with this thread's ring runtime, if it has one.
@@ -144,16 +162,29 @@ impl Runtime {
     pub fn new(entries: u32, setup: Setup) -> io::Result<Runtime> {
         let fd = Arc::new(WakeFd::new()?);
         let ring = Ring::new(entries, setup, fd.clone())?;
+        let remote = Arc::new(Remote {
+            queue: Mutex::new(Vec::new()),
+            fd,
+        });
+        let slot = {
+            let mut remotes = REMOTES.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = match remotes.iter().position(Option::is_none) {
+                Some(i) => i,
+                None => {
+                    remotes.push(None);
+                    remotes.len() - 1
+                }
+            };
+            remotes[slot] = Some(remote.clone());
+            u16::try_from(slot).map_err(|_| io::Error::other("too many ring runtimes"))?
+        };
         Ok(Runtime {
             ring: RefCell::new(ring),
             tasks: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
             runq: RefCell::new(VecDeque::new()),
-            remote: Arc::new(Remote {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                queue: Mutex::new(Vec::new()),
-                fd,
-            }),
+            remote,
+            slot,
             timers: time::Timers::default(),
             closes: RefCell::new(Vec::new()),
         })
@@ -167,9 +198,8 @@ impl Runtime {
     /// alive and lets the ring reap what they had in flight.
     pub fn block_on<F: Future<Output = ()> + 'static>(self, main: F) {
         let rt = Rc::new(self);
-        let id = rt.remote.id;
         RT.with(|r| *r.borrow_mut() = Some(rt.clone()));
-        CURRENT.with(|c| c.set(id));
+        CURRENT.with(|c| c.set(rt.slot as u32 + 1));
         // Set when `main` ends, by returning or by a panic (the task is dropped then): a
         // worker whose main loop died must not run on without it.
         let done = Rc::new(Cell::new(false));
@@ -189,7 +219,6 @@ impl Runtime {
                 .iter_mut()
                 .filter_map(|t| {
                     t.live = false;
-                    t.waker = None;
                     t.fut.take()
                 })
                 .collect();
@@ -275,7 +304,6 @@ impl Runtime {
                 live: false,
                 queued: false,
                 fut: None,
-                waker: None,
             });
             tasks.len() - 1
         });
@@ -285,10 +313,6 @@ impl Runtime {
         t.live = true;
         t.queued = true;
         t.fut = Some(fut);
-        t.waker = Some(Waker::from(Arc::new(TaskWaker {
-            task: id,
-            remote: self.remote.clone(),
-        })));
         self.runq.borrow_mut().push_back(id);
     }
 
@@ -297,7 +321,7 @@ impl Runtime {
         let Some(t) = tasks.get_mut((id & 0xffff_ffff) as usize) else {
             return;
         };
-        if t.live && t.gen == (id >> 32) as u32 && !t.queued {
+        if t.live && t.gen == (id >> 32) as u16 && !t.queued {
             t.queued = true;
             self.runq.borrow_mut().push_back(id);
         }
@@ -305,18 +329,19 @@ impl Runtime {
 
     fn poll_task(&self, id: TaskId) {
         let index = (id & 0xffff_ffff) as usize;
-        let (mut fut, waker) = {
+        let mut fut = {
             let mut tasks = self.tasks.borrow_mut();
             let t = &mut tasks[index];
-            if !t.live || t.gen != (id >> 32) as u32 {
+            if !t.live || t.gen != (id >> 32) as u16 {
                 return;
             }
             t.queued = false;
-            match (t.fut.take(), t.waker.take()) {
-                (Some(f), Some(w)) => (f, w),
-                _ => return,
+            match t.fut.take() {
+                Some(f) => f,
+                None => return,
             }
         };
+        let waker = waker(self.slot, id);
         let mut cx = Context::from_waker(&waker);
         let r = std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
         match r {
@@ -324,7 +349,6 @@ impl Runtime {
                 let mut tasks = self.tasks.borrow_mut();
                 let t = &mut tasks[index];
                 t.fut = Some(fut);
-                t.waker = Some(waker);
             }
             Ok(Poll::Ready(())) | Err(_) => {
                 if r.is_err() {
@@ -338,8 +362,18 @@ impl Runtime {
                 self.free.borrow_mut().push(index);
                 // Dropped with no borrow held: its drops may touch the ring or wake tasks.
                 drop(fut);
-                drop(waker);
             }
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        // From now on a wake from another thread for one of its tasks finds no runtime (or, once
+        // the slot is reused, is a spurious wake of the new runtime: harmless).
+        let mut remotes = REMOTES.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = remotes.get_mut(self.slot as usize) {
+            *r = None;
         }
     }
 }
