@@ -95,7 +95,7 @@ pub fn run<'a, D: Driver>(
         // task for the tunnel's whole life (the layout keeps their slots).
         let idle = gen.config.timeouts.tunnel_idle.as_ref();
         let stats = backend.guard.stats();
-        let ask = &registered.ask;
+        let ask = &registered;
         let s = &backend.stream;
         let (end, moved) = match passed {
             Err(end) => (end, tunnel::Moved::default()),

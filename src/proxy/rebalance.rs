@@ -24,7 +24,6 @@
 //!   own tunnels, its share of a backend's excess in proportion to the tunnels it holds there,
 //!   minus those it already asked to end. Replicas each do the same with their own tunnels.
 
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,7 +32,7 @@ use crate::config::Rebalance;
 use crate::metrics::MoveReason;
 use crate::state::{Generation, UpstreamRt};
 
-use super::lifecycle::{Ask, Ending, Tunnels};
+use super::lifecycle::{Ending, Tunnels};
 use super::Worker;
 
 /// One pass of every rebalancing upstream over this worker's tunnels.
@@ -104,8 +103,8 @@ struct Over {
     /// This worker's tunnels there, and how many of them were already asked to end.
     mine: u64,
     asked: u64,
-    /// This worker's tunnels there that may be moved, with when they opened.
-    candidates: Vec<(Instant, Rc<Ask>)>,
+    /// This worker's tunnels there that may be moved: when they opened, their registry index.
+    candidates: Vec<(Instant, usize)>,
 }
 
 /// Other policies: marks backends over `(1 + tolerance) ×` their fair share as shedding and
@@ -121,7 +120,7 @@ fn by_fair_share(
     if over.is_empty() {
         return Vec::new();
     }
-    tunnels.for_each(|e| {
+    tunnels.for_each_indexed(|i, e| {
         if *e.upstream != *u.cfg.name {
             return;
         }
@@ -135,7 +134,7 @@ fn by_fair_share(
         if e.ask.asked().is_some() {
             o.asked += 1;
         } else {
-            o.candidates.push((e.opened, e.ask.clone()));
+            o.candidates.push((e.opened, i));
         }
     });
     let mut moved = Vec::new();
@@ -143,11 +142,12 @@ fn by_fair_share(
         let quota = quota(o);
         o.candidates
             .sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
-        for (_, ask) in o.candidates.iter().take(quota) {
+        // Asked after the pass over the registry, in the same turn: the indices still hold.
+        for &(_, i) in o.candidates.iter().take(quota) {
             if !u.lb.rebalance_bucket().take(now_ms, cfg.max_per_second) {
                 return moved;
             }
-            ask.ask(Ending::Rebalance);
+            tunnels.ask(i, Ending::Rebalance);
             moved.push(MoveReason::FairShare);
         }
     }

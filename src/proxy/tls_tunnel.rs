@@ -31,7 +31,7 @@ use crate::tls::TlsStream;
 
 use super::client::Peer;
 use super::frames::{Framing, Then};
-use super::lifecycle::Ask;
+use super::lifecycle::Registered;
 use super::tunnel::{supervise, Counted, Dir, DirError, End, Ends, Frames, Moved};
 use super::Worker;
 
@@ -44,7 +44,7 @@ pub async fn run<D: Driver>(
     backend: &Peer<D>,
     idle: Option<&Duration>,
     stats: &BackendStats,
-    ask: &Ask,
+    ask: &Registered<'_>,
     frames: Option<&Frames<'_>>,
 ) -> (End, Moved) {
     let up = Counted::new(stats, Dir::Up);

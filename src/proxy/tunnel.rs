@@ -29,7 +29,7 @@ use crate::sys;
 use crate::sys::pipe::Pipe;
 
 use super::frames::{self, Closing, Framing, Then};
-use super::lifecycle::{Ask, Ending};
+use super::lifecycle::{Ending, Registered};
 use super::Worker;
 
 #[path = "tunnel_ring.rs"]
@@ -154,7 +154,7 @@ pub(super) struct Shared<'a, D: Driver> {
     client: &'a Stream<D>,
     backend: &'a Stream<D>,
     idle: Option<&'a Duration>,
-    ask: &'a Ask,
+    ask: &'a Registered<'a>,
     frames: Option<&'a Frames<'a>>,
     up: Counted<'a>,
     down: Counted<'a>,
@@ -171,7 +171,7 @@ impl<'a, D: Driver> Shared<'a, D> {
         backend: &'a Stream<D>,
         idle: Option<&'a Duration>,
         stats: &'a BackendStats,
-        ask: &'a Ask,
+        ask: &'a Registered<'a>,
         frames: Option<&'a Frames<'a>>,
     ) -> Self {
         let ring = match (D::ring_sock(client), D::ring_sock(backend)) {
@@ -282,7 +282,7 @@ pub async fn run<D: Driver>(
     backend: &Stream<D>,
     idle: Option<&Duration>,
     stats: &BackendStats,
-    ask: &Ask,
+    ask: &Registered<'_>,
     frames: Option<&Frames<'_>>,
 ) -> (End, Moved) {
     let t = Shared::<D>::new(w, client, backend, idle, stats, ask, frames);

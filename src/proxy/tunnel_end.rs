@@ -15,7 +15,7 @@ use crate::sys::socket;
 
 use super::{DirError, End, Graceful};
 use crate::proxy::frames::{self, Cause, Closing};
-use crate::proxy::lifecycle::{Ask, Ending};
+use crate::proxy::lifecycle::{Ending, Registered};
 
 /// What the supervisor of a tunnel watches besides its directions: the two sockets (FIN or
 /// RST at the end), the idle timeout and when a byte last moved, the lifecycle tick's [`Ask`],
@@ -26,7 +26,7 @@ pub(in crate::proxy) struct Ends<'a, 'g> {
     pub backend: &'a TcpStream,
     pub idle: Option<&'a Duration>,
     pub last: &'a Cell<Instant>,
-    pub ask: &'a Ask,
+    pub ask: &'a Registered<'a>,
     pub graceful: Option<Graceful<'g>>,
 }
 
@@ -180,7 +180,7 @@ impl<'g> Supervisor<'g> {
                 self.timer = None;
             }
         }
-        if let Poll::Ready(why) = e.ask.poll_wait(cx) {
+        if let Poll::Ready(why) = e.ask.poll_asked(cx) {
             return Some(why);
         }
         if self
