@@ -116,7 +116,7 @@ impl Ring {
             }
             return;
         }
-        s.results.push_back(cqe);
+        s.push_result(cqe);
         if let Some(w) = s.waker.take() {
             w.wake();
         }
