@@ -1,6 +1,6 @@
 //! A connection becoming a tunnel: after a verified `101` (http mode) or right after the backend
-//! connect (tcp mode), both sockets move into [`run`], which runs the tunnel and accounts for it
-//! when it ends (bytes were counted by the tunnel as they moved; here: the access-log line, the
+//! connect (tcp mode), both sockets move into a task of their own ([`spawn`]), whose [`run`]
+//! runs the tunnel and accounts for it when it ends (bytes were counted by the tunnel as they moved; here: the access-log line, the
 //! lifetime histogram, how it ended). Both modes share it, so a tunnel is a tunnel whatever
 //! started it.
 
@@ -23,15 +23,15 @@ use super::{access, tls_tunnel, tunnel, Worker};
 
 /// Who a tunnel is for, for the access log: held by the tunnel's task for the tunnel's whole
 /// life, so only what the log line needs, each once.
-pub struct Who {
-    pub client: SocketAddr,
-    pub listener: Arc<str>,
+struct Who {
+    client: SocketAddr,
+    listener: Arc<str>,
     /// The upstream's index in the generation.
-    pub upstream: u32,
+    upstream: u32,
     /// 101 for an upgraded tunnel, 0 in tcp mode.
-    pub status: u16,
+    status: u16,
     /// The upgrade request, when the access log is on (never in tcp mode).
-    pub request: Option<Box<access::RequestInfo>>,
+    request: Option<Box<access::RequestInfo>>,
 }
 
 /// Runs the tunnel between `client` and `backend` to its end, then accounts for it. `early`:
@@ -42,7 +42,7 @@ pub struct Who {
 /// A plain fn returning an `async move` block, not an async fn, so the arguments are stored
 /// once in the tunnel's task (an async fn rebinds each to a local).
 #[allow(clippy::manual_async_fn)] // on purpose: see above
-pub fn run<'a, D: Driver>(
+fn run<'a, D: Driver>(
     w: &'a Worker,
     gen: &'a Generation,
     table: &'a Table,
@@ -223,14 +223,16 @@ pub fn early(up: Vec<u8>, down: Vec<u8>) -> Early {
     (!up.is_empty() || !down.is_empty()).then(|| Box::new((up, down)))
 }
 
-/// Continues an upgraded connection in a task of its own: the request task's future is sized
-/// for its largest state (header arrays, buffers), which an idle WebSocket should not keep; the
-/// tunnel task holds only the two sockets and its pumps.
+/// Continues an upgraded connection (`status` 101), or a tcp-mode one (0), in a task of its
+/// own: the connection's task is sized for its largest state (header arrays, buffers, a
+/// ClientHello, the connect), which an idle tunnel should not keep; the tunnel task holds only
+/// the two sockets and its pumps.
 pub fn spawn<D: Driver>(
     w: &std::rc::Rc<Worker>,
     gen: &Arc<Generation>,
     listener: Arc<str>,
     u: Upgraded<D>,
+    status: u16,
 ) {
     let w = w.clone();
     let gen = gen.clone();
@@ -250,7 +252,7 @@ pub fn spawn<D: Driver>(
         client: peer,
         listener,
         upstream: upstream as u32,
-        status: 101,
+        status,
         request,
     };
     crate::io::spawn_local(async move {

@@ -432,10 +432,7 @@ async fn serve<D: Driver>(
     };
     match lcfg.mode {
         Mode::Http => http::serve::<D>(w, &gen, lcfg, client, peer, buf, life).await,
-        Mode::Tcp => {
-            tcp::serve::<D>(w, &gen, lcfg, client, peer, buf).await;
-            drop(life);
-        }
+        Mode::Tcp => tcp::serve::<D>(w, &gen, lcfg, client, peer, buf, life).await,
     }
 }
 

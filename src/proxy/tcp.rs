@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::balance::KeySource;
 use crate::config::{ListenerConfig, SendProxy};
@@ -41,13 +42,16 @@ impl KeySource for TcpKey {
     }
 }
 
+/// Serves a tcp-mode connection up to its tunnel, which continues in a task of its own
+/// ([`handoff::spawn`]), holding `life` to its end.
 pub async fn serve<D: Driver>(
     w: &Rc<Worker>,
-    gen: &Generation,
+    gen: &Arc<Generation>,
     lcfg: &ListenerConfig,
     client: Client<D>,
     peer: SocketAddr,
     mut early: Vec<u8>,
+    life: super::ConnLife,
 ) {
     let cfg = &gen.config;
     let mut key = TcpKey {
@@ -103,15 +107,20 @@ pub async fn serve<D: Driver>(
     drop(hello);
     drop(early);
 
-    let who = handoff::Who {
-        client: peer,
-        listener: lcfg.name.clone(),
-        upstream: up_index as u32,
-        status: 0,
+    // The tunnel gets a task of its own: this one is sized for the ClientHello and the
+    // connect (6.7 KiB with the listener's state), which an idle device's tunnel should not
+    // keep.
+    let u = handoff::Upgraded {
+        client,
+        backend,
+        table,
+        upstream: up_index,
+        peer,
         request: None,
+        life,
+        early: None, // written above, with the PROXY header
     };
-    let mut early = None; // tcp mode wrote its early bytes itself
-    handoff::run::<D>(w, gen, &table, &client, &backend, &who, &mut early).await;
+    handoff::spawn(w, gen, lcfg.name.clone(), u, 0);
 }
 
 /// Bytes a ClientHello may take on the wire: the largest handshake message plus the headers of

@@ -185,7 +185,7 @@ impl<D: Driver> Conn<'_, D> {
             life,
             early: handoff::early(self.buf, self.rbuf),
         };
-        handoff::spawn(self.w, self.gen, self.lcfg.name.clone(), u);
+        handoff::spawn(self.w, self.gen, self.lcfg.name.clone(), u, 101);
     }
 }
 
