@@ -53,17 +53,7 @@ fn run<'a, D: Driver>(
 ) -> impl std::future::Future<Output = ()> + use<'a, D> {
     async move {
         let up = &gen.upstreams[who.upstream as usize];
-        let registered = w.tunnels().register(lifecycle::Entry {
-            ask: Default::default(),
-            upstream: up.cfg.name.clone(),
-            backend: backend.guard.stats().clone(),
-            key: backend
-                .key_hash
-                .zip(table.key_source())
-                .map(|(hash, source)| lifecycle::PlacedKey { hash, source }),
-            opened: Instant::now(),
-            websocket: who.status == 101,
-        });
+        let registered = register(w, up, table, backend, who);
         // WebSocket tunnels track frames unless the upstream opts out; raw tcp tunnels never do.
         // A TLS backend (upstream TLS) is not tracked yet: its tunnel is a blind pipe.
         let tracked = who.status == 101
@@ -102,7 +92,7 @@ fn run<'a, D: Driver>(
             Ok(()) => match (client, s) {
                 (Client::Plain(c), Client::Plain(b)) => {
                     // The tunnel's shared part lives here, and the tunnel lends it: through
-                    // `tunnel::run` every argument would be stored once more.
+                    // a future of its own, every argument would be stored once more.
                     let t = tunnel::Shared::<D>::new(w, c, b, idle, stats, ask, frames.as_ref());
                     let end = tunnel::Tunnel::new(&t).await;
                     (end, t.moved())
@@ -124,32 +114,68 @@ fn run<'a, D: Driver>(
                 }
             },
         };
-        // Looked up again, not kept across the tunnel's life (8 bytes more in every task).
-        let up = &gen.upstreams[who.upstream as usize];
         // When it opened, from its registry entry: a copy would ride in the task all along.
         let started = registered.opened();
         drop(registered);
-        access::log(
-            &gen.config.log,
-            access::Entry {
-                client: who.client,
-                listener: &who.listener[..],
-                upstream: &up.cfg.name,
-                backend: table.name(backend.index).unwrap_or("-"),
-                backend_addr: table.addr(backend.index),
-                request: who.request.as_deref(),
-                status: who.status,
-                started,
-                bytes_up: moved.up,
-                bytes_down: moved.down,
-                end: end.as_str(),
-            },
-        );
-        w.counters()
-            .tunnel_lifetime
-            .observe_us(started.elapsed().as_micros() as u64);
-        count_end(w, up, end);
+        account(w, gen, table, backend.index, who, started, end, moved);
     }
+}
+
+/// The tunnel's place in the worker's registry (the lifecycle tick's view of it).
+fn register<'w, D: Driver>(
+    w: &'w Worker,
+    up: &crate::state::UpstreamRt,
+    table: &Table,
+    backend: &Connected<D>,
+    who: &Who,
+) -> lifecycle::Registered<'w> {
+    w.tunnels().register(lifecycle::Entry {
+        ask: Default::default(),
+        upstream: up.cfg.name.clone(),
+        backend: backend.guard.stats().clone(),
+        key: backend
+            .key_hash
+            .zip(table.key_source())
+            .map(|(hash, source)| lifecycle::PlacedKey { hash, source }),
+        opened: Instant::now(),
+        websocket: who.status == 101,
+    })
+}
+
+/// Accounts for an ended tunnel: its access-log line, its lifetime, how it ended.
+#[allow(clippy::too_many_arguments)]
+fn account(
+    w: &Worker,
+    gen: &Generation,
+    table: &Table,
+    index: usize,
+    who: &Who,
+    started: Instant,
+    end: tunnel::End,
+    moved: tunnel::Moved,
+) {
+    // Looked up again, not kept across the tunnel's life (8 bytes more in every task).
+    let up = &gen.upstreams[who.upstream as usize];
+    access::log(
+        &gen.config.log,
+        access::Entry {
+            client: who.client,
+            listener: &who.listener[..],
+            upstream: &up.cfg.name,
+            backend: table.name(index).unwrap_or("-"),
+            backend_addr: table.addr(index),
+            request: who.request.as_deref(),
+            status: who.status,
+            started,
+            bytes_up: moved.up,
+            bytes_down: moved.down,
+            end: end.as_str(),
+        },
+    );
+    w.counters()
+        .tunnel_lifetime
+        .observe_us(started.elapsed().as_micros() as u64);
+    count_end(w, up, end);
 }
 
 /// Counts how a tunnel ended: the error kinds, and a gateway ping that found no client.

@@ -32,11 +32,11 @@ use crate::tls::TlsStream;
 use super::client::Peer;
 use super::frames::{Framing, Then};
 use super::lifecycle::Registered;
-use super::tunnel::{supervise, Counted, Dir, DirError, End, Ends, Frames, Moved};
+use super::tunnel::{supervise, Counted, Dir, DirError, End, Ends, Frames, Moved, Shared, Tunnel};
 use super::Worker;
 
 /// Runs a tunnel with at least one TLS side until both directions are done, one side resets,
-/// it idles out or the lifecycle ends it. (A plain pair is `tunnel::run`'s; it is passed on.)
+/// it idles out or the lifecycle ends it. (A plain pair runs as a [`Tunnel`].)
 #[allow(clippy::too_many_arguments)]
 pub async fn run<D: Driver>(
     w: &Worker,
@@ -77,8 +77,11 @@ pub async fn run<D: Driver>(
             let b = std::pin::pin!(relay::<D>(b, c, &down, &last));
             supervise(a, b, &ends(None)).await
         }
+        // Not reached from `handoff`, which runs a plain pair as a `Tunnel` itself.
         (Peer::Plain(c), Peer::Plain(b)) => {
-            return super::tunnel::run::<D>(w, c, b, idle, stats, ask, frames).await;
+            let t = Shared::<D>::new(w, c, b, idle, stats, ask, frames);
+            let end = Tunnel::new(&t).await;
+            return (end, t.moved());
         }
     };
     (end, Moved::flushed(&up, &down))

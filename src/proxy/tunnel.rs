@@ -275,21 +275,6 @@ impl<D: Driver> Future for Tunnel<'_, D> {
     }
 }
 
-/// Runs a plain tunnel to its end (for a caller that does not hold the [`Shared`] part).
-pub async fn run<D: Driver>(
-    w: &Worker,
-    client: &Stream<D>,
-    backend: &Stream<D>,
-    idle: Option<&Duration>,
-    stats: &BackendStats,
-    ask: &Registered<'_>,
-    frames: Option<&Frames<'_>>,
-) -> (End, Moved) {
-    let t = Shared::<D>::new(w, client, backend, idle, stats, ask, frames);
-    let end = Tunnel::new(&t).await;
-    (end, t.moved())
-}
-
 #[derive(Clone, Copy)]
 pub(super) enum Dir {
     Up,
@@ -406,17 +391,7 @@ async fn pump<D: Driver>(
 
     loop {
         // 1. Flush whatever dst could not take last time.
-        if !pending.is_empty() {
-            rio::write_all::<D>(dst, &pending)
-                .await
-                .map_err(DirError::Dst)?;
-            pending = Vec::new(); // idle directions hold no buffer
-        }
-        if let Some(mut p) = held.take() {
-            let r = drain_pipe::<D>(dst, &mut p).await;
-            w.put_pipe(p);
-            r.map_err(DirError::Dst)?;
-        }
+        flush::<D>(w, dst, &mut pending, &mut held).await?;
         if f.is_some_and(|f| f.must_close()) {
             return Ok(PumpEnd::Close);
         }
@@ -441,19 +416,7 @@ async fn pump<D: Driver>(
                 Some(mut p) => {
                     let r = src
                         .read_with_hint(likely_ready, |s| {
-                            let n = p.fill_from_max(s.as_fd(), limit)?;
-                            if n > 0 {
-                                if let Some(f) = f {
-                                    f.skip(n as u64);
-                                }
-                                // Push it on right away: usually dst takes it all.
-                                match p.drain_to(dst.get_ref().as_fd()) {
-                                    Ok(_) => {}
-                                    Err(e) if sys::would_block(&e) => {}
-                                    Err(e) => return Ok(Err(e)),
-                                }
-                            }
-                            Ok(Ok(n))
+                            splice_batch(s, dst.get_ref(), &mut p, limit, f)
                         })
                         .await;
                     let n = match r {
@@ -493,40 +456,8 @@ async fn pump<D: Driver>(
                 }
             }
         } else {
-            let op = |mut s: &TcpStream| {
-                w.with_scratch(|buf| {
-                    let n = s.read(buf)?;
-                    if n == 0 {
-                        return Ok(Ok(0));
-                    }
-                    let pass = match f {
-                        Some(f) => {
-                            // The client's answer to a gateway ping is not the backend's.
-                            let mut len = n;
-                            if let Some((a, b)) = f.find_pong(&buf[..n]) {
-                                buf.copy_within(b..n, a);
-                                len -= b - a;
-                                f.pong_taken();
-                            }
-                            let (pass, then) = f.scan(&buf[..len]);
-                            if then == Then::Close {
-                                f.discard(&buf[pass..len]);
-                            }
-                            pass
-                        }
-                        None => n,
-                    };
-                    let mut d: &TcpStream = dst.get_ref();
-                    let written = match d.write(&buf[..pass]) {
-                        Ok(k) => k,
-                        Err(e) if sys::would_block(&e) => 0,
-                        Err(e) => return Ok(Err(e)),
-                    };
-                    if written < pass {
-                        pending.extend_from_slice(&buf[written..pass]);
-                    }
-                    Ok(Ok(n))
-                })
+            let op = |s: &TcpStream| {
+                w.with_scratch(|buf| copy_batch(s, dst.get_ref(), buf, f, &mut pending))
             };
             let Some(r) = frames::read_or_stop::<D, _>(src, f, false, op).await else {
                 continue;
@@ -546,16 +477,7 @@ async fn pump<D: Driver>(
 
         if n == 0 {
             // EOF from src: pass the half-close on, after flushing what is still pending.
-            if !pending.is_empty() {
-                rio::write_all::<D>(dst, &pending)
-                    .await
-                    .map_err(DirError::Dst)?;
-            }
-            if let Some(mut p) = held.take() {
-                let r = drain_pipe::<D>(dst, &mut p).await;
-                w.put_pipe(p);
-                r.map_err(DirError::Dst)?;
-            }
+            flush::<D>(w, dst, &mut pending, &mut held).await?;
             rio::shutdown_write::<D>(dst);
             return Ok(PumpEnd::Eof);
         }
@@ -567,6 +489,95 @@ async fn pump<D: Driver>(
             leave = true; // after flushing what dst has not taken yet
         }
     }
+}
+
+/// One splice batch of the pump: src → the pipe (at most `limit` bytes), passed on to dst at
+/// once as far as it takes them. `Err`: src failed; `Ok(Err)`: dst failed; else the bytes read.
+fn splice_batch(
+    src: &TcpStream,
+    dst: &TcpStream,
+    p: &mut Pipe,
+    limit: usize,
+    f: Option<&Framing<'_>>,
+) -> io::Result<io::Result<usize>> {
+    let n = p.fill_from_max(src.as_fd(), limit)?;
+    if n > 0 {
+        if let Some(f) = f {
+            f.skip(n as u64);
+        }
+        // Push it on right away: usually dst takes it all.
+        match p.drain_to(dst.as_fd()) {
+            Ok(_) => {}
+            Err(e) if sys::would_block(&e) => {}
+            Err(e) => return Ok(Err(e)),
+        }
+    }
+    Ok(Ok(n))
+}
+
+/// One copy batch of the pump: a read into the core's scratch buffer `buf`, scanned when
+/// tracked (a gateway ping's answer taken out, nothing passed beyond the Close boundary), then
+/// written to dst; what dst does not take now waits in `pending`. `Err`: src failed;
+/// `Ok(Err)`: dst failed; else the bytes read (0: src's EOF).
+fn copy_batch(
+    mut src: &TcpStream,
+    mut dst: &TcpStream,
+    buf: &mut [u8],
+    f: Option<&Framing<'_>>,
+    pending: &mut Vec<u8>,
+) -> io::Result<io::Result<usize>> {
+    let n = src.read(buf)?;
+    if n == 0 {
+        return Ok(Ok(0));
+    }
+    let pass = match f {
+        Some(f) => {
+            // The client's answer to a gateway ping is not the backend's.
+            let mut len = n;
+            if let Some((a, b)) = f.find_pong(&buf[..n]) {
+                buf.copy_within(b..n, a);
+                len -= b - a;
+                f.pong_taken();
+            }
+            let (pass, then) = f.scan(&buf[..len]);
+            if then == Then::Close {
+                f.discard(&buf[pass..len]);
+            }
+            pass
+        }
+        None => n,
+    };
+    let written = match dst.write(&buf[..pass]) {
+        Ok(k) => k,
+        Err(e) if sys::would_block(&e) => 0,
+        Err(e) => return Ok(Err(e)),
+    };
+    if written < pass {
+        pending.extend_from_slice(&buf[written..pass]);
+    }
+    Ok(Ok(n))
+}
+
+/// Passes on what dst could not take yet: the pump's pending copied bytes, then its held pipe
+/// (given back to the pool). An idle direction is left holding neither.
+async fn flush<D: Driver>(
+    w: &Worker,
+    dst: &Stream<D>,
+    pending: &mut Vec<u8>,
+    held: &mut Option<Pipe>,
+) -> Result<(), DirError> {
+    if !pending.is_empty() {
+        rio::write_all::<D>(dst, pending)
+            .await
+            .map_err(DirError::Dst)?;
+        *pending = Vec::new();
+    }
+    if let Some(mut p) = held.take() {
+        let r = drain_pipe::<D>(dst, &mut p).await;
+        w.put_pipe(p);
+        r.map_err(DirError::Dst)?;
+    }
+    Ok(())
 }
 
 async fn drain_pipe<D: Driver>(dst: &Stream<D>, p: &mut Pipe) -> io::Result<()> {
