@@ -77,6 +77,9 @@ pub struct CompareConfig {
     pub gateways: Vec<GatewaySpec>,
     pub peers: Vec<Peer>,
     pub backends: usize,
+    /// Threads every gateway runs: HAProxy's `nbthread`, nginx's `worker_processes`, a
+    /// gateway command's `{WORKERS}`. `None`: one per core.
+    pub gateway_threads: Option<usize>,
     /// How long a gateway may take to start answering.
     pub startup_timeout: Duration,
     /// `--tls`: every gateway terminates TLS with one certificate made for this run (the
@@ -104,7 +107,7 @@ pub fn default_gateway(proto: Proto, tls: bool) -> Option<GatewaySpec> {
     Path::new(bin).exists().then(|| GatewaySpec {
         name: "ringway".into(),
         cmd: format!(
-            "{bin} run --admin '' --listen {{LISTEN}} --backend {{BACKENDS}} --mode {}{}",
+            "{bin} run --admin '' --workers {{WORKERS}} --listen {{LISTEN}} --backend {{BACKENDS}} --mode {}{}",
             match proto {
                 Proto::Ws => "http",
                 Proto::Tcp => "tcp",
@@ -197,6 +200,8 @@ pub struct CompareResult {
     pub size: usize,
     pub duration_s: f64,
     pub backends: Vec<String>,
+    /// Threads each gateway ran (`--gateway-threads`; one per core when not given).
+    pub gateway_threads: usize,
     pub targets: Vec<TargetResult>,
     /// Targets that could not be measured, with the reason.
     pub skipped: Vec<String>,
@@ -240,10 +245,16 @@ fn units(kind: Kind, r: &Report) -> (&'static str, f64) {
     }
 }
 
-/// Fills `{LISTEN}` and `{BACKENDS}`.
-pub fn render(cmd: &str, listen: &str, backends: &str) -> String {
+/// Fills `{LISTEN}`, `{BACKENDS}` and `{WORKERS}` (the threads every gateway gets).
+pub fn render(cmd: &str, listen: &str, backends: &str, workers: usize) -> String {
     cmd.replace("{LISTEN}", listen)
         .replace("{BACKENDS}", backends)
+        .replace("{WORKERS}", &workers.to_string())
+}
+
+/// The threads every gateway gets in this run: `--gateway-threads`, else one per core.
+pub fn gateway_threads(cfg: &CompareConfig, nproc: usize) -> usize {
+    cfg.gateway_threads.unwrap_or(nproc).max(1)
 }
 
 /// Fills `{CERT}`, `{KEY}` (PEM files like a Kubernetes TLS Secret's), `{PEM}` (both in one
@@ -394,7 +405,7 @@ pub fn haproxy_maxconn(nofile_hard: u64, splice: bool) -> u64 {
     (nofile_hard.saturating_sub(100 + pipes) / 2).max(1000)
 }
 
-/// HAProxy configuration for the Debian package: one thread per core, no logging, long
+/// HAProxy configuration for the Debian package: `threads` threads, no logging, long
 /// tunnel timeouts, round robin over the backends; with `splice`, `option splice-auto`.
 pub fn haproxy_config(
     proto: Proto,
@@ -440,12 +451,14 @@ pub fn haproxy_config(
     s
 }
 
-/// nginx configuration for the Debian package: a worker per core, logging off, the upgrade
-/// headers forwarded, hour-long read timeouts; a `stream {}` block for raw TCP.
+/// nginx configuration for the Debian package: `workers` worker processes (`None`: one per
+/// core), logging off, the upgrade headers forwarded, hour-long read timeouts; a `stream {}`
+/// block for raw TCP.
 pub fn nginx_config(
     proto: Proto,
     listen: &str,
     backends: &[String],
+    workers: Option<usize>,
     dir: &Path,
     nofile: u64,
     tls: Option<&CertSet>,
@@ -468,9 +481,10 @@ pub fn nginx_config(
     // for all of them (with nofile / 2, 9,000 idle clients lost 5-20% to "worker_connections
     // are not enough").
     let workers_conns = nofile.saturating_sub(100).clamp(1024, 65536);
+    let workers = workers.map_or("auto".to_string(), |n| n.max(1).to_string());
     let _ = write!(
         s,
-        "worker_processes auto;\ndaemon off;\nmaster_process on;\npid {d}/nginx.pid;\n\
+        "worker_processes {workers};\ndaemon off;\nmaster_process on;\npid {d}/nginx.pid;\n\
          error_log /dev/null crit;\nworker_rlimit_nofile {nofile};\n\
          events {{\n    worker_connections {workers_conns};\n}}\n"
     );
@@ -673,6 +687,7 @@ fn new_result(cfg: &CompareConfig, backends: &[String]) -> CompareResult {
         },
         duration_s: cfg.run.duration.as_secs_f64(),
         backends: backends.to_vec(),
+        gateway_threads: gateway_threads(cfg, Machine::detect().nproc),
         targets: vec![],
         skipped: vec![],
         tls: None,
@@ -781,7 +796,12 @@ fn gateway_command(
     let spec = &job.spec;
     Ok(Ok(match job.peer {
         None => {
-            let cmd = render(&spec.cmd, listen, &setup.backends.join(","));
+            let cmd = render(
+                &spec.cmd,
+                listen,
+                &setup.backends.join(","),
+                gateway_threads(cfg, setup.machine.nproc),
+            );
             let Some(c) = setup.certs else {
                 return Ok(Ok(cmd));
             };
@@ -804,7 +824,7 @@ fn gateway_command(
                 cfg.run.proto,
                 listen,
                 setup.backends,
-                setup.machine.nproc,
+                gateway_threads(cfg, setup.machine.nproc),
                 maxconn,
                 splice,
                 setup.certs,
@@ -818,6 +838,7 @@ fn gateway_command(
                 cfg.run.proto,
                 listen,
                 setup.backends,
+                cfg.gateway_threads,
                 &dir.0,
                 setup.machine.nofile_hard,
                 setup.certs,
@@ -1116,13 +1137,14 @@ mod tests {
     #[test]
     fn placeholders_are_filled() {
         let c = render(
-            "ringway run --listen {LISTEN} --backend {BACKENDS} --mode http",
+            "ringway run --listen {LISTEN} --backend {BACKENDS} --mode http --workers {WORKERS}",
             "127.0.0.1:9",
             "127.0.0.1:1,127.0.0.1:2",
+            1,
         );
         assert_eq!(
             c,
-            "ringway run --listen 127.0.0.1:9 --backend 127.0.0.1:1,127.0.0.1:2 --mode http"
+            "ringway run --listen 127.0.0.1:9 --backend 127.0.0.1:1,127.0.0.1:2 --mode http --workers 1"
         );
         assert_eq!(default_name("target/release/ringway run", 0), "ringway");
     }
@@ -1165,6 +1187,7 @@ mod tests {
             Proto::Ws,
             "127.0.0.1:9",
             &b,
+            None,
             Path::new("/tmp/x"),
             20000,
             None,
@@ -1189,11 +1212,22 @@ mod tests {
             Proto::Tcp,
             "127.0.0.1:9",
             &b,
+            None,
             Path::new("/tmp/x"),
             20000,
             None,
         );
         assert!(t.contains("stream {") && !t.contains("http {"));
+        let one = nginx_config(
+            Proto::Tcp,
+            "x",
+            &b,
+            Some(1),
+            Path::new("/tmp/x"),
+            20000,
+            None,
+        );
+        assert!(one.contains("worker_processes 1;"), "{one}");
     }
 
     #[test]
@@ -1205,7 +1239,7 @@ mod tests {
             let h = haproxy_config(proto, "127.0.0.1:9", &b, 2, 9000, false, Some(&c));
             let bind = format!("bind 127.0.0.1:9 ssl crt {}\n", c.combined.display());
             assert!(h.contains(&bind), "{h}");
-            let n = nginx_config(proto, "127.0.0.1:9", &b, &dir.0, 20000, Some(&c));
+            let n = nginx_config(proto, "127.0.0.1:9", &b, None, &dir.0, 20000, Some(&c));
             for needle in [
                 "listen 127.0.0.1:9 ssl;".to_string(),
                 format!("ssl_certificate {};", c.cert.display()),

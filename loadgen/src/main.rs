@@ -188,11 +188,31 @@ struct CompareArgs {
     /// Echo backends to start.
     #[arg(long, default_value_t = 3)]
     backends: usize,
+    /// Threads every gateway runs (HAProxy nbthread, nginx worker_processes, {WORKERS} in a
+    /// --gateway-cmd). Default: one per core. Every --gateway-cmd must then use {WORKERS}.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    gateway_threads: Option<u16>,
     /// How long a gateway may take to start forwarding.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     startup_timeout: Duration,
     #[command(flatten)]
     scenario_args: ScenarioArgs,
+}
+
+/// With `--gateway-threads`, every gateway command must take its thread count from
+/// `{WORKERS}`: one that keeps its own would not be compared like for like.
+fn check_gateway_threads(gateways: &[GatewaySpec], threads: Option<u16>) -> Result<()> {
+    if threads.is_none() {
+        return Ok(());
+    }
+    if let Some(g) = gateways.iter().find(|g| !g.cmd.contains("{WORKERS}")) {
+        bail!(
+            "--gateway-threads: gateway {:?} has no {{WORKERS}} in its command, so it would run \
+             its own thread count and the comparison would not be like for like",
+            g.name
+        );
+    }
+    Ok(())
 }
 
 /// "5s", "250ms", "2m", "1h", "1.5" (seconds).
@@ -453,12 +473,14 @@ async fn compare_cmd(a: CompareArgs) -> Result<()> {
     if gateways.iter().any(|g| !g.cmd.contains("{LISTEN}")) {
         bail!("every --gateway-cmd needs {{LISTEN}} (and usually {{BACKENDS}})");
     }
+    check_gateway_threads(&gateways, a.gateway_threads)?;
     let cfg = CompareConfig {
         kind: a.scenario,
         run,
         gateways,
         peers: a.peer.clone(),
         backends: a.backends.clamp(1, 64),
+        gateway_threads: a.gateway_threads.map(usize::from),
         startup_timeout: a.startup_timeout,
         tls: s.tls.tls.then_some(compare::TlsCompare {
             resume: !s.tls.no_resume,
@@ -568,6 +590,29 @@ mod tests {
         assert_eq!(a.peer, vec![Peer::Haproxy, Peer::Nginx]);
         assert_eq!(a.scenario_args.conns, Some(100));
         assert!(a.scenario_args.json);
+    }
+
+    #[test]
+    fn gateway_threads_need_every_command_to_take_them() {
+        let c = Cli::try_parse_from(["loadgen", "compare", "--gateway-threads", "1"]).unwrap();
+        let Cmd::Compare(a) = c.cmd else { panic!() };
+        assert_eq!(a.gateway_threads, Some(1));
+        for bad in ["0", "-1", "x", "1025"] {
+            assert!(
+                Cli::try_parse_from(["loadgen", "compare", "--gateway-threads", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        let spec = |cmd: &str| GatewaySpec {
+            name: "g".into(),
+            cmd: cmd.into(),
+        };
+        let takes = spec("gw --workers {WORKERS} {LISTEN}");
+        let keeps = spec("gw {LISTEN}");
+        assert!(check_gateway_threads(&[takes.clone()], Some(1)).is_ok());
+        assert!(check_gateway_threads(&[keeps.clone()], None).is_ok());
+        let e = check_gateway_threads(&[takes, keeps], Some(2)).unwrap_err();
+        assert!(e.to_string().contains("{WORKERS}"), "{e}");
     }
 
     #[test]

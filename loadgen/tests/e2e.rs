@@ -132,6 +132,7 @@ async fn compare_reports_direct_and_skips_broken_or_missing_gateways() {
             vec![Peer::Nginx]
         },
         backends: 2,
+        gateway_threads: None,
         startup_timeout: Duration::from_secs(3),
         tls: None,
     };
@@ -202,10 +203,15 @@ asyncio.run(main())
         run,
         gateways: vec![GatewaySpec {
             name: "pyproxy".into(),
-            cmd: format!("exec python3 {} {{LISTEN}} {{BACKENDS}}", path.display()),
+            // {WORKERS} is rendered even for a gateway that ignores it.
+            cmd: format!(
+                "exec python3 {} {{LISTEN}} {{BACKENDS}} {{WORKERS}}",
+                path.display()
+            ),
         }],
         peers: vec![],
         backends: 2,
+        gateway_threads: Some(1),
         startup_timeout: Duration::from_secs(10),
         tls: None,
     };
@@ -214,6 +220,12 @@ asyncio.run(main())
     assert_eq!(r.targets.len(), 2);
     let gw = &r.targets[1];
     assert_eq!(gw.report.survived, Some(20), "{}", gw.report.human());
+    assert_eq!(r.gateway_threads, 1);
+    assert!(
+        gw.command.as_deref().unwrap().ends_with(" 1"),
+        "{:?}",
+        gw.command
+    );
     let cost = gw.gateway.as_ref().unwrap();
     assert!(cost.rss_bytes_end > 0 && cost.processes >= 1 && cost.threads >= 1);
     assert!(cost.rss_per_conn_bytes.is_some());

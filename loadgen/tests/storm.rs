@@ -201,6 +201,7 @@ asyncio.run(main())
         }],
         peers: vec![],
         backends: 2,
+        gateway_threads: None,
         startup_timeout: Duration::from_secs(10),
         tls: None,
     };
@@ -244,6 +245,7 @@ async fn haproxy_splice_peer_forwards() {
             gateways: vec![],
             peers: vec![Peer::HaproxySplice],
             backends: 2,
+            gateway_threads: None,
             startup_timeout: Duration::from_secs(10),
             tls: None,
         };

@@ -327,6 +327,7 @@ fn compare_cfg(kind: Kind, proto: Proto, resume: bool) -> CompareConfig {
         gateways: vec![],
         peers: vec![],
         backends: 2,
+        gateway_threads: None,
         startup_timeout: Duration::from_secs(10),
         tls: Some(TlsCompare { resume }),
     }
