@@ -12,10 +12,11 @@
 #   ONLY="$(bash benches/compare/run.sh --list-tls)" bash benches/compare/run.sh ...  # TLS only
 #   RW=../other/target/release/ringway bash benches/compare/run.sh ...  # another ringway build
 #
-# Needs: cargo build --release --workspace. Installs haproxy, nginx and nginx's stream module
-# with apt-get when they are missing and it can (root); peers that are still missing are
-# skipped, and the JSON says so. Every gateway gets the same cores as the load generator: on
-# a 2-core machine they compete, so CPU per message is the comparable figure, not msgs/s.
+# Needs: cargo build --release --workspace (ringway, loadgen, ring-relay). Installs haproxy,
+# nginx and nginx's stream module with apt-get when they are missing and it can (root); peers
+# that are still missing are skipped, and the JSON says so. Every gateway gets the same cores
+# as the load generator: on a 2-core machine they compete, so CPU per message is the
+# comparable figure, not msgs/s.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # The TLS section's scenarios, with the plaintext runs its table sets beside them.
@@ -46,10 +47,27 @@ fi
 
 # One worker per core for every gateway (ringway, haproxy nbthread, nginx worker_processes).
 gateways=(
-    --gateway-cmd "$RW run --admin '' --io uring --listen {LISTEN} --backend {BACKENDS} --mode MODE" --name ringway-uring
-    --gateway-cmd "$RW run --admin '' --io epoll --listen {LISTEN} --backend {BACKENDS} --mode MODE" --name ringway-epoll
+    --gateway-cmd "$RW run --admin '' --io uring --workers {WORKERS} --listen {LISTEN} --backend {BACKENDS} --mode MODE" --name ringway-uring
+    --gateway-cmd "$RW run --admin '' --io epoll --workers {WORKERS} --listen {LISTEN} --backend {BACKENDS} --mode MODE" --name ringway-epoll
     --peer haproxy --peer haproxy-splice --peer nginx
 )
+# The *-t1 scenarios: every gateway on one thread (--gateway-threads 1), what one core's worker
+# costs when a second one is not competing with the load generator for the same two cores.
+# Every tcp-* scenario also measures the floor: the reference relay of issue 14
+# (benches/relay), the least a ring-native proxy does per message, on as many threads.
+RELAY=target/release/ring-relay
+per_thread=(
+    --gateway-threads 1
+    --gateway-cmd "$RW run --admin '' --io uring --workers {WORKERS} --listen {LISTEN} --backend {BACKENDS} --mode MODE" --name ringway-uring
+    --gateway-cmd "$RW run --admin '' --io epoll --workers {WORKERS} --listen {LISTEN} --backend {BACKENDS} --mode MODE" --name ringway-epoll
+    --peer haproxy --peer nginx
+)
+if [ -x "$RELAY" ]; then
+    relay=(--gateway-cmd "$RELAY {LISTEN} {BACKENDS} {WORKERS}" --name relay-floor)
+else
+    relay=()
+    echo "no $RELAY (cargo build --release --workspace): the floor is not measured" >&2
+fi
 
 # TLS: no splice peer (HAProxy cannot splice what it decrypts); ringway with its quick form.
 tls_gateways=(
@@ -63,6 +81,8 @@ run() { # name, mode, scenario args...
     if [ -n "$ONLY" ] && ! [[ " $ONLY " == *" $name "* ]]; then return; fi
     local args=() set=("${gateways[@]}")
     if [[ $name == tls-* ]]; then set=("${tls_gateways[@]}"); fi
+    if [[ $name == *-t1 ]]; then set=("${per_thread[@]}"); fi
+    if [[ $name == tcp-* ]]; then set+=("${relay[@]}"); fi
     for a in "${set[@]}"; do args+=("${a//MODE/$mode}"); done
     for i in $(seq 1 "$RUNS"); do
         echo "== $name run $i/$RUNS" >&2
@@ -82,6 +102,13 @@ run pingpong-r5k-100x64 http --scenario pingpong --conns 100 --size 64 --rate 50
 run idle-9000 http --scenario idle --conns 9000 --hold "$DURATION"
 run bulk-8x64k http --scenario bulk --conns 8 --frame 65536 --duration "$DURATION"
 run tcp-pingpong-100x64 tcp --scenario pingpong --proto tcp --conns 100 --size 64 --duration "$DURATION"
+# Per thread (issue 14): one thread per gateway; raw TCP beside the relay floor.
+run tcp-pingpong-100x64-t1 tcp --scenario pingpong --proto tcp --conns 100 --size 64 --duration "$DURATION"
+run tcp-pingpong-100x1k-t1 tcp --scenario pingpong --proto tcp --conns 100 --size 1024 --duration "$DURATION"
+run pingpong-100x64-t1 http --scenario pingpong --conns 100 --size 64 --duration "$DURATION"
+run pingpong-1000x1k-t1 http --scenario pingpong --conns 1000 --size 1024 --duration "$DURATION"
+run pingpong-r20k-100x64-t1 http --scenario pingpong --conns 100 --size 64 --rate 20000 --duration "$DURATION"
+run rate-c32-t1 http --scenario rate --concurrency 32 --duration "$DURATION"
 # Issue 13, TLS. rate: CPU per full handshake (--no-resume) and per resumed one (the first
 # handshake of each client loop is full, the rest resume; the JSON counts both). bulk: CPU per
 # MB over TLS. idle: RSS per idle TLS WebSocket beside the same count in plaintext (2,000:

@@ -198,6 +198,52 @@ def goals(runs, per_run):
     print()
 
 
+# The same goals per thread: every gateway on one thread (run.sh's *-t1 scenarios), the raw
+# TCP rows beside the reference relay (benches/relay), the floor of a ring-native proxy.
+PER_THREAD_ROWS = [
+    ("CPU µs/msg, raw TCP 100 × 64 B", "tcp-pingpong-100x64-t1", "cpu", 1, 2),
+    ("CPU µs/msg, raw TCP 100 × 1 KiB", "tcp-pingpong-100x1k-t1", "cpu", 1, 2),
+    ("CPU µs/msg, WebSocket 100 × 64 B", "pingpong-100x64-t1", "cpu", 1, 2),
+    ("CPU µs/msg, WebSocket 1000 × 1 KiB", "pingpong-1000x1k-t1", "cpu", 1, 2),
+    ("CPU µs/msg, 64 B at 20,000 msg/s open loop", "pingpong-r20k-100x64-t1", "cpu", 1, 2),
+    ("added p50 µs at 20,000 msg/s, 64 B (over direct)", "pingpong-r20k-100x64-t1",
+     "added_p50", 1, 0),
+    ("CPU µs per handshake (rate, 32 parallel)", "rate-c32-t1", "cpu", 1, 1),
+]
+PER_THREAD_TARGETS = ["ringway-uring", "ringway-epoll", "haproxy", "nginx", "relay-floor"]
+PER_THREAD_RATIOS = GOAL_RATIOS[:3] + [("relay-floor", "÷ relay floor")]
+
+
+def per_thread(runs, per_run):
+    if not any(s.endswith("-t1") for s in runs):
+        return
+    print("### Issue 14's measures per thread (every gateway on one thread)\n")
+    print("| measure | " + " | ".join(PER_THREAD_TARGETS) + " |")
+    print("|---|" + "---|" * len(PER_THREAD_TARGETS))
+    for label, scenario, key, scale, digits in PER_THREAD_ROWS:
+        cells = []
+        for t in PER_THREAD_TARGETS:
+            m = med([None if f[key] is None else f[key] * scale
+                     for f in runs.get(scenario, {}).get(t, [])])
+            cells.append(fmt(*m, digits))
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print("\n#### ringway io_uring against each, per thread, ratio within each run\n")
+    print("| measure | " + " | ".join(h for _, h in PER_THREAD_RATIOS) + " |")
+    print("|---|" + "---|" * len(PER_THREAD_RATIOS))
+    for label, scenario, key, _, _ in PER_THREAD_ROWS:
+        cells = []
+        for peer, _ in PER_THREAD_RATIOS:
+            vals = []
+            for r in per_run.get(scenario, []):
+                a = (r.get("ringway-uring") or {}).get(key)
+                b = (r.get(peer) or {}).get(key)
+                if a is not None and b and (key != "added_p50" or (a > 0 and b > 0)):
+                    vals.append(a / b)
+            cells.append(fmt(*med(vals), 2))
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print()
+
+
 # Issue 13's TLS table: (label, scenario, figure, scale, digits).
 TLS_ROWS = [
     ("CPU µs per full handshake (rate, 8 parallel, --no-resume)", "tls-rate-full-c8", "cpu", 1, 1),
@@ -265,6 +311,7 @@ def main(argv):
         return
     if "--goals" in argv:
         goals(runs, per_run)
+        per_thread(runs, per_run)
         tls_table(runs, per_run)
     tables(runs)
 
