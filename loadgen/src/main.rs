@@ -609,8 +609,8 @@ mod tests {
         };
         let takes = spec("gw --workers {WORKERS} {LISTEN}");
         let keeps = spec("gw {LISTEN}");
-        assert!(check_gateway_threads(&[takes.clone()], Some(1)).is_ok());
-        assert!(check_gateway_threads(&[keeps.clone()], None).is_ok());
+        assert!(check_gateway_threads(std::slice::from_ref(&takes), Some(1)).is_ok());
+        assert!(check_gateway_threads(std::slice::from_ref(&keeps), None).is_ok());
         let e = check_gateway_threads(&[takes, keeps], Some(2)).unwrap_err();
         assert!(e.to_string().contains("{WORKERS}"), "{e}");
     }
