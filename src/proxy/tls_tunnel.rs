@@ -144,7 +144,9 @@ async fn decrypt<D: Driver>(
 ) -> Result<(), DirError> {
     loop {
         if let Some(f) = f.filter(|f| f.must_close()) {
-            return close_up::<D>(src, dst, f).await;
+            // Boxed, as `close_down`: it runs once, and inline it would size the pump's
+            // every wait.
+            return Box::pin(close_up::<D>(src, dst, f)).await;
         }
         let mut err = None;
         let got = take_up(src, dst.get_ref(), f, &mut err);
@@ -243,7 +245,7 @@ async fn encrypt<D: Driver>(
         }
         pending = Vec::new();
         if let Some(f) = f.filter(|f| f.must_close()) {
-            return close_down::<D>(w, src, dst, f).await;
+            return Box::pin(close_down::<D>(w, src, dst, f)).await;
         }
         if let Some(f) = f.filter(|f| f.ping_now()) {
             dst.queue(&super::frames::PING).map_err(DirError::Dst)?;

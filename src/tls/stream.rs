@@ -197,20 +197,27 @@ impl<D: Driver> TlsStream<D> {
     /// (best effort) before the error is returned.
     async fn process(&self) -> Result<(), Failure> {
         let r = self.conn.borrow_mut().process_new_packets().map(|_| ());
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "TLS protocol error");
-            if self.conn.borrow().wants_write() {
-                // Bounded: a peer that reads nothing must not hold the connection open.
-                let _ = rio::timeout(Duration::from_secs(1), self.flush()).await;
-            } else {
-                // rustls queues no alert for a few malformed inputs (an oversized handshake
-                // length): the client still gets one before the close.
-                let _ = rio::write_all::<D>(&self.io, DECODE_ERROR_ALERT).await;
-            }
-            let outcome = Outcome::of(&e);
-            return Err((io::Error::new(io::ErrorKind::InvalidData, e), outcome));
+        match r {
+            Ok(()) => Ok(()),
+            // Boxed: the alert is written once, at the end. Inline, its writes would size
+            // every read wait of every TLS stream (`fill`: 392 B instead of 128).
+            Err(e) => Box::pin(self.fail(e)).await,
         }
-        Ok(())
+    }
+
+    /// Sends the alert for a protocol error (best effort, bounded), then returns the error.
+    async fn fail(&self, e: rustls::Error) -> Result<(), Failure> {
+        tracing::debug!(error = %e, "TLS protocol error");
+        if self.conn.borrow().wants_write() {
+            // Bounded: a peer that reads nothing must not hold the connection open.
+            let _ = rio::timeout(Duration::from_secs(1), self.flush()).await;
+        } else {
+            // rustls queues no alert for a few malformed inputs (an oversized handshake
+            // length): the client still gets one before the close.
+            let _ = rio::write_all::<D>(&self.io, DECODE_ERROR_ALERT).await;
+        }
+        let outcome = Outcome::of(&e);
+        Err((io::Error::new(io::ErrorKind::InvalidData, e), outcome))
     }
 
     /// Writes every TLS record rustls has queued.
