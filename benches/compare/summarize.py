@@ -167,25 +167,27 @@ GOAL_RATIOS = [
 ]
 
 
-def goals(runs, per_run):
-    print("### Issue 14's measures\n")
-    print("| measure | " + " | ".join(GOAL_TARGETS) + " |")
-    print("|---|" + "---|" * len(GOAL_TARGETS))
-    for label, scenario, key, scale, digits in GOAL_ROWS:
+def measures(runs, per_run, title, rows, targets, ratios, skip=()):
+    """A table of `rows` for `targets` (medians), then ringway io_uring's ratio to each of
+    `ratios`, taken within each run."""
+    print(f"### {title}\n")
+    print("| measure | " + " | ".join(targets) + " |")
+    print("|---|" + "---|" * len(targets))
+    for label, scenario, key, scale, digits in rows:
         cells = []
-        for t in GOAL_TARGETS:
+        for t in targets:
             m = med([None if f[key] is None else f[key] * scale
                      for f in runs.get(scenario, {}).get(t, [])])
             cells.append(fmt(*m, digits))
         print(f"| {label} | " + " | ".join(cells) + " |")
-    print("\n### ringway io_uring against each, ratio within each run\n")
-    print("| measure | " + " | ".join(h for _, h in GOAL_RATIOS) + " |")
-    print("|---|" + "---|" * len(GOAL_RATIOS))
-    for label, scenario, key, _, _ in GOAL_ROWS:
-        if key in ("thr_ratio", "established_s"):
+    print("\n#### ringway io_uring against each, ratio within each run\n")
+    print("| measure | " + " | ".join(h for _, h in ratios) + " |")
+    print("|---|" + "---|" * len(ratios))
+    for label, scenario, key, _, _ in rows:
+        if key in skip:
             continue
         cells = []
-        for peer, _ in GOAL_RATIOS:
+        for peer, _ in ratios:
             vals = []
             for r in per_run.get(scenario, []):
                 a = (r.get("ringway-uring") or {}).get(key)
@@ -196,6 +198,11 @@ def goals(runs, per_run):
             cells.append(fmt(*med(vals), 2))
         print(f"| {label} | " + " | ".join(cells) + " |")
     print()
+
+
+def goals(runs, per_run):
+    measures(runs, per_run, "Issue 14's measures", GOAL_ROWS, GOAL_TARGETS, GOAL_RATIOS,
+             skip=("thr_ratio", "established_s"))
 
 
 # The same goals per thread: every gateway on one thread (run.sh's *-t1 scenarios), the raw
@@ -215,33 +222,9 @@ PER_THREAD_RATIOS = GOAL_RATIOS[:3] + [("relay-floor", "÷ relay floor")]
 
 
 def per_thread(runs, per_run):
-    if not any(s.endswith("-t1") for s in runs):
-        return
-    print("### Issue 14's measures per thread (every gateway on one thread)\n")
-    print("| measure | " + " | ".join(PER_THREAD_TARGETS) + " |")
-    print("|---|" + "---|" * len(PER_THREAD_TARGETS))
-    for label, scenario, key, scale, digits in PER_THREAD_ROWS:
-        cells = []
-        for t in PER_THREAD_TARGETS:
-            m = med([None if f[key] is None else f[key] * scale
-                     for f in runs.get(scenario, {}).get(t, [])])
-            cells.append(fmt(*m, digits))
-        print(f"| {label} | " + " | ".join(cells) + " |")
-    print("\n#### ringway io_uring against each, per thread, ratio within each run\n")
-    print("| measure | " + " | ".join(h for _, h in PER_THREAD_RATIOS) + " |")
-    print("|---|" + "---|" * len(PER_THREAD_RATIOS))
-    for label, scenario, key, _, _ in PER_THREAD_ROWS:
-        cells = []
-        for peer, _ in PER_THREAD_RATIOS:
-            vals = []
-            for r in per_run.get(scenario, []):
-                a = (r.get("ringway-uring") or {}).get(key)
-                b = (r.get(peer) or {}).get(key)
-                if a is not None and b and (key != "added_p50" or (a > 0 and b > 0)):
-                    vals.append(a / b)
-            cells.append(fmt(*med(vals), 2))
-        print(f"| {label} | " + " | ".join(cells) + " |")
-    print()
+    if any(s.endswith("-t1") for s in runs):
+        measures(runs, per_run, "Issue 14's measures per thread (every gateway on one thread)",
+                 PER_THREAD_ROWS, PER_THREAD_TARGETS, PER_THREAD_RATIOS)
 
 
 # Issue 13's TLS table: (label, scenario, figure, scale, digits).
