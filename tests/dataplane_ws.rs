@@ -76,6 +76,82 @@ async fn echo_sizes(io: &'static str) {
     assert_eq!(reqs[0].header("x-forwarded-proto"), Some("http"));
 }
 
+/// Big frames back to back, so the tunnel splices their payloads (with frame tracking, a
+/// splice stops at the end of each frame and the next header is read and scanned), with
+/// small and control frames between them: every message comes back whole and in order, and
+/// every Ping gets its Pong.
+async fn big_frames_back_to_back(io: &'static str) {
+    let be = ws_echo_backend().await;
+    let gw = Gateway::start(io, &["--backend", &be.addr.to_string()]);
+    let ws = ws_connect(gw.addr, "/bulk").await;
+    let (mut tx, mut rx) = ws.split();
+    // (size, text?) of each data message; None: a Ping.
+    let plan: Vec<Option<(usize, bool)>> = vec![
+        Some((64 << 10, false)),
+        Some((64 << 10, false)),
+        Some((100 << 10, false)),
+        None,
+        Some((200, true)),
+        Some((64 << 10, false)),
+        Some((17 << 10, false)),
+        Some((10, true)),
+        Some((1 << 20, false)),
+        None,
+        Some((300 << 10, false)),
+        Some((16 << 10, false)),
+        Some((5, true)),
+    ];
+    let expected: Vec<Ws> = plan
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            p.map(|(n, text)| match text {
+                true => Ws::text(text_of(n, i as u64)),
+                false => Ws::binary(pseudo_bytes(i as u64 + 500, n)),
+            })
+        })
+        .collect();
+    let sent = expected.clone();
+    let sender = tokio::spawn(async move {
+        let mut data = sent.into_iter();
+        for (i, p) in plan.into_iter().enumerate() {
+            let m = match p {
+                Some(_) => data.next().unwrap(),
+                None => Ws::Ping(format!("ping {i}").into_bytes().into()),
+            };
+            tx.send(m).await.unwrap();
+        }
+        tx
+    });
+    let (mut got, mut pongs) = (0, Vec::new());
+    while got < expected.len() {
+        let m = within("echo", rx.next())
+            .await
+            .expect("stream ended")
+            .expect("ws error");
+        match m {
+            Ws::Pong(p) => pongs.push(String::from_utf8_lossy(&p).into_owned()),
+            Ws::Text(_) | Ws::Binary(_) => {
+                assert!(
+                    m == expected[got],
+                    "message {got} differs or is out of order"
+                );
+                got += 1;
+            }
+            _ => {}
+        }
+    }
+    let mut tx = sender.await.expect("sender");
+    // The second Pong may trail the last echo.
+    while pongs.len() < 2 {
+        if let Ws::Pong(p) = within("pong", rx.next()).await.unwrap().unwrap() {
+            pongs.push(String::from_utf8_lossy(&p).into_owned());
+        }
+    }
+    assert_eq!(pongs, ["ping 3", "ping 9"]);
+    tx.close().await.unwrap();
+}
+
 async fn many_concurrent(io: &'static str) {
     let be = ws_echo_backend().await;
     let gw = Gateway::start(io, &["--backend", &be.addr.to_string()]);
@@ -402,6 +478,7 @@ async fn ipv6_listener(io: &'static str) {
 
 both_io!(
     echo_sizes,
+    big_frames_back_to_back,
     many_concurrent,
     integrity_checksum,
     pipelined_frame,

@@ -46,6 +46,10 @@ const SMALL_STREAK: u8 = 8;
 const SMALL_READ: usize = 2048;
 /// A splice at least this big suggests a bulk stream with more bytes already queued.
 const BIG_READ: usize = 64 * 1024;
+/// Between two big data frames of a tracked direction, the copy read that takes the next
+/// frame's header reads no more than this (a header is at most 14 bytes; a control frame,
+/// with its payload, at most 139), so the payload behind it goes by splice.
+const HEADER_READ: usize = 256;
 /// Byte counters of a live tunnel reach the backend's metrics at least every this many bytes.
 const FLUSH_BYTES: u64 = 1 << 20;
 
@@ -384,6 +388,9 @@ async fn pump<D: Driver>(
     // io_uring a wait is a poll round trip per batch; see docs/benchmarks.md, bulk).
     let mut likely_ready = false;
     let mut small: u8 = 0;
+    // Tracked: the data frame being passed (or just passed) has at least SCRATCH_SIZE bytes
+    // of payload left to splice, so the next one is probably big too.
+    let mut big_frame = false;
     // Bytes read but not yet accepted by dst (copy mode). Allocated only when dst is slow.
     let mut pending: Vec<u8> = Vec::new();
     // A pipe holding bytes dst has not taken yet (splice mode).
@@ -456,8 +463,15 @@ async fn pump<D: Driver>(
                 }
             }
         } else {
+            // Between big frames, read the next header alone: a full scratch read would
+            // copy 16 KiB of the payload behind it (a quarter of a 64 KiB frame).
+            let cap = if splicing && big_frame {
+                HEADER_READ
+            } else {
+                SCRATCH_SIZE
+            };
             let op = |s: &TcpStream| {
-                w.with_scratch(|buf| copy_batch(s, dst.get_ref(), buf, f, &mut pending))
+                w.with_scratch(|buf| copy_batch(s, dst.get_ref(), &mut buf[..cap], f, &mut pending))
             };
             let Some(r) = frames::read_or_stop::<D, _>(src, f, false, op).await else {
                 continue;
@@ -472,6 +486,7 @@ async fn pump<D: Driver>(
                 small = 0;
                 leave = false;
             }
+            big_frame = f.is_some_and(|f| f.blind() >= SCRATCH_SIZE as u64);
             n
         };
 
