@@ -109,6 +109,7 @@ run pingpong-100x64-t1 http --scenario pingpong --conns 100 --size 64 --duration
 run pingpong-1000x1k-t1 http --scenario pingpong --conns 1000 --size 1024 --duration "$DURATION"
 run pingpong-r20k-100x64-t1 http --scenario pingpong --conns 100 --size 64 --rate 20000 --duration "$DURATION"
 run rate-c32-t1 http --scenario rate --concurrency 32 --duration "$DURATION"
+run bulk-8x64k-t1 http --scenario bulk --conns 8 --frame 65536 --duration "$DURATION"
 # Issue 13, TLS. rate: CPU per full handshake (--no-resume) and per resumed one (the first
 # handshake of each client loop is full, the rest resume; the JSON counts both). bulk: CPU per
 # MB over TLS. idle: RSS per idle TLS WebSocket beside the same count in plaintext (2,000:

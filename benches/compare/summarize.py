@@ -216,6 +216,8 @@ PER_THREAD_ROWS = [
     ("added p50 µs at 20,000 msg/s, 64 B (over direct)", "pingpong-r20k-100x64-t1",
      "added_p50", 1, 0),
     ("CPU µs per handshake (rate, 32 parallel)", "rate-c32-t1", "cpu", 1, 1),
+    ("bulk 8 × 64 KiB, CPU µs/MB", "bulk-8x64k-t1", "cpu", 1, 0),
+    ("bulk throughput, % of direct", "bulk-8x64k-t1", "thr_ratio", 100, 0),
 ]
 PER_THREAD_TARGETS = ["ringway-uring", "ringway-epoll", "haproxy", "nginx", "relay-floor"]
 PER_THREAD_RATIOS = GOAL_RATIOS[:3] + [("relay-floor", "÷ relay floor")]
@@ -224,7 +226,7 @@ PER_THREAD_RATIOS = GOAL_RATIOS[:3] + [("relay-floor", "÷ relay floor")]
 def per_thread(runs, per_run):
     if any(s.endswith("-t1") for s in runs):
         measures(runs, per_run, "Issue 14's measures per thread (every gateway on one thread)",
-                 PER_THREAD_ROWS, PER_THREAD_TARGETS, PER_THREAD_RATIOS)
+                 PER_THREAD_ROWS, PER_THREAD_TARGETS, PER_THREAD_RATIOS, skip=("thr_ratio",))
 
 
 # Issue 13's TLS table: (label, scenario, figure, scale, digits).
