@@ -384,6 +384,16 @@ impl<'a> Framing<'a> {
         Some((out, len))
     }
 
+    /// Scans bytes read from the source and returns how many of them to pass on: all, or
+    /// those before the Close boundary (the rest are [`Self::discard`]ed).
+    pub fn pass(&self, data: &[u8]) -> usize {
+        let (pass, then) = self.scan(data);
+        if then == Then::Close {
+            self.discard(&data[pass..]);
+        }
+        pass
+    }
+
     /// Bytes read from the source after this direction's Close: watched for the source's own
     /// Close, never passed on. Returns whether the wait is over.
     pub fn discard(&self, data: &[u8]) -> bool {

@@ -30,7 +30,7 @@ use crate::tls::stream::Plain;
 use crate::tls::TlsStream;
 
 use super::client::Peer;
-use super::frames::{Framing, Then};
+use super::frames::Framing;
 use super::lifecycle::Registered;
 use super::tunnel::{supervise, Counted, Dir, DirError, End, Ends, Frames, Moved, Shared, Tunnel};
 use super::Worker;
@@ -256,13 +256,7 @@ async fn encrypt<D: Driver>(
             w.with_scratch(|buf| {
                 let n = s.read(buf)?;
                 let pass = match f {
-                    Some(f) if n > 0 => {
-                        let (pass, then) = f.scan(&buf[..n]);
-                        if then == Then::Close {
-                            f.discard(&buf[pass..n]);
-                        }
-                        pass
-                    }
+                    Some(f) if n > 0 => f.pass(&buf[..n]),
                     _ => n,
                 };
                 let queued = match dst.queue(&buf[..pass]) {

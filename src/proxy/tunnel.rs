@@ -28,7 +28,7 @@ use crate::io::{self as rio, Driver, Ready, Stream};
 use crate::sys;
 use crate::sys::pipe::Pipe;
 
-use super::frames::{self, Closing, Framing, Then};
+use super::frames::{self, Closing, Framing};
 use super::lifecycle::{Ending, Registered};
 use super::Worker;
 
@@ -380,17 +380,7 @@ async fn pump<D: Driver>(
     mode: PumpMode,
     f: Option<&Framing<'_>>,
 ) -> Result<PumpEnd, DirError> {
-    let until_small = mode == PumpMode::UntilSmall;
-    let strategy = w.strategy;
-    let mut splicing = strategy == Strategy::Splice || until_small;
-    let mut leave = false;
-    // The last splice moved a big batch: more is probably queued, so try before waiting (on
-    // io_uring a wait is a poll round trip per batch; see docs/benchmarks.md, bulk).
-    let mut likely_ready = false;
-    let mut small: u8 = 0;
-    // Tracked: the data frame being passed (or just passed) has at least SCRATCH_SIZE bytes
-    // of payload left to splice, so the next one is probably big too.
-    let mut big_frame = false;
+    let mut adapt = Adapt::new(w.strategy, mode);
     // Bytes read but not yet accepted by dst (copy mode). Allocated only when dst is slow.
     let mut pending: Vec<u8> = Vec::new();
     // A pipe holding bytes dst has not taken yet (splice mode).
@@ -408,21 +398,18 @@ async fn pump<D: Driver>(
                 .map_err(DirError::Dst)?;
             f.ping_sent();
         }
-        if leave {
+        if adapt.leave {
             return Ok(PumpEnd::Handback);
         }
 
         // 2. Move the next batch.
-        if strategy == Strategy::Splice {
-            splicing = true; // retry after a pool-exhausted fallback
-        }
         // A tracked direction splices only the payload of a data frame, at most up to its end.
         let limit = f.map_or(usize::MAX, |f| f.blind().min(usize::MAX as u64) as usize);
-        let n = if splicing && limit > 0 {
+        let n = if adapt.splice_now(limit) {
             match w.get_pipe() {
                 Some(mut p) => {
                     let r = src
-                        .read_with_hint(likely_ready, |s| {
+                        .read_with_hint(adapt.likely_ready, |s| {
                             splice_batch(s, dst.get_ref(), &mut p, limit, f)
                         })
                         .await;
@@ -437,41 +424,33 @@ async fn pump<D: Driver>(
                             return Err(DirError::Src(e));
                         }
                     };
-                    likely_ready = n >= BIG_READ;
                     if p.is_empty() {
                         w.put_pipe(p);
                     } else {
                         held = Some(p);
                     }
-                    if n < SMALL_READ && strategy == Strategy::Adaptive {
-                        small += 1;
-                        if small >= SMALL_STREAK {
-                            splicing = false;
-                            small = 0;
-                            leave = until_small;
-                        }
-                    } else {
-                        small = 0;
-                    }
+                    adapt.spliced(n);
                     n
                 }
                 None => {
                     // Pool exhausted (cap or kernel limit): copy this batch instead.
-                    splicing = false;
-                    small = 0;
+                    adapt.no_pipe();
                     continue;
                 }
             }
         } else {
-            // Between big frames, read the next header alone: a full scratch read would
-            // copy 16 KiB of the payload behind it (a quarter of a 64 KiB frame).
-            let cap = if splicing && big_frame {
-                HEADER_READ
-            } else {
-                SCRATCH_SIZE
-            };
-            let op = |s: &TcpStream| {
-                w.with_scratch(|buf| copy_batch(s, dst.get_ref(), &mut buf[..cap], f, &mut pending))
+            // Moved into the read's closure, as a bool: a local of its own would take a
+            // slot of the future for the whole wait (an epoll direction's pump is in
+            // mimalloc's 640 B class, with 8 B to spare).
+            let header_only = adapt.header_only();
+            let pending = &mut pending;
+            let op = move |s: &TcpStream| {
+                let cap = if header_only {
+                    HEADER_READ
+                } else {
+                    SCRATCH_SIZE
+                };
+                w.with_scratch(|buf| copy_batch(s, dst.get_ref(), &mut buf[..cap], f, pending))
             };
             let Some(r) = frames::read_or_stop::<D, _>(src, f, false, op).await else {
                 continue;
@@ -481,12 +460,7 @@ async fn pump<D: Driver>(
                 Ok(Err(e)) => return Err(DirError::Dst(e)),
                 Err(e) => return Err(DirError::Src(e)),
             };
-            if n == SCRATCH_SIZE && strategy == Strategy::Adaptive {
-                splicing = true;
-                small = 0;
-                leave = false;
-            }
-            big_frame = f.is_some_and(|f| f.blind() >= SCRATCH_SIZE as u64);
+            adapt.copied(n, f);
             n
         };
 
@@ -500,9 +474,94 @@ async fn pump<D: Driver>(
         if let Some(last) = last {
             last.set(Instant::now());
         }
-        if mode == PumpMode::OneBatch {
-            leave = true; // after flushing what dst has not taken yet
+        adapt.batch_done();
+    }
+}
+
+/// The pump's choice between copying and splicing, batch by batch.
+struct Adapt {
+    strategy: Strategy,
+    mode: PumpMode,
+    splicing: bool,
+    /// Return to the caller after this batch (flushed first).
+    leave: bool,
+    /// The last splice moved a big batch: more is probably queued, so try before waiting (on
+    /// io_uring a wait is a poll round trip per batch; see docs/benchmarks.md, bulk).
+    likely_ready: bool,
+    /// Consecutive small splice reads.
+    small: u8,
+    /// Tracked: the data frame being passed (or just passed) has at least SCRATCH_SIZE bytes
+    /// of payload left to splice, so the next one is probably big too.
+    big_frame: bool,
+}
+
+impl Adapt {
+    fn new(strategy: Strategy, mode: PumpMode) -> Adapt {
+        Adapt {
+            strategy,
+            mode,
+            splicing: strategy == Strategy::Splice || mode == PumpMode::UntilSmall,
+            leave: false,
+            likely_ready: false,
+            small: 0,
+            big_frame: false,
         }
+    }
+
+    /// Whether the next batch is a splice of at most `limit` bytes (0: a frame header or
+    /// control frame, which is copied to be scanned).
+    fn splice_now(&mut self, limit: usize) -> bool {
+        if self.strategy == Strategy::Splice {
+            self.splicing = true; // retry after a pool-exhausted fallback
+        }
+        self.splicing && limit > 0
+    }
+
+    /// A splice moved `n` bytes: a run of small ones switches back to copying.
+    fn spliced(&mut self, n: usize) {
+        self.likely_ready = n >= BIG_READ;
+        if n < SMALL_READ && self.strategy == Strategy::Adaptive {
+            self.small += 1;
+            if self.small >= SMALL_STREAK {
+                self.splicing = false;
+                self.small = 0;
+                // The bulk phase of a ring-native direction ends where copying would start.
+                self.leave = self.mode == PumpMode::UntilSmall;
+            }
+        } else {
+            self.small = 0;
+        }
+    }
+
+    /// A batch was moved: one batch is all [`PumpMode::OneBatch`] moves (then it leaves,
+    /// after flushing what dst has not taken yet).
+    fn batch_done(&mut self) {
+        if self.mode == PumpMode::OneBatch {
+            self.leave = true;
+        }
+    }
+
+    /// No pipe to splice through: copy this batch.
+    fn no_pipe(&mut self) {
+        self.splicing = false;
+        self.small = 0;
+    }
+
+    /// Whether the next copy reads [`HEADER_READ`] bytes, not [`SCRATCH_SIZE`]: between big
+    /// frames, the next header alone. A full read would copy 16 KiB of the payload behind it
+    /// (a quarter of a 64 KiB frame).
+    fn header_only(&self) -> bool {
+        self.splicing && self.big_frame
+    }
+
+    /// A copy moved `n` bytes: one that filled the scratch buffer switches to splicing.
+    fn copied(&mut self, n: usize, f: Option<&Framing<'_>>) {
+        if n == SCRATCH_SIZE && self.strategy == Strategy::Adaptive {
+            self.splicing = true;
+            self.small = 0;
+            self.leave = false;
+        }
+        self.big_frame = f.is_some_and(|f| f.blind() >= SCRATCH_SIZE as u64);
     }
 }
 
@@ -554,11 +613,7 @@ fn copy_batch(
                 len -= b - a;
                 f.pong_taken();
             }
-            let (pass, then) = f.scan(&buf[..len]);
-            if then == Then::Close {
-                f.discard(&buf[pass..len]);
-            }
-            pass
+            f.pass(&buf[..len])
         }
         None => n,
     };
