@@ -1067,6 +1067,16 @@ pub fn human(r: &CompareResult) -> String {
             t.report.errors
         );
     }
+    footnotes(&mut s, r);
+    for k in &r.skipped {
+        let _ = writeln!(s, "skipped: {k}");
+    }
+    s
+}
+
+/// What the table's rows cannot say, target by target: limits hit, errors by kind, a
+/// storm's establishment, the TLS handshakes.
+fn footnotes(s: &mut String, r: &CompareResult) {
     for t in &r.targets {
         for l in &t.report.limits_hit {
             let _ = writeln!(s, "LIMIT HIT ({}): {l}", t.name);
@@ -1107,10 +1117,6 @@ pub fn human(r: &CompareResult) -> String {
             );
         }
     }
-    for k in &r.skipped {
-        let _ = writeln!(s, "skipped: {k}");
-    }
-    s
 }
 
 /// Curves for `--plot`: one per target that has latencies.
